@@ -1,0 +1,138 @@
+"""KerasBackboneHandler: how to load a backbone and run it on a batch, for RunInference.
+
+Keras (and TensorFlow) are imported in `load_model`, on the worker, after the
+environment (Keras backend, thread pools) is set, never at module import.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterable, Sequence
+
+import numpy as np
+from apache_beam.ml.inference.base import ModelHandler
+
+from pipeline.records import ImageMeta
+
+Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
+Prediction = tuple[ImageMeta, dict[str, np.ndarray]]  # (meta, {output name: vector})
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything that decides the numbers a backbone produces (part of the fingerprint)."""
+    backbone: str
+    input_size: tuple[int, int]  # (height, width)
+    weights: str | None  # "imagenet", None (random init) or a local weights file
+    layers: tuple[str, ...] | None = None  # None: the backbone's final layer
+    poolings: tuple[str, ...] = ("avg",)
+    gem_p: float = 3.0
+    l2_normalize: bool = False
+
+
+@dataclass
+class FeatureModel:
+    """A loaded backbone: uint8 batches of exactly `batch_size` images -> named feature arrays."""
+    batch_size: int
+    predict: Callable[[np.ndarray], dict[str, Any]]
+    keras_model: Any = field(repr=False, default=None)
+
+    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        if len(pixels) > self.batch_size:
+            parts = [self(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
+            return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
+        count = len(pixels)
+        if count < self.batch_size:
+            # One input shape only: a new batch size would trace and compile again.
+            padding = np.zeros((self.batch_size - count, *pixels.shape[1:]), dtype=pixels.dtype)
+            pixels = np.concatenate([pixels, padding])
+        outputs = self.predict(pixels)
+        return {name: np.asarray(value)[:count] for name, value in outputs.items()}
+
+
+def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = False) -> FeatureModel:
+    """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
+    import keras
+
+    from pipeline import backbones
+
+    backbone = backbones.get_backbone(spec.backbone)
+    model = backbones.build_feature_model(
+        backbone, spec.input_size, spec.weights, layers=list(spec.layers) if spec.layers else None,
+        poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
+    height, width = spec.input_size
+
+    if keras.backend.backend() == "tensorflow":
+        import tensorflow as tf
+
+        @tf.function(input_signature=[tf.TensorSpec([batch_size, height, width, 3], tf.uint8)],
+                     jit_compile=jit_compile)
+        def forward(pixels):
+            return model(backbones.preprocess_batch(backbone, tf.cast(pixels, tf.float32)), training=False)
+
+        def predict(pixels: np.ndarray) -> dict[str, Any]:
+            return {name: value.numpy() for name, value in forward(pixels).items()}
+    else:
+        def predict(pixels: np.ndarray) -> dict[str, Any]:
+            batch = backbones.preprocess_batch(backbone, pixels.astype(np.float32))
+            return {name: keras.ops.convert_to_numpy(value)
+                    for name, value in model.predict_on_batch(batch).items()}
+
+    feature_model = FeatureModel(batch_size, predict, model)
+    feature_model(np.zeros((1, height, width, 3), np.uint8))  # trace and compile now, not on the first batch
+    return feature_model
+
+
+def _limit_threads(intra_op_threads: int | None) -> None:
+    """Cap TF's pools so several local workers do not oversubscribe the cores."""
+    if not intra_op_threads:
+        return
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", str(intra_op_threads))
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", "2")
+    os.environ.setdefault("OMP_NUM_THREADS", str(intra_op_threads))
+    try:
+        import tensorflow as tf
+        tf.config.threading.set_intra_op_parallelism_threads(intra_op_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(2)
+    except (ImportError, RuntimeError):  # TF absent, or already initialised in this process
+        pass
+
+
+class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
+    """Runs a `keras.applications` backbone on batches of decoded images.
+
+    Elements are `(ImageMeta, HxWx3 uint8 array)`; predictions are `(ImageMeta, {output: vector})`:
+    the pixels are dropped here so they are never carried downstream.
+    """
+
+    def __init__(self, spec: ModelSpec, *, batch_size: int = 32, min_batch_size: int | None = None,
+                 max_batch_size: int | None = None, intra_op_threads: int | None = None,
+                 keras_backend: str = "tensorflow", jit_compile: bool = False,
+                 share_across_processes: bool = False, env_vars: dict[str, str] | None = None):
+        max_batch_size = max_batch_size or batch_size
+        min_batch_size = min(min_batch_size or max_batch_size, max_batch_size)
+        environment = {"KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_vars or {})}
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+                         large_model=share_across_processes, env_vars=environment)
+        self.spec = spec
+        self._batch_size = max_batch_size
+        self._intra_op_threads = intra_op_threads
+        self._jit_compile = jit_compile
+
+    def load_model(self) -> FeatureModel:
+        self.set_environment_vars()
+        _limit_threads(self._intra_op_threads)
+        return build_feature_model(self.spec, self._batch_size, self._jit_compile)
+
+    def run_inference(self, batch: Sequence[Example], model: FeatureModel,
+                      inference_args: dict[str, Any] | None = None) -> Iterable[Prediction]:
+        metas = [meta for meta, _ in batch]
+        outputs = model(np.stack([pixels for _, pixels in batch]))
+        return [(meta, {name: values[i] for name, values in outputs.items()})
+                for i, meta in enumerate(metas)]
+
+    def get_num_bytes(self, batch: Sequence[Example]) -> int:
+        return sum(pixels.nbytes for _, pixels in batch)
+
+    def get_metrics_namespace(self) -> str:
+        return "featurize"

@@ -1,0 +1,37 @@
+"""The element types that flow between stages, and the error-row contract."""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+# Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
+STAGES = ("read", "decode", "infer", "write")
+
+
+class ImageRecord(NamedTuple):
+    """Encoded bytes of one input image, before decoding."""
+    key: str
+    uri: str
+    data: bytes
+
+
+class ImageMeta(NamedTuple):
+    """What travels beside the pixels and ends in the feature row."""
+    key: str
+    uri: str
+    width: int
+    height: int
+
+
+class ErrorRecord(NamedTuple):
+    """One failed input: where it came from, the stage that failed and why."""
+    key: str
+    uri: str
+    stage: str
+    error_type: str
+    message: str
+
+
+def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> ErrorRecord:
+    """An error row for `exc`; messages are capped so one pathological input cannot bloat the store."""
+    message = str(exc) or repr(exc)
+    return ErrorRecord(key, uri, stage, type(exc).__name__, message[:2000])

@@ -1,0 +1,83 @@
+"""ExtractFeatures: ImageRecords -> feature rows, with every failure kept as an error row."""
+from __future__ import annotations
+
+from typing import Any
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import RunInference
+
+from pipeline.handler import KerasBackboneHandler
+from pipeline.images import DecodeSpec, decode_image
+from pipeline.records import ErrorRecord, ImageMeta, ImageRecord, error_from_exception
+
+METRICS_NAMESPACE = "featurize"
+
+
+class _Decode(beam.DoFn):
+    """ImageRecord -> (ImageMeta, HxWx3 uint8); undecodable inputs -> 'errors' (stage decode)."""
+
+    def __init__(self, spec: DecodeSpec):
+        self._spec = spec
+        self._decoded = Metrics.counter(METRICS_NAMESPACE, "decoded")
+        self._failed = Metrics.counter(METRICS_NAMESPACE, "decode_errors")
+
+    def process(self, record: ImageRecord):
+        try:
+            pixels, (width, height) = decode_image(record.data, self._spec)
+        except Exception as exc:  # a bad image is one error row, never a failed job
+            self._failed.inc()
+            Metrics.counter(METRICS_NAMESPACE, f"decode_errors_{type(exc).__name__}").inc()
+            yield beam.pvalue.TaggedOutput(
+                "errors", error_from_exception(record.key, record.uri, "decode", exc))
+            return
+        self._decoded.inc()
+        yield ImageMeta(record.key, record.uri, width, height), pixels
+
+
+def _failed_batch_to_errors(dead_letter):
+    """RunInference's dead letters are (batch, (type, repr, traceback)): one error row per image."""
+    batch, (exc_type, exc_repr, _) = dead_letter
+    for meta, _ in batch:
+        yield ErrorRecord(meta.key, meta.uri, "infer", exc_type.__name__, exc_repr[:2000])
+
+
+class _ToRow(beam.DoFn):
+    """(ImageMeta, {output: vector}) -> a row dict for the feature sinks."""
+
+    def __init__(self, dtype: str):
+        self._dtype = np.dtype(dtype)
+        self._rows = Metrics.counter(METRICS_NAMESPACE, "rows")
+
+    def process(self, prediction) -> Any:
+        meta, outputs = prediction
+        row = {"key": meta.key, "uri": meta.uri, "width": meta.width, "height": meta.height}
+        for name, vector in outputs.items():
+            row[name] = np.asarray(vector, dtype=self._dtype)
+        self._rows.inc()
+        yield row
+
+
+class ExtractFeatures(beam.PTransform):
+    """Decode -> RunInference(KerasBackboneHandler) -> feature rows.
+
+    Input: a PCollection of ImageRecord. Output: a dict with `rows` (dicts: key, uri,
+    width, height and one array per model output) and `errors` (ErrorRecord, stages
+    decode and infer). The decoded pixels never leave the inference step.
+    """
+
+    def __init__(self, handler: KerasBackboneHandler, decode: DecodeSpec, dtype: str = "float32"):
+        super().__init__()
+        self._handler = handler
+        self._decode = decode
+        self._dtype = dtype
+
+    def expand(self, images):
+        decoded = images | "Decode" >> beam.ParDo(_Decode(self._decode)).with_outputs("errors", main="pixels")
+        predictions, dead_letters = (
+            decoded.pixels | "Infer" >> RunInference(self._handler).with_exception_handling())
+        rows = predictions | "ToRow" >> beam.ParDo(_ToRow(self._dtype))
+        infer_errors = dead_letters.failed_inferences | "InferErrors" >> beam.FlatMap(_failed_batch_to_errors)
+        errors = (decoded.errors, infer_errors) | "Errors" >> beam.Flatten()
+        return {"rows": rows, "errors": errors}

@@ -1,0 +1,91 @@
+"""End to end: the zoo of good and bad inputs, as a folder and as tar shards, on two local running modes."""
+import glob
+import json
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.handler import ModelSpec, build_feature_model
+from pipeline.images import DecodeSpec, decode_image
+from pipeline.job import run
+from pipeline.sinks import FINGERPRINT_KEY
+from tests.conftest import TEST_MODEL, TEST_SIZE
+from tests.samples import BOMB_MAX_PIXELS, webdataset_key
+
+MODES = {
+    "in_process": ["--direct_running_mode=in_memory"],
+    "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
+}
+
+
+def read_parquet(out, prefix):
+    files = sorted(glob.glob(f"{out}/{prefix}-*.parquet"))
+    assert files, f"no {prefix} shards in {out}"
+    assert all(f.endswith(f"-of-{len(files):05d}.parquet") for f in files)
+    return pa.concat_tables([pq.read_table(f) for f in files]), files
+
+
+def run_small(input_path, out, weights, *extra):
+    return run(["--input", str(input_path), "--output", str(out), "--model", TEST_MODEL,
+                "--weights", weights, "--image-size", str(TEST_SIZE), "--batch-size", "8",
+                "--max-pixels", str(BOMB_MAX_PIXELS), *extra])
+
+
+def relative_l2(a, b):
+    return np.linalg.norm(a - b, axis=-1) / np.maximum(np.linalg.norm(b, axis=-1), 1e-30)
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_every_input_ends_in_exactly_one_place(layout, mode, zoo_samples, zoo_folder, zoo_shards,
+                                               small_weights, tmp_path):
+    source = zoo_folder if layout == "folder" else f"{zoo_shards}/shard-{{000000..000002}}.tar"
+    key_of = (lambda s: s.name) if layout == "folder" else (lambda s: webdataset_key(s.name))
+    manifest = run_small(source, tmp_path / "out", small_weights, *MODES[mode])
+
+    features, _ = read_parquet(tmp_path / "out", "features")
+    errors, _ = read_parquet(tmp_path / "out", "errors")
+    valid = {key_of(s): s for s in zoo_samples if s.valid}
+    invalid = {key_of(s): s for s in zoo_samples if not s.valid}
+
+    keys = features.column("key").to_pylist()
+    assert len(keys) == len(set(keys)), "duplicate keys"
+    assert sorted(keys) == sorted(valid)
+    error_keys = errors.column("key").to_pylist()
+    assert sorted(error_keys) == sorted(invalid)
+    assert set(errors.column("stage").to_pylist()) == {"decode"}
+    assert manifest["counts"]["inputs"] == len(zoo_samples) == manifest["counts"]["rows"] + manifest["counts"]["errors"]
+    assert manifest["counts"]["errors_by_stage"]["decode"] == len(invalid)
+
+    # Sizes are the originals a viewer shows; vectors are what the model gives for that very image.
+    dim = manifest["fingerprint"]["outputs"]["embedding"]
+    assert features.schema.field("embedding").type == pa.list_(pa.float32(), dim)
+    spec = DecodeSpec(TEST_SIZE, TEST_SIZE, max_pixels=BOMB_MAX_PIXELS)
+    model = build_feature_model(ModelSpec(TEST_MODEL, (TEST_SIZE, TEST_SIZE), small_weights), batch_size=8)
+    rows = features.to_pylist()
+    pixels = np.stack([decode_image(valid[r["key"]].data, spec)[0] for r in rows])
+    expected = model(pixels)["embedding"]
+    got = np.array([r["embedding"] for r in rows], dtype=np.float32)
+    assert relative_l2(got, expected).max() <= 1e-5
+    assert [(r["width"], r["height"]) for r in rows] == [(valid[r["key"]].width, valid[r["key"]].height) for r in rows]
+
+    stored = json.loads(pq.ParquetFile(glob.glob(f"{tmp_path}/out/features-*.parquet")[0])
+                        .schema_arrow.metadata[FINGERPRINT_KEY])
+    assert stored == manifest["fingerprint"] and stored["backbone"] == TEST_MODEL
+
+
+def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weights, tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    (out / "features-00007-of-00009.parquet").write_bytes(b"stale")
+    with pytest.raises(ConfigError, match="not empty.*--overwrite"):
+        run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory")
+    manifest = run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory", "--overwrite")
+    assert not (out / "features-00007-of-00009.parquet").exists()
+    assert (out / "notes.txt").read_text() == "mine"
+    features, _ = read_parquet(out, "features")
+    assert features.num_rows == manifest["counts"]["rows"] > 0

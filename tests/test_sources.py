@@ -1,0 +1,104 @@
+"""ReadImages and its pure helpers: brace expansion, keys, input resolution, tar streaming."""
+import io
+import tarfile
+
+import apache_beam as beam
+import pytest
+from apache_beam.testing.test_pipeline import TestPipeline
+from apache_beam.testing.util import assert_that, equal_to
+
+from pipeline.records import ImageRecord
+from pipeline.sources import ReadImages, count_matches, expand_braces, resolve_input, webdataset_key
+
+
+def test_expand_braces_numeric_range_keeps_zero_padding():
+    assert expand_braces("s/train-{000000..000003}.tar") == [f"s/train-00000{i}.tar" for i in range(4)]
+    assert expand_braces("{8..11}") == ["8", "9", "10", "11"]
+
+
+def test_expand_braces_lists_nested_and_literal():
+    assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
+    assert expand_braces("x{y}z") == ["x{y}z"]
+    assert expand_braces("plain/path") == ["plain/path"]
+
+
+@pytest.mark.parametrize("member, key", [
+    ("a.jpg", "a"), ("dir/a.b.jpg", "dir/a"), ("./dir/sub/x.y.z.png", "dir/sub/x"), ("noext", "noext"),
+])
+def test_webdataset_key_cuts_at_first_dot_of_base_name(member, key):
+    assert webdataset_key(member) == key
+
+
+def test_resolve_input_layouts(tmp_path):
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "imgs" / "a.jpg").write_bytes(b"x")
+    folder = resolve_input(str(tmp_path / "imgs"))
+    assert folder.layout == "files" and folder.patterns == ((f"{tmp_path}/imgs/**", f"{tmp_path}/imgs"),)
+    glob = resolve_input(f"{tmp_path}/imgs/*.jpg")
+    assert glob.patterns == ((f"{tmp_path}/imgs/*.jpg", f"{tmp_path}/imgs"),)
+    single = resolve_input(f"{tmp_path}/imgs/a.jpg")
+    assert single.patterns == ((f"{tmp_path}/imgs/a.jpg", f"{tmp_path}/imgs"),)
+    tars = resolve_input(f"{tmp_path}/s-{{0..2}}.tar")
+    assert tars.layout == "tar" and [p for p, _ in tars.patterns] == [f"{tmp_path}/s-{i}.tar" for i in range(3)]
+    with pytest.raises(ValueError, match="mixes"):
+        resolve_input(f"{tmp_path}/{{a.tar,b.jpg}}")
+
+
+def test_count_matches_only_counts_images(tmp_path):
+    (tmp_path / "notes.txt").write_text("not an input")
+    assert count_matches(resolve_input(str(tmp_path))) == 0
+    (tmp_path / "deep" / "er").mkdir(parents=True)
+    (tmp_path / "deep" / "er" / "x.PNG").write_bytes(b"x")
+    assert count_matches(resolve_input(str(tmp_path))) == 1
+
+
+def _tar(path, members):
+    with tarfile.open(path, "w") as archive:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            archive.addfile(info, io.BytesIO(data))
+
+
+def test_read_folder_keys_are_relative_posix_paths(tmp_path):
+    (tmp_path / "a" / "ü").mkdir(parents=True)
+    (tmp_path / "top.jpg").write_bytes(b"1")
+    (tmp_path / "a" / "ü" / "фото.png").write_bytes(b"2")
+    (tmp_path / "a" / "sidecar.json").write_bytes(b"{}")
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadImages(str(tmp_path))
+        assert_that(read["images"], equal_to([
+            ImageRecord("top.jpg", f"{tmp_path}/top.jpg", b"1"),
+            ImageRecord("a/ü/фото.png", f"{tmp_path}/a/ü/фото.png", b"2")]), label="images")
+        assert_that(read["errors"], equal_to([]), label="errors")
+
+
+def test_read_tar_shards_streams_samples_and_reports_missing_and_duplicate(tmp_path):
+    _tar(tmp_path / "s-0.tar", [("x/a.b.jpg", b"A"), ("x/a.b.json", b"{}"), ("c.png", b"C"), ("dup.jpg", b"D0")])
+    _tar(tmp_path / "s-1.tar", [("d.jpg", b"D"), ("dup.png", b"D1")])
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadImages(f"{tmp_path}/s-{{0..2}}.tar")  # s-2.tar does not exist
+        images = read["images"] | "I" >> beam.Map(lambda r: (r.key, r.uri, r.data))
+        errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.uri, e.stage, e.error_type))
+        assert_that(images, equal_to([
+            ("x/a", f"{tmp_path}/s-0.tar#x/a.b.jpg", b"A"),
+            ("c", f"{tmp_path}/s-0.tar#c.png", b"C"),
+            ("dup", f"{tmp_path}/s-0.tar#dup.jpg", b"D0"),  # the smallest uri keeps a duplicated key
+            ("d", f"{tmp_path}/s-1.tar#d.jpg", b"D")]), label="images")
+        assert_that(errors, equal_to([
+            ("s-2.tar", f"{tmp_path}/s-2.tar", "read", "FileNotFoundError"),
+            ("dup", f"{tmp_path}/s-1.tar#dup.png", "read", "DuplicateKey")]), label="errors")
+
+
+def test_truncated_shard_keeps_complete_members_and_reports_the_rest(tmp_path):
+    members = [(f"m{i}.jpg", bytes([i]) * 5000) for i in range(6)]
+    _tar(tmp_path / "whole.tar", members)
+    data = (tmp_path / "whole.tar").read_bytes()
+    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
+    (tmp_path / "whole.tar").unlink()
+    with TestPipeline(runner="FnApiRunner") as p:
+        read = p | ReadImages(f"{tmp_path}/cut.tar")
+        keys = read["images"] | "K" >> beam.Map(lambda r: r.key)
+        errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.stage))
+        assert_that(keys, equal_to(["m0", "m1", "m2"]), label="images")
+        assert_that(errors, equal_to([("m3", "read")]), label="errors")
