@@ -14,6 +14,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.records import ImageMeta
 
+RANDOM_INIT_SEED = 0
 Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
 Prediction = tuple[ImageMeta, dict[str, np.ndarray]]  # (meta, {output name: vector})
 
@@ -57,6 +58,9 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
     from pipeline import backbones
 
     backbone = backbones.get_backbone(spec.backbone)
+    if spec.weights is None:
+        # Random weights must be the same random weights on every worker.
+        keras.utils.set_random_seed(RANDOM_INIT_SEED)
     model = backbones.build_feature_model(
         backbone, spec.input_size, spec.weights, layers=list(spec.layers) if spec.layers else None,
         poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)

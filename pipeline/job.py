@@ -46,7 +46,7 @@ def output_dims(config: RunConfig) -> dict[str, int]:
     backbone = backbones.BACKBONES[config.model]
     count = len(config.pooling) * len(config.layers or [None])
     if not config.layers:
-        return {backbones.output_name(None, p, count): backbone.dim for p in config.pooling}
+        return {backbones.output_name(None, p, count, backbone=backbone): backbone.dim for p in config.pooling}
     available = dict(backbones.list_layers(backbone, input_size(config)))
     for layer in config.layers:
         if layer not in available:
@@ -109,7 +109,7 @@ def check_paths(config: RunConfig) -> None:
         kind = "tar shards" if spec.layout == "tar" else "image files"
         raise ConfigError(f"input {config.input!r} matches no {kind}; give a folder of images, a glob, "
                           f"or tar shards like 'shards/train-{{000000..000127}}.tar'")
-    existing = FileSystems.match([FileSystems.join(config.output, "*")])[0].metadata_list \
+    existing = FileSystems.match([FileSystems.join(config.output, "**")])[0].metadata_list \
         if FileSystems.exists(config.output) else []
     if existing and not config.overwrite:
         raise ConfigError(f"output {config.output!r} is not empty; pass --overwrite to replace a previous "

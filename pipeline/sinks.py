@@ -1,9 +1,16 @@
 """WriteFeatures: feature rows and error rows -> a feature store, then manifest.json.
 
-Feature shards are `features-SSSSS-of-NNNNN.parquet` written by Beam's Parquet sink with
-runner-chosen sharding (no shuffle of the rows), error rows go to `errors-*.parquet`,
-and `manifest.json` is written last, atomically, by the pipeline itself once every
-shard is final: its presence means the output is complete.
+Layout of an output directory:
+
+    features/features-SSSSS-of-NNNNN.parquet   feature rows (Beam's Parquet sink, runner-chosen
+                                               sharding: no shuffle of the rows)
+    errors/errors-SSSSS-of-NNNNN.parquet       one row per failed input
+    manifest.json                              written last, atomically, by the pipeline itself
+                                               once every shard is final: its presence means the
+                                               output is complete
+
+Features and errors live in folders of their own so `pandas.read_parquet("out/features")`,
+DuckDB globs and embedding-reader see one schema and no JSON.
 """
 from __future__ import annotations
 
@@ -23,10 +30,10 @@ from pipeline.records import STAGES, ErrorRecord
 
 MANIFEST = "manifest.json"
 FINGERPRINT_KEY = b"featurize.fingerprint"
-FEATURES_PREFIX = "features"
-ERRORS_PREFIX = "errors"
-# Every file name this tool writes into an output directory (for --overwrite).
-OWNED_PATTERNS = (f"{FEATURES_PREFIX}-*", f"{FEATURES_PREFIX}.h5", f"{ERRORS_PREFIX}-*", MANIFEST)
+FEATURES_DIR = "features"
+ERRORS_DIR = "errors"
+# Everything this tool writes into an output directory (for --overwrite), Beam's temp folders included.
+OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", "features.h5", MANIFEST)
 
 ERROR_SCHEMA = pa.schema([
     ("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
@@ -60,6 +67,10 @@ def _count_errors_by_stage(paths: list[str]) -> dict[str, int]:
     return by_stage
 
 
+def _relative(path: str, root: str) -> str:
+    return path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else posixpath.basename(path)
+
+
 def write_json_atomically(path: str, document: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: readers see the whole file or none."""
     temporary = path + ".tmp"
@@ -89,8 +100,8 @@ class _WriteManifest(beam.DoFn):
         document = dict(self._manifest)
         document.update({
             "counts": {"inputs": inputs, "rows": rows, "errors": errors, "errors_by_stage": by_stage},
-            "files": {"features": [posixpath.basename(p) for p in feature_files],
-                      "errors": [posixpath.basename(p) for p in error_files]},
+            "files": {"features": [_relative(p, self._output) for p in feature_files],
+                      "errors": [_relative(p, self._output) for p in error_files]},
             "wall_time_s": round(elapsed, 3),
             "images_per_s": round(inputs / elapsed, 3) if elapsed > 0 else None,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -120,13 +131,13 @@ class WriteFeatures(beam.PTransform):
 
     def expand(self, pcolls):
         feature_files = pcolls["rows"] | "WriteRows" >> WriteToParquet(
-            FileSystems.join(self._output, FEATURES_PREFIX), self._schema,
+            FileSystems.join(self._output, FEATURES_DIR, "features"), self._schema,
             file_name_suffix=".parquet", codec="snappy")
         error_files = (
             pcolls["errors"]
             | "ErrorRows" >> beam.Map(_error_row)
             | "WriteErrors" >> WriteToParquet(
-                FileSystems.join(self._output, ERRORS_PREFIX), ERROR_SCHEMA,
+                FileSystems.join(self._output, ERRORS_DIR, "errors"), ERROR_SCHEMA,
                 file_name_suffix=".parquet", codec="snappy"))
         return (
             pcolls["inputs"].pipeline

@@ -171,19 +171,20 @@ def test_full_model_weights_files_load_into_the_notop_model(tmp_path, fresh_kera
 
     backbone = BACKBONES["ResNet50"]
     keras.utils.set_random_seed(3)
-    full = keras.applications.ResNet50(include_top=True, weights=None)
+    shape = (PARITY_SIZE, PARITY_SIZE, 3)  # ResNet's head is GAP + Dense: a full model runs at any size
+    full = keras.applications.ResNet50(include_top=True, weights=None, input_shape=shape)
     full_weights = tmp_path / "resnet50-full.weights.h5"
     full.save_weights(str(full_weights))
     legacy = tmp_path / "resnet50-full.h5"
     save_legacy_h5(full, legacy)
-    custom = keras.applications.ResNet50(include_top=True, weights=None, classes=10)
+    custom = keras.applications.ResNet50(include_top=True, weights=None, classes=10, input_shape=shape)
     custom_legacy = tmp_path / "resnet50-10-classes.h5"
     save_legacy_h5(custom, custom_legacy)
 
     x = images(2, PARITY_SIZE, seed=6)
     batch = keras_preprocess(backbone, x)
     reference = keras.applications.ResNet50(include_top=False, pooling="avg", weights=str(full_weights),
-                                            input_shape=(PARITY_SIZE, PARITY_SIZE, 3))
+                                            input_shape=shape)
     want = reference.predict(batch, verbose=0)
     # the same numbers from the full model itself, run at this size up to its avg_pool layer
     body = keras.Model(full.input, full.get_layer("avg_pool").output)
@@ -355,7 +356,8 @@ def test_model_summary_rows():
 def test_module_imports_neither_keras_tensorflow_nor_beam():
     code = ("import importlib.util, sys\n"
             f"spec = importlib.util.spec_from_file_location('bb', {str(ROOT / 'pipeline' / 'backbones.py')!r})\n"
-            "module = importlib.util.module_from_spec(spec); spec.loader.exec_module(module)\n"
+            "module = sys.modules['bb'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(module)\n"
             "assert len(module.BACKBONES) == 40\n"
             "bad = [m for m in ('keras', 'tensorflow', 'apache_beam', 'jax', 'torch') if m in sys.modules]\n"
             "assert not bad, bad\n")

@@ -22,7 +22,7 @@ MODES = {
 
 
 def read_parquet(out, prefix):
-    files = sorted(glob.glob(f"{out}/{prefix}-*.parquet"))
+    files = sorted(glob.glob(f"{out}/{prefix}/{prefix}-*.parquet"))
     assert files, f"no {prefix} shards in {out}"
     assert all(f.endswith(f"-of-{len(files):05d}.parquet") for f in files)
     return pa.concat_tables([pq.read_table(f) for f in files]), files
@@ -72,7 +72,7 @@ def test_every_input_ends_in_exactly_one_place(layout, mode, zoo_samples, zoo_fo
     assert relative_l2(got, expected).max() <= 1e-5
     assert [(r["width"], r["height"]) for r in rows] == [(valid[r["key"]].width, valid[r["key"]].height) for r in rows]
 
-    stored = json.loads(pq.ParquetFile(glob.glob(f"{tmp_path}/out/features-*.parquet")[0])
+    stored = json.loads(pq.ParquetFile(glob.glob(f"{tmp_path}/out/features/*.parquet")[0])
                         .schema_arrow.metadata[FINGERPRINT_KEY])
     assert stored == manifest["fingerprint"] and stored["backbone"] == TEST_MODEL
 
@@ -81,11 +81,12 @@ def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weight
     out = tmp_path / "out"
     out.mkdir()
     (out / "notes.txt").write_text("mine")
-    (out / "features-00007-of-00009.parquet").write_bytes(b"stale")
+    (out / "features").mkdir()
+    (out / "features" / "features-00007-of-00009.parquet").write_bytes(b"stale")
     with pytest.raises(ConfigError, match="not empty.*--overwrite"):
         run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory")
     manifest = run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory", "--overwrite")
-    assert not (out / "features-00007-of-00009.parquet").exists()
+    assert not (out / "features" / "features-00007-of-00009.parquet").exists()
     assert (out / "notes.txt").read_text() == "mine"
     features, _ = read_parquet(out, "features")
     assert features.num_rows == manifest["counts"]["rows"] > 0

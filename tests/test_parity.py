@@ -40,7 +40,7 @@ def test_features_equal_keras_reference(name, plain_images, tmp_path):
     run(["--input", str(plain_images), "--output", str(tmp_path / "out"), "--model", name,
          "--weights", weights, "--image-size", str(SIZE), "--resize", "squash", "--interpolation", "nearest",
          "--direct_running_mode=in_memory"])
-    table = pq.read_table(glob.glob(f"{tmp_path}/out/features-*.parquet"))
+    table = pq.read_table(glob.glob(f"{tmp_path}/out/features/*.parquet"))
     got = dict(zip(table.column("key").to_pylist(), np.array(table.column("embedding").to_pylist())))
     assert sorted(got) == ["gray.jpg", "gray.png", "rgb.jpg", "rgb.png"]
 

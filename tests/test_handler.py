@@ -1,0 +1,78 @@
+"""KerasBackboneHandler without a pipeline: batching, padding, pairing metas with vectors."""
+import numpy as np
+import pytest
+
+from pipeline.handler import FeatureModel, KerasBackboneHandler, ModelSpec
+from pipeline.records import ImageMeta
+
+SPEC = ModelSpec("MobileNetV3Small", (4, 4), None)
+
+
+def fake_model(batch_size, seen_shapes):
+    """A stand-in backbone: the vector of an image is its first three pixel values."""
+    def predict(pixels):
+        seen_shapes.append(pixels.shape)
+        return {"embedding": pixels.reshape(len(pixels), -1)[:, :3].astype(np.float32)}
+    return FeatureModel(batch_size, predict)
+
+
+def example(i):
+    return ImageMeta(f"k{i}", f"u{i}", 10 + i, 20 + i), np.full((4, 4, 3), i, np.uint8)
+
+
+def test_partial_batch_is_padded_to_the_compiled_shape_and_padding_dropped():
+    shapes = []
+    handler = KerasBackboneHandler(SPEC, batch_size=8)
+    batch = [example(i) for i in range(3)]
+    results = handler.run_inference(batch, fake_model(8, shapes))
+    assert shapes == [(8, 4, 4, 3)]
+    assert [meta.key for meta, _ in results] == ["k0", "k1", "k2"]
+    for i, (meta, outputs) in enumerate(results):
+        assert meta == batch[i][0]
+        np.testing.assert_array_equal(outputs["embedding"], [i, i, i])
+
+
+def test_oversized_batch_is_split_into_compiled_shapes():
+    shapes = []
+    handler = KerasBackboneHandler(SPEC, batch_size=4)
+    results = handler.run_inference([example(i) for i in range(10)], fake_model(4, shapes))
+    assert shapes == [(4, 4, 4, 3)] * 3
+    assert [float(outputs["embedding"][0]) for _, outputs in results] == list(range(10))
+
+
+def test_batching_kwargs_and_bytes():
+    handler = KerasBackboneHandler(SPEC, batch_size=16, min_batch_size=4)
+    assert handler.batch_elements_kwargs() == {"min_batch_size": 4, "max_batch_size": 16}
+    assert KerasBackboneHandler(SPEC, batch_size=16).batch_elements_kwargs() == {
+        "min_batch_size": 16, "max_batch_size": 16}
+    assert handler.get_num_bytes([example(0), example(1)]) == 2 * 4 * 4 * 3
+    assert handler.get_metrics_namespace() == "featurize"
+
+
+def test_environment_reaches_the_worker_before_keras(monkeypatch):
+    monkeypatch.delenv("KERAS_BACKEND", raising=False)
+    handler = KerasBackboneHandler(SPEC, keras_backend="jax", env_vars={"FEATURIZE_TEST": "1"})
+    handler.set_environment_vars()
+    import os
+    assert os.environ["KERAS_BACKEND"] == "jax" and os.environ["FEATURIZE_TEST"] == "1"
+
+
+def test_random_init_is_identical_across_loads():
+    """`--weights none` must give every worker the same random model."""
+    handler = KerasBackboneHandler(ModelSpec("MobileNetV3Small", (32, 32), None), batch_size=2)
+    pixels = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    first = handler.load_model()(pixels)["embedding"]
+    second = handler.load_model()(pixels)["embedding"]
+    assert first.shape == (2, 576)
+    np.testing.assert_array_equal(first, second)
+    assert np.abs(first).sum() > 0
+
+
+@pytest.mark.parametrize("count", [1, 5])
+def test_real_model_padding_does_not_change_vectors(count):
+    handler = KerasBackboneHandler(ModelSpec("MobileNetV3Small", (32, 32), None), batch_size=5)
+    model = handler.load_model()
+    pixels = np.random.default_rng(1).integers(0, 256, (5, 32, 32, 3), dtype=np.uint8)
+    full = model(pixels)["embedding"]
+    part = model(pixels[:count])["embedding"]
+    np.testing.assert_allclose(part, full[:count], rtol=1e-5, atol=1e-6)
