@@ -7,12 +7,8 @@ setup(
     name="featurize",
     version="0.1.0",
     description="Batch feature extraction for large image datasets on Apache Beam and Keras.",
-    long_description=open("README.md", encoding="utf-8").read() if __import__("os").path.exists("README.md") else "",
-    long_description_content_type="text/markdown",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
-    include_package_data=True,
-    package_data={"pipeline": ["configs/*.yaml"]},
     install_requires=[
         "apache-beam>=2.77,<3",
         "tensorflow>=2.16",
@@ -24,7 +20,8 @@ setup(
         "pyyaml>=6",
     ],
     extras_require={
-        "test": ["pytest>=8", "pytest-timeout>=2", "pandas>=2"],
+        # Readers the tests prove the store works with, and the test runner.
+        "test": ["pytest>=8", "pytest-timeout>=2", "pandas>=2", "duckdb>=1.1", "embedding-reader>=1.7"],
     },
     entry_points={"console_scripts": ["featurize=pipeline.cli:main"]},
 )

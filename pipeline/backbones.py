@@ -141,13 +141,13 @@ def get_backbone(name: str | Backbone) -> Backbone:
 
 
 def model_summary_rows() -> list[dict[str, Any]]:
-    """One row per backbone for a `featurize models` table."""
+    """One row per backbone for a `featurize models` table (imagenet_size "any": no fixed size)."""
     return [{
         "name": row.name,
         "preprocess": row.preprocess,
         "default_size": row.default_size,
         "min_size": row.min_size,
-        "imagenet_size": row.imagenet_size,
+        "imagenet_size": row.imagenet_size or "any",
         "dim_avg": row.dim,
         "dim_max": row.dim,
         "dim_gem": row.dim,
@@ -361,6 +361,24 @@ def _load_legacy_h5_prefix(path: str, model) -> None:
             variable.assign(value)
 
 
+_PARTIAL_LOAD_WARNINGS = ("freshly-initialized", "could not be loaded")
+
+
+def _quietly(attempt):
+    """Run one loading attempt with Keras' warnings held back: a failed attempt's warnings are
+    noise (the next attempt or the final error says what happened); a "successful" load that
+    warned about weights left at their initial values counts as a failure, not a silent half-load."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = attempt()
+    partial = [str(w.message) for w in caught if any(hint in str(w.message) for hint in _PARTIAL_LOAD_WARNINGS)]
+    if partial:
+        raise ValueError(f"only part of the weights loaded: {partial[0]}")
+    for w in caught:
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return result
+
+
 def _load_from_file(backbone: Backbone, input_size: Sequence[int], path: str):
     """The include_top=False model at `input_size` with weights from a local file, which may hold
     the include_top=False model (any input size) or the full model with its classifier."""
@@ -369,7 +387,7 @@ def _load_from_file(backbone: Backbone, input_size: Sequence[int], path: str):
     failures = []
     # 1. A no-top file (or a Keras 3 full-model `.weights.h5`/`.keras`: Keras skips the head).
     try:
-        return _build_notop(backbone, input_size, path)
+        return _quietly(lambda: _build_notop(backbone, input_size, path))
     except Exception as error:  # noqa: BLE001 - Keras raises several types; all mean "try the next way"
         failures.append(f"as an include_top=False file: {error}")
     model = _build_notop(backbone, input_size, None)
@@ -377,7 +395,7 @@ def _load_from_file(backbone: Backbone, input_size: Sequence[int], path: str):
     try:
         with _fresh_layer_names():
             full = _application(backbone)(include_top=True, weights=None)
-        full.load_weights(path)
+        _quietly(lambda: full.load_weights(path))
         _copy_weights(full, model)
         return model
     except Exception as error:  # noqa: BLE001

@@ -12,6 +12,8 @@ USAGE = """usage: featurize COMMAND [options]
 commands:
   run      extract features: featurize run --input photos/ --output out/ --model ResNet50 --pooling avg
   models   list every backbone (featurize models [NAME --layers] to list a backbone's layers)
+  search   nearest neighbours of an image or a key: featurize search out/ --query cat.jpg --k 10 --grid nn.png
+  inspect  what a store holds: counts, dimensions, fingerprint, errors, files
 
 `featurize COMMAND --help` describes each command's options.
 """
@@ -63,7 +65,108 @@ def run_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "models": models_command}
+def _open_store(path: str):
+    from pipeline.store import FeatureStore, IncompleteStore
+
+    try:
+        return FeatureStore.open(path)
+    except IncompleteStore as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def search_command(argv: Sequence[str]) -> int:
+    import argparse
+    import os
+
+    from pipeline.contact_sheet import contact_sheet
+    from pipeline.sources import read_uri
+
+    parser = argparse.ArgumentParser(prog="featurize search", description="Exact nearest neighbours in a store.")
+    parser.add_argument("store", help="a featurize output directory")
+    parser.add_argument("--query", required=True, help="an image file (embedded with the store's model) or a key")
+    parser.add_argument("--k", type=int, default=10, help="neighbours to return (default 10)")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    parser.add_argument("--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--grid", help="also draw the query and its neighbours into this PNG")
+    args = parser.parse_args(argv)
+    if args.k < 1:
+        raise ConfigError(f"k {args.k} must be at least 1")
+    store = _open_store(args.store)
+    if args.output_name is not None and args.output_name not in store.outputs:
+        raise ConfigError(f"output-name {args.output_name!r} is not in the store; it has: {', '.join(store.outputs)}")
+    try:
+        name = store.output_name(args.output_name)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    if os.path.isfile(args.query):
+        with open(args.query, "rb") as handle:
+            query_bytes = handle.read()
+        vector, query_label = store.embed([query_bytes], name)[0], os.path.basename(args.query)
+    elif args.query in set(store.keys):
+        vector, query_label = store.get(args.query, name), args.query
+        query_bytes = None
+    else:
+        raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store")
+    result = store.search(vector, k=args.k, metric=args.metric, output=name)
+    uris = store.uris
+    rows = [{"rank": rank, "score": f"{score:.6f}", "key": key, "uri": uris[index]}
+            for rank, (index, score, key) in enumerate(
+                zip(result.indices[0], result.scores[0], result.keys[0]), 1)]
+    print(_table(rows, ["rank", "score", "key", "uri"]))
+    if args.grid:
+        def fetch(uri):
+            try:
+                return read_uri(uri)
+            except Exception:  # noqa: BLE001 - a moved image becomes an 'unreadable' tile
+                return None
+        if query_bytes is None:
+            query_bytes = fetch(uris[store.index_of(args.query)])
+        png = contact_sheet((query_label, query_bytes),
+                            [(row["key"], fetch(row["uri"]), float(row["score"])) for row in rows])
+        with open(args.grid, "wb") as handle:
+            handle.write(png)
+        print(f"featurize: wrote {args.grid}")
+    return 0
+
+
+def inspect_command(argv: Sequence[str]) -> int:
+    import argparse
+    from collections import Counter
+
+    from apache_beam.io.filesystems import FileSystems
+
+    parser = argparse.ArgumentParser(prog="featurize inspect", description="Summarise a featurize output.")
+    parser.add_argument("store", help="a featurize output directory")
+    args = parser.parse_args(argv)
+    store = _open_store(args.store)
+    manifest, fp = store.manifest, store.fingerprint
+    counts = manifest["counts"]
+    print(f"store      {store.root}  ({store.format}, complete)")
+    print(f"rows       {counts['rows']} of {counts['inputs']} inputs; {counts['errors']} errors")
+    print(f"model      {fp['backbone']}  weights={fp['weights']}  input={fp['input_size'][0]}x{fp['input_size'][1]}  "
+          f"resize={fp['resize']}/{fp['interpolation']}  preprocess={fp['preprocess']}")
+    print(f"run        {manifest.get('wall_time_s')} s, {manifest.get('images_per_s')} images/s, "
+          f"runner {manifest.get('runner')}, finished {manifest.get('finished_at')}")
+    print("\noutputs")
+    print(_table([{"output": name, "dim": dim, "dtype": fp["dtype"]} for name, dim in store.outputs.items()],
+                 ["output", "dim", "dtype"]))
+    errors = store.errors()
+    if errors.num_rows:
+        by = Counter(zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()))
+        print("\nerrors")
+        print(_table([{"stage": s, "error_type": t, "count": n} for (s, t), n in sorted(by.items())],
+                     ["stage", "error_type", "count"]))
+    files = [*manifest["files"]["features"], *manifest["files"]["errors"], "manifest.json"]
+    if store.format == "hdf5":
+        files.insert(len(manifest["files"]["features"]), "features.h5")
+    sizes = FileSystems.match([FileSystems.join(store.root, f) for f in files])
+    print("\nfiles")
+    print(_table([{"file": f, "bytes": m.metadata_list[0].size_in_bytes if m.metadata_list else "missing"}
+                  for f, m in zip(files, sizes)], ["file", "bytes"]))
+    return 0
+
+
+COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "inspect": inspect_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -22,7 +22,7 @@ from pipeline import backbones
 from pipeline.config import ConfigError, RunConfig, add_run_arguments, input_size, resolve
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
-from pipeline.sinks import MANIFEST, OWNED_PATTERNS, WriteFeatures, feature_schema
+from pipeline.sinks import MANIFEST, OWNED_PATTERNS, WriteFeatures
 from pipeline.sources import ReadImages, count_matches, resolve_input
 from pipeline.transforms import ExtractFeatures
 
@@ -56,7 +56,7 @@ def output_dims(config: RunConfig) -> dict[str, int]:
             for layer in config.layers for pooling in config.pooling}
 
 
-def _sha256(path: str) -> str:
+def sha256_of(path: str) -> str:
     digest = hashlib.sha256()
     with FileSystems.open(path) as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -78,7 +78,7 @@ def fingerprint(config: RunConfig, outputs: dict[str, int]) -> dict[str, Any]:
     return {
         "backbone": config.model,
         "weights": config.weights if weights_file else (spec.weights or "none"),
-        "weights_sha256": _sha256(spec.weights) if weights_file else None,
+        "weights_sha256": sha256_of(spec.weights) if weights_file else None,
         "input_size": list(spec.input_size),
         "resize": config.resize,
         "interpolation": config.interpolation,
@@ -162,9 +162,8 @@ def build(p: beam.Pipeline, config: RunConfig, handler: KerasBackboneHandler, ma
          read["errors"] | "CountReadErrors" >> beam.combiners.Count.Globally())
         | "Counts" >> beam.Flatten()
         | "Inputs" >> beam.CombineGlobally(sum))
-    schema = feature_schema(manifest["fingerprint"]["outputs"], config.dtype, manifest["fingerprint"])
     return {"rows": extracted["rows"], "errors": errors, "inputs": inputs} | "WriteFeatures" >> WriteFeatures(
-        config.output, schema, manifest, started_at)
+        config.output, manifest, started_at)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:

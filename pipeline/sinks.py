@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
+from pipeline.hdf5 import VIRTUAL_STORE, Hdf5ShardSink, write_virtual_store
 from pipeline.records import STAGES, ErrorRecord
 
 MANIFEST = "manifest.json"
@@ -33,7 +34,7 @@ FINGERPRINT_KEY = b"featurize.fingerprint"
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
 # Everything this tool writes into an output directory (for --overwrite), Beam's temp folders included.
-OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", "features.h5", MANIFEST)
+OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", VIRTUAL_STORE, MANIFEST)
 
 ERROR_SCHEMA = pa.schema([
     ("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
@@ -87,9 +88,17 @@ class _WriteManifest(beam.DoFn):
         self._manifest = manifest
         self._started_at = started_at
 
+    def _finish_features(self, feature_files: list[str]) -> int:
+        """Rows written; for HDF5 also the virtual store over every shard."""
+        if self._manifest.get("format") == "hdf5":
+            fingerprint = self._manifest["fingerprint"]
+            return write_virtual_store(self._output, feature_files, fingerprint["outputs"],
+                                       fingerprint["dtype"], fingerprint)
+        return _count_rows(feature_files)
+
     def process(self, _, feature_files, error_files, inputs):
         feature_files, error_files = sorted(feature_files), sorted(error_files)
-        rows = _count_rows(feature_files)
+        rows = self._finish_features(feature_files)
         by_stage = _count_errors_by_stage(error_files)
         errors = sum(by_stage.values())
         if inputs != rows + errors:
@@ -119,20 +128,28 @@ class WriteFeatures(beam.PTransform):
 
     Input: a dict with `rows` (row dicts from ExtractFeatures), `errors` (ErrorRecord from
     every stage) and `inputs` (a PCollection holding the number of inputs read, one int).
+    `manifest` is the document to complete: it must hold `format` ("parquet" | "hdf5") and
+    the `fingerprint`, whose `outputs` ({name: dim}) and `dtype` shape the store.
     Output: a PCollection with the manifest document once it is written.
     """
 
-    def __init__(self, output: str, schema: pa.Schema, manifest: dict[str, Any], started_at: float | None = None):
+    def __init__(self, output: str, manifest: dict[str, Any], started_at: float | None = None):
         super().__init__()
         self._output = output
-        self._schema = schema
         self._manifest = manifest
         self._started_at = started_at or time.time()
 
+    def _write_rows(self, rows):
+        fingerprint = self._manifest["fingerprint"]
+        prefix = FileSystems.join(self._output, FEATURES_DIR, "features")
+        if self._manifest["format"] == "hdf5":
+            return rows | "WriteRows" >> beam.io.Write(
+                Hdf5ShardSink(prefix, fingerprint["outputs"], fingerprint["dtype"], fingerprint))
+        schema = feature_schema(fingerprint["outputs"], fingerprint["dtype"], fingerprint)
+        return rows | "WriteRows" >> WriteToParquet(prefix, schema, file_name_suffix=".parquet", codec="snappy")
+
     def expand(self, pcolls):
-        feature_files = pcolls["rows"] | "WriteRows" >> WriteToParquet(
-            FileSystems.join(self._output, FEATURES_DIR, "features"), self._schema,
-            file_name_suffix=".parquet", codec="snappy")
+        feature_files = self._write_rows(pcolls["rows"])
         error_files = (
             pcolls["errors"]
             | "ErrorRows" >> beam.Map(_error_row)

@@ -124,6 +124,19 @@ def member_uri(shard: str, member_name: str) -> str:
     return f"{shard}#{member_name}"
 
 
+def read_uri(uri: str) -> bytes:
+    """The bytes behind a row's uri: a file, or `shard.tar#member` (found by scanning the shard)."""
+    shard, sep, member = uri.partition("#")
+    if not sep or not is_tar_path(shard):
+        with _open_raw(uri) as handle:
+            return handle.read()
+    with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
+        for info in archive:
+            if info.name == member:
+                return archive.extractfile(info).read()
+    raise FileNotFoundError(f"{member!r} is not in {shard}")
+
+
 def _open_raw(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 

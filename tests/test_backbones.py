@@ -350,7 +350,8 @@ def test_model_summary_rows():
     assert [row["name"] for row in rows] == list(BACKBONES)
     row = next(row for row in rows if row["name"] == "Xception")
     assert row["default_size"] == 299 and row["min_size"] == 71 and row["preprocess"] == "tf"
-    assert row["dim_avg"] == row["dim_max"] == row["dim_gem"] == 2048
+    assert row["dim_avg"] == row["dim_max"] == row["dim_gem"] == 2048 and row["imagenet_size"] == "any"
+    assert next(row for row in rows if row["name"] == "NASNetLarge")["imagenet_size"] == 331
 
 
 def test_module_imports_neither_keras_tensorflow_nor_beam():

@@ -1,0 +1,126 @@
+"""FeatureStore over real runs: both formats agree, search is exact, readers see the same numbers."""
+import shutil
+
+import h5py
+import numpy as np
+import pytest
+
+from pipeline.store import FeatureStore, IncompleteStore
+from tests.conftest import TEST_MODEL, TEST_SIZE
+from tests.samples import BOMB_MAX_PIXELS
+
+INTERMEDIATE = "expanded_conv_project_bn"
+
+
+def layer_dims():
+    from pipeline import backbones
+
+    return dict(backbones.list_layers(TEST_MODEL, (TEST_SIZE, TEST_SIZE))), backbones.default_layer(TEST_MODEL)
+
+
+def featurize(source, out, weights, *extra):
+    from pipeline.job import run
+
+    return run(["--input", str(source), "--output", str(out), "--model", TEST_MODEL, "--weights", weights,
+                "--image-size", str(TEST_SIZE), "--max-pixels", str(BOMB_MAX_PIXELS), "--batch-size", "8",
+                "--direct_running_mode=in_memory", *extra])
+
+
+@pytest.fixture(scope="module")
+def stores(tmp_path_factory, zoo_folder, small_weights):
+    root = tmp_path_factory.mktemp("stores")
+    featurize(zoo_folder, root / "parquet", small_weights)
+    featurize(zoo_folder, root / "hdf5", small_weights, "--format", "hdf5")
+    return {fmt: FeatureStore.open(str(root / fmt)) for fmt in ("parquet", "hdf5")}
+
+
+def by_key(store):
+    return dict(zip(store.keys, store.embeddings()))
+
+
+def test_parquet_and_hdf5_hold_identical_keys_and_vectors(stores):
+    parquet, hdf5 = by_key(stores["parquet"]), by_key(stores["hdf5"])
+    assert sorted(parquet) == sorted(hdf5) and len(parquet) == len(stores["hdf5"]) == 19
+    for key, vector in parquet.items():
+        np.testing.assert_array_equal(vector, hdf5[key])
+    assert stores["parquet"].fingerprint == stores["hdf5"].fingerprint
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_store_basics(stores, fmt):
+    store = stores[fmt]
+    matrix = store.embeddings()
+    assert matrix.shape == (len(store), store.dim) == (19, 576) and matrix.dtype == np.float32
+    key = store.keys[5]
+    np.testing.assert_array_equal(store.get(key), matrix[5])
+    streamed = np.concatenate([block for _, block in store.iter_embeddings(chunk_rows=4)])
+    np.testing.assert_array_equal(streamed, matrix)
+    with pytest.raises(KeyError, match="not in the store"):
+        store.get("nope")
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+@pytest.mark.parametrize("metric", ["cosine", "l2"])
+def test_search_equals_brute_force_and_finds_itself(stores, fmt, metric):
+    store = stores[fmt]
+    matrix = store.embeddings()
+    queries = matrix[[0, 7, 11]]
+    result = store.search(queries, k=5, metric=metric, chunk_rows=4)  # several chunks to merge
+    if metric == "cosine":
+        normed = matrix / np.linalg.norm(matrix, axis=1, keepdims=True)
+        scores = (queries / np.linalg.norm(queries, axis=1, keepdims=True)) @ normed.T
+        order = np.argsort(-scores, axis=1)[:, :5]
+    else:
+        scores = np.linalg.norm(queries[:, None, :] - matrix[None], axis=2)
+        order = np.argsort(scores, axis=1)[:, :5]
+    np.testing.assert_array_equal(result.indices, order)
+    np.testing.assert_allclose(result.scores, np.take_along_axis(scores, order, axis=1), rtol=1e-4, atol=1e-4)
+    assert [row[0] for row in result.keys] == [store.keys[i] for i in (0, 7, 11)]
+    if metric == "cosine":
+        np.testing.assert_allclose(result.scores[:, 0], 1.0, atol=1e-5)
+
+
+def test_incomplete_output_is_refused_unless_asked(stores, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(stores["parquet"].root, copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(IncompleteStore, match="no manifest.json"):
+        FeatureStore.open(str(copy))
+    partial = FeatureStore.open(str(copy), allow_incomplete=True)
+    assert sorted(partial.keys) == sorted(stores["parquet"].keys)
+
+
+def test_hdf5_virtual_store_is_the_whole_matrix_for_plain_h5py(stores):
+    store = stores["hdf5"]
+    with h5py.File(f"{store.root}/features.h5", "r") as f:
+        assert f["embedding"].is_virtual and f["embedding"].shape == (19, 576)
+        np.testing.assert_array_equal(f["embedding"][:], store.embeddings())
+        assert list(f["key"].asstr()[:]) == store.keys
+        assert "featurize.fingerprint" in f.attrs
+
+
+def test_multi_layer_multi_pooling_in_one_pass_equals_single_runs(zoo_folder, small_weights, tmp_path):
+    shapes, final = layer_dims()
+    featurize(zoo_folder, tmp_path / "multi", small_weights, "--layers", f"{INTERMEDIATE},{final}",
+              "--pooling", "avg,max,gem", "--gem-p", "2.5", "--format", "hdf5")
+    featurize(zoo_folder, tmp_path / "single", small_weights, "--layers", INTERMEDIATE)
+    multi = FeatureStore.open(str(tmp_path / "multi"))
+    single = FeatureStore.open(str(tmp_path / "single"))
+    assert set(multi.outputs) == {f"{layer}/{p}" for layer in (INTERMEDIATE, final) for p in ("avg", "max", "gem")}
+    assert multi.outputs[f"{INTERMEDIATE}/avg"] == single.dim == shapes[INTERMEDIATE][-1]
+    assert multi.outputs[f"{final}/gem"] == 576
+    reference = dict(zip(single.keys, single.embeddings()))
+    for key, vector in zip(multi.keys, multi.embeddings(f"{INTERMEDIATE}/avg")):
+        np.testing.assert_allclose(vector, reference[key], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="pass output="):
+        multi.embeddings()
+
+
+def test_float16_and_l2_normalised_store(zoo_folder, small_weights, tmp_path):
+    featurize(zoo_folder, tmp_path / "half", small_weights, "--dtype", "float16", "--l2-normalize")
+    store = FeatureStore.open(str(tmp_path / "half"))
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    table = pq.read_table(f"{tmp_path}/half/features")
+    assert table.schema.field("embedding").type == pa.list_(pa.float16(), 576)
+    np.testing.assert_allclose(np.linalg.norm(store.embeddings(), axis=1), 1.0, atol=2e-3)
