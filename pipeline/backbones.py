@@ -9,11 +9,10 @@ Output naming (the one rule, used by `output_name` and `build_feature_model`):
     ``layer`` is the layer name as requested; a request for the default layer
     (``layers=None``, or ``None`` inside ``layers``) is spelled with the
     backbone's real final-layer name (see `default_layer`), e.g.
-    ``"conv5_block3_out/avg"``.  The one exception: when the request is a single
-    output on the default layer (``layers=None`` and one pooling), that output is
-    named ``"embedding"``.  An explicitly named layer keeps its ``layer/pooling``
-    name even when it happens to be the final layer, so the names can always be
-    worked out from the request alone.
+    ``"conv5_block3_out/avg"``.  The one exception: a request with a single
+    output (one layer, one pooling, whichever layer) names it ``"embedding"``, so
+    the common case reads the same everywhere (Parquet column, HDF5 dataset,
+    embedding-reader's default column).
 
 Layer names are those of a model built in a fresh Keras session (the auto
 generated names such as ``activation_187`` do not depend on what the process
@@ -184,9 +183,9 @@ def output_name(layer: str | None, pooling: str, n_outputs: int, *,
     """
     if pooling not in POOLINGS:
         raise ValueError(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
+    if n_outputs == 1:
+        return EMBEDDING
     if layer is None:
-        if n_outputs == 1:
-            return EMBEDDING
         if final_layer is None:
             if backbone is None:
                 raise ValueError("output_name(None, ...) with several outputs needs backbone= or final_layer= "

@@ -195,10 +195,6 @@ def validate(config: RunConfig) -> None:
     if min(height, width) < backbone.min_size:
         raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
                           f"{backbone.min_size}x{backbone.min_size}; use at least {backbone.min_size}")
-    if (backbone.imagenet_size and config.weights == "imagenet"
-            and (height, width) != (backbone.imagenet_size, backbone.imagenet_size)):
-        raise ConfigError(f"image_size {height}x{width} does not fit {config.model}'s imagenet weights; "
-                          f"they need exactly {backbone.imagenet_size}x{backbone.imagenet_size}")
     weights = backbones.weights_argument(config.weights)
     if weights not in (None, "imagenet"):
         if not weights.endswith(".h5"):

@@ -324,7 +324,7 @@ def test_output_name_rule():
     assert backbones.output_name(None, "avg", 1) == "embedding"
     assert backbones.output_name(None, "max", 1) == "embedding"
     assert backbones.output_name(None, "gem", 2, final_layer="top_activation") == "top_activation/gem"
-    assert backbones.output_name("block5_pool", "max", 1) == "block5_pool/max"
+    assert backbones.output_name("block5_pool", "max", 1) == "embedding"
     assert backbones.output_name("block5_pool", "max", 3) == "block5_pool/max"
     with pytest.raises(ValueError, match="backbone"):
         backbones.output_name(None, "avg", 2)

@@ -66,3 +66,43 @@ def test_entry_points(command):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("featurize: error: model 'Nope'")
+
+
+@pytest.fixture(scope="module")
+def parquet_store(tmp_path_factory, zoo_folder, small_weights):
+    from tests.test_store import featurize
+
+    out = tmp_path_factory.mktemp("cli-store") / "out"
+    featurize(zoo_folder, out, small_weights)
+    return out
+
+
+def test_search_by_key_prints_table_and_draws_grid(parquet_store, tmp_path, capsys):
+    grid = tmp_path / "nn.png"
+    assert main(["search", str(parquet_store), "--query", "rgb_png.png", "--k", "3", "--grid", str(grid)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].split() == ["rank", "score", "key", "uri"]
+    first = lines[2].split()
+    assert first[:3] == ["1", "1.000000", "rgb_png.png"] and len(lines) == 2 + 3 + 1
+    from PIL import Image
+    assert Image.open(grid).format == "PNG"
+
+
+def test_search_by_image_embeds_it_with_the_store_model(parquet_store, zoo_folder, capsys):
+    assert main(["search", str(parquet_store), "--query", str(zoo_folder / "a.b.c.jpg"), "--k", "1"]) == 0
+    row = capsys.readouterr().out.splitlines()[2].split()
+    assert row[2] == "a.b.c.jpg" and abs(float(row[1]) - 1.0) < 1e-4
+
+
+def test_search_unknown_query_is_a_one_line_error(parquet_store, capsys):
+    assert main(["search", str(parquet_store), "--query", "no-such-key"]) == 2
+    assert "neither an image file nor a key" in capsys.readouterr().err
+
+
+def test_inspect_summarises_counts_errors_and_files(parquet_store, capsys):
+    assert main(["inspect", str(parquet_store)]) == 0
+    out = capsys.readouterr().out
+    assert "19 of 24 inputs; 5 errors" in out
+    assert "DecompressionBombError" in out and "UnidentifiedImageError" in out
+    assert "features/features-00000-of-" in out and "manifest.json" in out
+    assert "embedding" in out and "576" in out
