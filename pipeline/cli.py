@@ -94,14 +94,19 @@ def search_command(argv: Sequence[str]) -> int:
     store = _open_store(args.store)
     if args.output_name is not None and args.output_name not in store.outputs:
         raise ConfigError(f"output-name {args.output_name!r} is not in the store; it has: {', '.join(store.outputs)}")
-    try:
-        name = store.output_name(args.output_name)
-    except ValueError as exc:
-        raise ConfigError(str(exc)) from None
+    if args.output_name is None and len(store.outputs) > 1:
+        raise ConfigError(f"the store has {len(store.outputs)} outputs; pass --output-name, one of: "
+                          f"{', '.join(store.outputs)}")
+    name = store.output_name(args.output_name)
     if os.path.isfile(args.query):
         with open(args.query, "rb") as handle:
             query_bytes = handle.read()
-        vector, query_label = store.embed([query_bytes], name)[0], os.path.basename(args.query)
+        try:
+            vector = store.embed([query_bytes], name)[0]
+        except (OSError, ValueError) as exc:  # unreadable image, or weights that are not the store's
+            raise ConfigError(f"query {args.query!r} cannot be embedded with the store's model "
+                              f"({type(exc).__name__}: {exc})") from None
+        query_label = os.path.basename(args.query)
     elif args.query in set(store.keys):
         vector, query_label = store.get(args.query, name), args.query
         query_bytes = None

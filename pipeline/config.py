@@ -10,6 +10,7 @@ import argparse
 import dataclasses
 import difflib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -21,6 +22,8 @@ from pipeline.images import DEFAULT_MAX_PIXELS, INTERPOLATIONS, RESIZE_POLICIES
 FORMATS = ("parquet", "hdf5")
 DTYPES = ("float32", "float16")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+MODEL_SHARING = ("process", "machine")
 
 
 class ConfigError(ValueError):
@@ -50,6 +53,11 @@ class RunConfig:
     overwrite: bool = False
     tf_threads: int | None = None
     keras_backend: str = "tensorflow"
+    weights_sha256: str | None = None
+    precision: str = "float32"
+    jit_compile: bool = False
+    model_sharing: str = "process"
+    progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
@@ -143,7 +151,14 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     a("--dtype", help="float32 (default) or float16")
     a("--overwrite", action="store_true", default=None, help="replace a previous featurize output in --output")
     a("--tf-threads", dest="tf_threads", type=int, help="TensorFlow intra-op threads per worker (default: cores / local workers)")
-    a("--keras-backend", dest="keras_backend", help="tensorflow (default), jax or torch")
+    a("--keras-backend", dest="keras_backend", help="tensorflow (default), jax or torch (where installed on the workers)")
+    a("--weights-sha256", dest="weights_sha256", help="expected sha256 of --weights; workers verify their copy")
+    a("--precision", help="float32 (default), mixed_float16 (GPUs) or mixed_bfloat16 (TPUs, recent CPUs/GPUs)")
+    a("--jit-compile", dest="jit_compile", action="store_true", default=None, help="compile the model with XLA")
+    a("--model-sharing", dest="model_sharing",
+      help="process (default: one model per worker process) or machine (one model per machine, shared by its processes)")
+    a("--no-progress", dest="progress", action="store_false", default=None,
+      help="no progress line on local runs")
 
 
 def resolve(flags: argparse.Namespace) -> RunConfig:
@@ -161,7 +176,8 @@ def resolve(flags: argparse.Namespace) -> RunConfig:
         values["image_size"] = parse_image_size(values["image_size"])
     if "max_pixels" in values:
         values["max_pixels"] = _int_or_none("max_pixels", values["max_pixels"])
-    for name in ("input", "output", "model", "weights", "resize", "interpolation", "format", "dtype", "keras_backend"):
+    for name in ("input", "output", "model", "weights", "resize", "interpolation", "format", "dtype", "keras_backend",
+                 "precision", "model_sharing"):
         if name in values:
             values[name] = str(values[name])
     config = RunConfig(**values)
@@ -191,6 +207,8 @@ def validate(config: RunConfig) -> None:
     _check_choice("format", config.format, FORMATS)
     _check_choice("dtype", config.dtype, DTYPES)
     _check_choice("keras_backend", config.keras_backend, KERAS_BACKENDS)
+    _check_choice("precision", config.precision, PRECISIONS)
+    _check_choice("model_sharing", config.model_sharing, MODEL_SHARING)
     height, width = input_size(config)
     if min(height, width) < backbone.min_size:
         raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
@@ -199,8 +217,11 @@ def validate(config: RunConfig) -> None:
     if weights not in (None, "imagenet"):
         if not weights.endswith(".h5"):
             raise ConfigError(f"weights {config.weights!r} is not valid; give imagenet, none, or a .h5 / .weights.h5 file")
-        if not os.path.isfile(weights):
-            raise ConfigError(f"weights {config.weights!r} does not exist; give imagenet, none, or the path of a .h5 / .weights.h5 file")
+        if not _exists(weights):
+            raise ConfigError(f"weights {config.weights!r} does not exist; give imagenet, none, or the path or URI "
+                              f"of a .h5 / .weights.h5 file")
+    if config.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", config.weights_sha256):
+        raise ConfigError(f"weights_sha256 {config.weights_sha256!r} is not a sha256; give 64 lowercase hex digits")
     if config.batch_size < 1:
         raise ConfigError(f"batch_size {config.batch_size} must be at least 1")
     if config.min_batch_size is not None and not 1 <= config.min_batch_size <= config.batch_size:
@@ -209,6 +230,15 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"max_pixels {config.max_pixels} must be positive, or none to disable the limit")
     if config.tf_threads is not None and config.tf_threads < 1:
         raise ConfigError(f"tf_threads {config.tf_threads} must be at least 1")
+
+
+def _exists(uri: str) -> bool:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.exists(uri)
+    except Exception as exc:  # a filesystem that is not installed, or no credentials
+        raise ConfigError(f"weights {uri!r} cannot be reached ({type(exc).__name__}: {exc})") from None
 
 
 def input_size(config: RunConfig) -> tuple[int, int]:

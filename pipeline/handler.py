@@ -6,13 +6,16 @@ environment (Keras backend, thread pools) is set, never at module import.
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
+from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
-from pipeline.records import ImageMeta
+from pipeline.records import METRICS_NAMESPACE, ImageMeta
+from pipeline.weights import stage_weights
 
 RANDOM_INIT_SEED = 0
 Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
@@ -29,6 +32,8 @@ class ModelSpec:
     poolings: tuple[str, ...] = ("avg",)
     gem_p: float = 3.0
     l2_normalize: bool = False
+    weights_sha256: str | None = None  # for a weights file: workers copy and verify it (pipeline.weights)
+    precision: str = "float32"  # a Keras dtype policy: float32, mixed_float16, mixed_bfloat16
 
 
 @dataclass
@@ -38,9 +43,11 @@ class FeatureModel:
     predict: Callable[[np.ndarray], dict[str, Any]]
     keras_model: Any = field(repr=False, default=None)
 
-    def __call__(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        # A named method, not only __call__: a model shared across processes is a proxy,
+        # which forwards public methods only.
         if len(pixels) > self.batch_size:
-            parts = [self(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
+            parts = [self.infer(pixels[i:i + self.batch_size]) for i in range(0, len(pixels), self.batch_size)]
             return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
         count = len(pixels)
         if count < self.batch_size:
@@ -50,6 +57,8 @@ class FeatureModel:
         outputs = self.predict(pixels)
         return {name: np.asarray(value)[:count] for name, value in outputs.items()}
 
+    __call__ = infer
+
 
 def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = False) -> FeatureModel:
     """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
@@ -58,12 +67,20 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
     from pipeline import backbones
 
     backbone = backbones.get_backbone(spec.backbone)
-    if spec.weights is None:
+    weights = spec.weights
+    if weights is None:
         # Random weights must be the same random weights on every worker.
         keras.utils.set_random_seed(RANDOM_INIT_SEED)
-    model = backbones.build_feature_model(
-        backbone, spec.input_size, spec.weights, layers=list(spec.layers) if spec.layers else None,
-        poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
+    elif weights != "imagenet" and spec.weights_sha256:
+        weights = stage_weights(weights, spec.weights_sha256)
+    previous_policy = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(spec.precision)
+    try:  # layers keep the policy they were built with; restore the global one for the process
+        model = backbones.build_feature_model(
+            backbone, spec.input_size, weights, layers=list(spec.layers) if spec.layers else None,
+            poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
+    finally:
+        keras.mixed_precision.set_global_policy(previous_policy)
     height, width = spec.input_size
 
     if keras.backend.backend() == "tensorflow":
@@ -120,6 +137,10 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
                          large_model=share_across_processes, env_vars=environment)
         self.spec = spec
         self._batch_size = max_batch_size
+        self._batches = Metrics.counter(METRICS_NAMESPACE, "batches")
+        self._batch_size_dist = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
+        self._infer_ms = Metrics.counter(METRICS_NAMESPACE, "infer_ms")
+        self._ms_per_image = Metrics.distribution(METRICS_NAMESPACE, "inference_ms_per_image")
         self._intra_op_threads = intra_op_threads
         self._jit_compile = jit_compile
 
@@ -131,7 +152,13 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def run_inference(self, batch: Sequence[Example], model: FeatureModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Prediction]:
         metas = [meta for meta, _ in batch]
-        outputs = model(np.stack([pixels for _, pixels in batch]))
+        started = time.perf_counter()
+        outputs = model.infer(np.stack([pixels for _, pixels in batch]))
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        self._batches.inc()
+        self._batch_size_dist.update(len(batch))
+        self._infer_ms.inc(int(elapsed_ms))
+        self._ms_per_image.update(int(round(elapsed_ms / len(batch))))
         return [(meta, {name: values[i] for name, values in outputs.items()})
                 for i, meta in enumerate(metas)]
 
@@ -139,4 +166,4 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
         return sum(pixels.nbytes for _, pixels in batch)
 
     def get_metrics_namespace(self) -> str:
-        return "featurize"
+        return METRICS_NAMESPACE

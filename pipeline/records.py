@@ -5,6 +5,8 @@ from typing import NamedTuple
 
 # Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
 STAGES = ("read", "decode", "infer", "write")
+# Beam metrics (counters, distributions) of every stage live under this namespace.
+METRICS_NAMESPACE = "featurize"
 
 
 class ImageRecord(NamedTuple):

@@ -11,6 +11,7 @@ from __future__ import annotations
 import posixpath
 import re
 import tarfile
+import time
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -20,9 +21,8 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.images import is_image_name
-from pipeline.records import ErrorRecord, ImageRecord, error_from_exception
+from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception
 
-METRICS_NAMESPACE = "featurize"
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -164,23 +164,34 @@ class _ListInputs(beam.DoFn):
                 yield root, metadata.path
 
 
-class _ReadFiles(beam.DoFn):
-    """(root, path) -> ImageRecord keyed by the path relative to root; failures -> 'errors'."""
+class _Reader(beam.DoFn):
+    """Read-stage metrics shared by the readers: inputs seen, bytes, read errors, time reading."""
 
     def __init__(self):
         self._inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
         self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+        self._read_errors = Metrics.counter(METRICS_NAMESPACE, "read_errors")
+        self._read_ms = Metrics.counter(METRICS_NAMESPACE, "read_ms")
+
+
+class _ReadFiles(_Reader):
+    """(root, path) -> ImageRecord keyed by the path relative to root; failures -> 'errors'."""
+
 
     def process(self, root_path):
         root, path = root_path
         key = path[len(root) + 1:] if root and path.startswith(root + "/") else posixpath.basename(path)
         self._inputs.inc()
+        started = time.perf_counter()
         try:
             with _open_raw(path) as handle:
                 data = handle.read()
         except Exception as exc:  # an unreadable file is one error row, never a failed job
+            self._read_errors.inc()
             yield beam.pvalue.TaggedOutput("errors", error_from_exception(key, path, "read", exc))
             return
+        finally:
+            self._read_ms.inc(int((time.perf_counter() - started) * 1000))
         self._bytes.inc(len(data))
         yield ImageRecord(key, path, data)
 
@@ -201,16 +212,13 @@ class _ScanTarKeys(beam.DoFn):
             return
 
 
-class _ReadTarShards(beam.DoFn):
+class _ReadTarShards(_Reader):
     """shard -> one ImageRecord per sample image, streamed member by member (never extracted).
 
     `winners` maps each duplicated sample key to the one uri allowed to keep it; every
     other member with that key becomes a duplicate-key error row.
     """
 
-    def __init__(self):
-        self._inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
 
     def process(self, root_shard, winners):
         _, shard = root_shard
@@ -224,12 +232,16 @@ class _ReadTarShards(beam.DoFn):
                     self._inputs.inc()
                     winner = winners.get(key)
                     if winner is not None and winner != uri:
+                        self._read_errors.inc()
                         yield beam.pvalue.TaggedOutput("errors", ErrorRecord(
                             key, uri, "read", "DuplicateKey",
                             f"sample key {key!r} also comes from {winner}; kept that one"))
                         current = None
                         continue
+                    started = time.perf_counter()
                     data = archive.extractfile(info).read()
+                    # Timed here only: downstream stages run while this generator is suspended.
+                    self._read_ms.inc(int((time.perf_counter() - started) * 1000))
                     current = None
                     self._bytes.inc(len(data))
                     yield ImageRecord(key, uri, data)
@@ -237,6 +249,7 @@ class _ReadTarShards(beam.DoFn):
             if current is None:  # failed between members (or before the first): blame the shard
                 self._inputs.inc()
                 current = (shard_key, shard)
+            self._read_errors.inc()
             yield beam.pvalue.TaggedOutput("errors", error_from_exception(*current, "read", exc))
 
 

@@ -266,17 +266,14 @@ class FeatureStore:
 
         fp = self.fingerprint
         weights = None if fp["weights"] == "none" else fp["weights"]
-        if fp.get("weights_sha256"):
-            from pipeline.job import sha256_of
-            if not FileSystems.exists(weights) or sha256_of(weights) != fp["weights_sha256"]:
-                raise ValueError(f"weights file {weights!r} is missing or differs from the one this store was "
-                                 f"made with (sha256 {fp['weights_sha256'][:12]}…); queries would not be comparable")
         height, width = fp["input_size"]
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
         decode = DecodeSpec(height, width, fp["resize"], fp["interpolation"], max_pixels,
                             fp["jpeg_draft"], fp["exif_transpose"])
+        # weights_sha256 makes the worker-side staging verify the file is the one the store was made with.
         spec = ModelSpec(fp["backbone"], (height, width), weights, tuple(fp["layers"]) if fp["layers"] else None,
-                         tuple(fp["pooling"]), fp.get("gem_p") or 3.0, fp["l2_normalize"])
+                         tuple(fp["pooling"]), fp.get("gem_p") or 3.0, fp["l2_normalize"],
+                         weights_sha256=fp.get("weights_sha256"), precision=fp.get("precision", "float32"))
         pixels = np.stack([decode_image(data, decode)[0] for data in images])
         model = build_feature_model(spec, batch_size=len(pixels))
         return model(pixels)[self.output_name(output)].astype(fp["dtype"]).astype(np.float32)

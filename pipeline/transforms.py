@@ -1,6 +1,8 @@
 """ExtractFeatures: ImageRecords -> feature rows, with every failure kept as an error row."""
 from __future__ import annotations
 
+import os
+import time
 from typing import Any
 
 import apache_beam as beam
@@ -10,20 +12,32 @@ from apache_beam.ml.inference.base import RunInference
 
 from pipeline.handler import KerasBackboneHandler
 from pipeline.images import DecodeSpec, decode_image
-from pipeline.records import ErrorRecord, ImageMeta, ImageRecord, error_from_exception
+from pipeline.progress import ProgressWriter
+from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, error_from_exception
 
-METRICS_NAMESPACE = "featurize"
 
 
 class _Decode(beam.DoFn):
     """ImageRecord -> (ImageMeta, HxWx3 uint8); undecodable inputs -> 'errors' (stage decode)."""
 
-    def __init__(self, spec: DecodeSpec):
+    def __init__(self, spec: DecodeSpec, progress_dir: str | None = None):
         self._spec = spec
+        self._progress_dir = progress_dir
+        self._progress = None
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "decoded")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "decode_errors")
+        self._decode_ms = Metrics.counter(METRICS_NAMESPACE, "decode_ms")
+
+    def setup(self):
+        if self._progress_dir and os.path.isdir(self._progress_dir):
+            self._progress = ProgressWriter(self._progress_dir)
+
+    def finish_bundle(self):
+        if self._progress:
+            self._progress.flush()
 
     def process(self, record: ImageRecord):
+        started = time.perf_counter()
         try:
             pixels, (width, height) = decode_image(record.data, self._spec)
         except Exception as exc:  # a bad image is one error row, never a failed job
@@ -32,6 +46,10 @@ class _Decode(beam.DoFn):
             yield beam.pvalue.TaggedOutput(
                 "errors", error_from_exception(record.key, record.uri, "decode", exc))
             return
+        finally:
+            self._decode_ms.inc(int((time.perf_counter() - started) * 1000))
+            if self._progress:
+                self._progress.add()
         self._decoded.inc()
         yield ImageMeta(record.key, record.uri, width, height), pixels
 
@@ -39,6 +57,7 @@ class _Decode(beam.DoFn):
 def _failed_batch_to_errors(dead_letter):
     """RunInference's dead letters are (batch, (type, repr, traceback)): one error row per image."""
     batch, (exc_type, exc_repr, _) = dead_letter
+    Metrics.counter(METRICS_NAMESPACE, "infer_errors").inc(len(batch))
     for meta, _ in batch:
         yield ErrorRecord(meta.key, meta.uri, "infer", exc_type.__name__, exc_repr[:2000])
 
@@ -64,17 +83,21 @@ class ExtractFeatures(beam.PTransform):
 
     Input: a PCollection of ImageRecord. Output: a dict with `rows` (dicts: key, uri,
     width, height and one array per model output) and `errors` (ErrorRecord, stages
-    decode and infer). The decoded pixels never leave the inference step.
+    decode and infer). The decoded pixels never leave the inference step. `progress_dir`
+    (a local folder, local runners only) receives per-worker counts for a progress line.
     """
 
-    def __init__(self, handler: KerasBackboneHandler, decode: DecodeSpec, dtype: str = "float32"):
+    def __init__(self, handler: KerasBackboneHandler, decode: DecodeSpec, dtype: str = "float32",
+                 progress_dir: str | None = None):
         super().__init__()
         self._handler = handler
         self._decode = decode
         self._dtype = dtype
+        self._progress_dir = progress_dir
 
     def expand(self, images):
-        decoded = images | "Decode" >> beam.ParDo(_Decode(self._decode)).with_outputs("errors", main="pixels")
+        decoded = images | "Decode" >> beam.ParDo(
+            _Decode(self._decode, self._progress_dir)).with_outputs("errors", main="pixels")
         predictions, dead_letters = (
             decoded.pixels | "Infer" >> RunInference(self._handler).with_exception_handling())
         rows = predictions | "ToRow" >> beam.ParDo(_ToRow(self._dtype))

@@ -75,6 +75,25 @@ def test_every_input_ends_in_exactly_one_place(layout, mode, zoo_samples, zoo_fo
     stored = json.loads(pq.ParquetFile(glob.glob(f"{tmp_path}/out/features/*.parquet")[0])
                         .schema_arrow.metadata[FINGERPRINT_KEY])
     assert stored == manifest["fingerprint"] and stored["backbone"] == TEST_MODEL
+    check_metrics_match_counts(manifest)
+
+
+def check_metrics_match_counts(manifest):
+    """The runner's Beam metrics tell the same story as the files the manifest counted."""
+    counters, counts = manifest["metrics"]["counters"], manifest["counts"]
+    by_stage = counts["errors_by_stage"]
+    assert counters["inputs"] == counts["inputs"]
+    assert counters["rows"] == counts["rows"]
+    assert counters.get("decoded", 0) == counts["rows"] + by_stage["infer"]
+    assert counters.get("decode_errors", 0) == by_stage["decode"]
+    assert counters.get("read_errors", 0) == by_stage["read"]
+    assert counters.get("infer_errors", 0) == by_stage["infer"]
+    batch_sizes = manifest["metrics"]["distributions"]["batch_size"]
+    assert batch_sizes["count"] == counters["batches"] and batch_sizes["sum"] == counts["rows"]
+    assert manifest["metrics"]["distributions"]["inference_ms_per_image"]["count"] == counters["batches"]
+    stages = manifest["metrics"]["stages"]
+    assert stages["decode"]["images"] == counters["decoded"] and stages["infer"]["images"] == counts["rows"]
+    assert stages["infer"]["seconds"] > 0 and stages["infer"]["images_per_s"] > 0
 
 
 def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weights, tmp_path):
@@ -90,3 +109,15 @@ def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weight
     assert (out / "notes.txt").read_text() == "mine"
     features, _ = read_parquet(out, "features")
     assert features.num_rows == manifest["counts"]["rows"] > 0
+
+
+def test_one_model_per_machine_shared_by_processes(zoo_folder, small_weights, tmp_path):
+    shared = run_small(zoo_folder, tmp_path / "shared", small_weights, "--model-sharing", "machine",
+                       *MODES["multi_processing"])
+    alone = run_small(zoo_folder, tmp_path / "alone", small_weights, *MODES["in_process"])
+    assert shared["counts"] == alone["counts"]
+    features = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "shared", "features")[0].to_pylist()}
+    reference = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "alone", "features")[0].to_pylist()}
+    assert features.keys() == reference.keys()
+    for key, vector in features.items():
+        assert relative_l2(np.array(vector), np.array(reference[key])) <= 1e-5
