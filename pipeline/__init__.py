@@ -1,13 +1,15 @@
 """featurize: batch feature extraction for large image datasets (Apache Beam + Keras).
 
 `run(argv)` runs the `featurize run` command as a function; the composite transforms
-`ReadImages`, `ExtractFeatures` and `WriteFeatures` build custom Beam graphs.
+`ReadImages`, `ExtractFeatures` and `WriteFeatures` build custom Beam graphs;
+`FeatureStore` opens a finished output.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "ReadImages", "ExtractFeatures", "WriteFeatures", "KerasBackboneHandler", "ModelSpec"]
+__all__ = ["run", "ReadImages", "ExtractFeatures", "WriteFeatures", "KerasBackboneHandler", "ModelSpec",
+           "FeatureStore"]
 
 
 def __getattr__(name: str):
@@ -24,6 +26,9 @@ def __getattr__(name: str):
     if name == "WriteFeatures":
         from pipeline.sinks import WriteFeatures
         return WriteFeatures
+    if name == "FeatureStore":
+        from pipeline.store import FeatureStore
+        return FeatureStore
     if name in ("KerasBackboneHandler", "ModelSpec"):
         from pipeline import handler
         return getattr(handler, name)

@@ -162,7 +162,7 @@ def tf_threads_per_worker(config: RunConfig, options: PipelineOptions) -> int | 
     return max(1, (os.cpu_count() or 1) // workers) if workers else None
 
 
-def check_job_endpoint(options: PipelineOptions, timeout_s: float = 15.0) -> None:
+def check_job_endpoint(options: PipelineOptions, timeout_s: float = 10.0) -> None:
     """A portable submission to a job service that is not listening would hang for minutes: probe it."""
     endpoint = options.view_as(PortableOptions).job_endpoint
     runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]

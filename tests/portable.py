@@ -226,7 +226,8 @@ class LocalCluster:
     def boot_records(self) -> list[dict]:
         if not self.boot_log.exists():
             return []
-        return [json.loads(line) for line in self.boot_log.read_text().splitlines() if line.strip()]
+        complete = self.boot_log.read_text().split("\n")[:-1]  # a line still being written has no newline yet
+        return [json.loads(line) for line in complete if line.strip()]
 
     def submit(self, featurize_args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
         """`python -m pipeline run ARGS` against this cluster, from the checkout (so ./setup.py resolves)."""

@@ -25,6 +25,7 @@ from pipeline.store import FeatureStore
 from tests.conftest import TEST_MODEL, TEST_SIZE
 from tests.portable import REPO, LocalCluster, free_port, run_bounded
 from tests.samples import BOMB_MAX_PIXELS
+from tests.test_job import check_metrics_match_counts
 
 SUBMIT_TIMEOUT_S = 600  # a worker that cannot start hangs a job ~300 s: fail with the logs instead
 
@@ -105,6 +106,7 @@ def check_every_row(out: pathlib.Path, fmt: str, zoo_samples, expected):
     assert got.shape == (len(valid), 576)
     assert relative_l2(got, want).max() <= 1e-5
     assert stored == manifest["fingerprint"] and stored["backbone"] == TEST_MODEL
+    check_metrics_match_counts(manifest)  # the portable runner's committed metrics tell the same story
 
 
 def check_worker_installed_staged_code(records: list[dict], cluster: LocalCluster):
@@ -115,13 +117,13 @@ def check_worker_installed_staged_code(records: list[dict], cluster: LocalCluste
     for record in records:
         install_dir = record["install_dir"]
         where = record["probe_file"]
-        assert record["probe"] == "pipeline" and record["probe_error"] is None, record
+        assert not record.get("error") and record["probe"] == "pipeline" and record["probe_error"] is None, record
+        assert where and not where.startswith(checkout), f"worker imported the checkout: {record}"
+        assert not any(where.startswith(s + os.sep) for s in site), f"worker imported site-packages: {record}"
         assert "workflow.tar.gz" in record["artifacts"] and "workflow.tar.gz" in record["installed"], record
         assert install_dir.startswith(str(cluster.boot_dir) + os.sep), record
         assert record["pythonpath"].split(os.pathsep)[0] == install_dir, record
         assert where == os.path.join(install_dir, "pipeline", "__init__.py"), record
-        assert not where.startswith(checkout), f"worker imported the checkout: {where}"
-        assert not any(where.startswith(s + os.sep) for s in site), f"worker imported site-packages: {where}"
         assert REPO not in pathlib.Path(record["cwd"]).parents and str(REPO) not in record["pythonpath"], record
 
 
