@@ -22,7 +22,7 @@ class ProgressWriter:
         self._path = os.path.join(directory, f"{os.getpid()}-{uuid.uuid4().hex}.json")
         self._every = every
         self._count = 0
-        self._written_at = 0.0
+        self._written_at = time.monotonic()
 
     def add(self, count: int = 1) -> None:
         self._count += count

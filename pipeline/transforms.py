@@ -16,7 +16,6 @@ from pipeline.progress import ProgressWriter
 from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, error_from_exception
 
 
-
 class _Decode(beam.DoFn):
     """ImageRecord -> (ImageMeta, HxWx3 uint8); undecodable inputs -> 'errors' (stage decode)."""
 
@@ -27,12 +26,16 @@ class _Decode(beam.DoFn):
         self._decoded = Metrics.counter(METRICS_NAMESPACE, "decoded")
         self._failed = Metrics.counter(METRICS_NAMESPACE, "decode_errors")
         self._decode_ms = Metrics.counter(METRICS_NAMESPACE, "decode_ms")
+        self._bundle_ms = 0.0
 
     def setup(self):
         if self._progress_dir and os.path.isdir(self._progress_dir):
             self._progress = ProgressWriter(self._progress_dir)
 
     def finish_bundle(self):
+        # Summed per bundle: a millisecond counter bumped per image would round most images to 0.
+        self._decode_ms.inc(int(round(self._bundle_ms)))
+        self._bundle_ms = 0.0
         if self._progress:
             self._progress.flush()
 
@@ -40,16 +43,18 @@ class _Decode(beam.DoFn):
         started = time.perf_counter()
         try:
             pixels, (width, height) = decode_image(record.data, self._spec)
+            failure = None
         except Exception as exc:  # a bad image is one error row, never a failed job
+            failure = exc
+        self._bundle_ms += (time.perf_counter() - started) * 1000
+        if self._progress:
+            self._progress.add()
+        if failure is not None:
             self._failed.inc()
-            Metrics.counter(METRICS_NAMESPACE, f"decode_errors_{type(exc).__name__}").inc()
+            Metrics.counter(METRICS_NAMESPACE, f"decode_errors_{type(failure).__name__}").inc()
             yield beam.pvalue.TaggedOutput(
-                "errors", error_from_exception(record.key, record.uri, "decode", exc))
+                "errors", error_from_exception(record.key, record.uri, "decode", failure))
             return
-        finally:
-            self._decode_ms.inc(int((time.perf_counter() - started) * 1000))
-            if self._progress:
-                self._progress.add()
         self._decoded.inc()
         yield ImageMeta(record.key, record.uri, width, height), pixels
 
