@@ -65,7 +65,7 @@ class Backbone:
     imagenet_size: set only for the NASNets, whose Keras documentation says ImageNet weights
         need exactly this input side (224 / 331). Keras 3.15's code does not enforce it for
         include_top=False (the NASNet graph and weight shapes are the same at every size), so
-        `build_feature_model` only warns; `pipeline.config` enforces it.
+        `build_feature_model` only warns at other sizes.
     """
     name: str
     module: str

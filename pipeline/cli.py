@@ -1,4 +1,4 @@
-"""The `featurize` command: `run`, `models`. Thin: every piece of logic lives in the library."""
+"""The `featurize` command: `run`, `models`, `search`, `inspect`. Thin: the logic lives in the library."""
 from __future__ import annotations
 
 import logging

@@ -11,7 +11,7 @@ import dataclasses
 import difflib
 import os
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import yaml
@@ -73,10 +73,18 @@ def _suggest(value: str, valid: Sequence[str]) -> str:
 
 
 def _csv(value: Any) -> tuple[str, ...] | None:
+    """`"a, b,a"` or `[a, b]` -> ("a", "b"): order kept, repeats dropped (one output each)."""
     if value is None:
         return None
     items = value if isinstance(value, (list, tuple)) else str(value).split(",")
-    return tuple(str(item).strip() for item in items if str(item).strip())
+    return tuple(dict.fromkeys(str(item).strip() for item in items if str(item).strip()))
+
+
+def _float(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} {value!r} is not a number")
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:
@@ -174,8 +182,16 @@ def resolve(flags: argparse.Namespace) -> RunConfig:
         values["pooling"] = _csv(values["pooling"])
     if "image_size" in values:
         values["image_size"] = parse_image_size(values["image_size"])
-    if "max_pixels" in values:
-        values["max_pixels"] = _int_or_none("max_pixels", values["max_pixels"])
+    for name in ("max_pixels", "batch_size", "min_batch_size", "tf_threads"):
+        if name in values:
+            values[name] = _int_or_none(name, values[name])
+    if values.get("batch_size") is None:
+        values.pop("batch_size", None)
+    if "gem_p" in values:
+        values["gem_p"] = _float("gem_p", values["gem_p"])
+    for name in ("l2_normalize", "jpeg_draft", "exif_transpose", "overwrite", "jit_compile", "progress"):
+        if name in values and not isinstance(values[name], bool):
+            raise ConfigError(f"{name} {values[name]!r} must be true or false")
     for name in ("input", "output", "model", "weights", "resize", "interpolation", "format", "dtype", "keras_backend",
                  "precision", "model_sharing"):
         if name in values:
@@ -244,6 +260,5 @@ def _exists(uri: str) -> bool:
 def input_size(config: RunConfig) -> tuple[int, int]:
     if config.image_size:
         return config.image_size
-    backbone = backbones.BACKBONES[config.model]
-    size = backbone.imagenet_size or backbone.default_size
+    size = backbones.BACKBONES[config.model].default_size
     return size, size

@@ -5,9 +5,10 @@ environment (Keras backend, thread pools) is set, never at module import.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
@@ -15,7 +16,7 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline.records import METRICS_NAMESPACE, ImageMeta
-from pipeline.weights import stage_weights
+from pipeline.weights import cache_dir, machine_lock, stage_weights
 
 RANDOM_INIT_SEED = 0
 Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
@@ -41,7 +42,6 @@ class FeatureModel:
     """A loaded backbone: uint8 batches of exactly `batch_size` images -> named feature arrays."""
     batch_size: int
     predict: Callable[[np.ndarray], dict[str, Any]]
-    keras_model: Any = field(repr=False, default=None)
 
     def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
         # A named method, not only __call__: a model shared across processes is a proxy,
@@ -73,12 +73,16 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
         keras.utils.set_random_seed(RANDOM_INIT_SEED)
     elif weights != "imagenet" and spec.weights_sha256:
         weights = stage_weights(weights, spec.weights_sha256)
+    # Keras downloads ImageNet weights straight into its cache: one process per machine at a time.
+    download_lock = (machine_lock(os.path.join(cache_dir(), ".imagenet-download.lock"))
+                     if weights == "imagenet" else contextlib.nullcontext())
     previous_policy = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy(spec.precision)
     try:  # layers keep the policy they were built with; restore the global one for the process
-        model = backbones.build_feature_model(
-            backbone, spec.input_size, weights, layers=list(spec.layers) if spec.layers else None,
-            poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
+        with download_lock:
+            model = backbones.build_feature_model(
+                backbone, spec.input_size, weights, layers=list(spec.layers) if spec.layers else None,
+                poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
     height, width = spec.input_size
@@ -99,7 +103,7 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
             return {name: keras.ops.convert_to_numpy(value)
                     for name, value in model.predict_on_batch(batch).items()}
 
-    feature_model = FeatureModel(batch_size, predict, model)
+    feature_model = FeatureModel(batch_size, predict)
     feature_model(np.zeros((1, height, width, 3), np.uint8))  # trace and compile now, not on the first batch
     return feature_model
 
@@ -127,16 +131,15 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     """
 
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, min_batch_size: int | None = None,
-                 max_batch_size: int | None = None, intra_op_threads: int | None = None,
+                 intra_op_threads: int | None = None,
                  keras_backend: str = "tensorflow", jit_compile: bool = False,
                  share_across_processes: bool = False, env_vars: dict[str, str] | None = None):
-        max_batch_size = max_batch_size or batch_size
-        min_batch_size = min(min_batch_size or max_batch_size, max_batch_size)
+        min_batch_size = min(min_batch_size or batch_size, batch_size)
         environment = {"KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_vars or {})}
-        super().__init__(min_batch_size=min_batch_size, max_batch_size=max_batch_size,
+        super().__init__(min_batch_size=min_batch_size, max_batch_size=batch_size,
                          large_model=share_across_processes, env_vars=environment)
         self.spec = spec
-        self._batch_size = max_batch_size
+        self._batch_size = batch_size
         self._batches = Metrics.counter(METRICS_NAMESPACE, "batches")
         self._batch_size_dist = Metrics.distribution(METRICS_NAMESPACE, "batch_size")
         self._infer_ms = Metrics.counter(METRICS_NAMESPACE, "infer_ms")
@@ -147,6 +150,13 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def load_model(self) -> FeatureModel:
         self.set_environment_vars()
         _limit_threads(self._intra_op_threads)
+        import keras
+
+        wanted = self._env_vars["KERAS_BACKEND"]
+        if keras.backend.backend() != wanted:  # Keras was imported in this process before the handler ran
+            raise RuntimeError(f"keras_backend {wanted!r} was asked for, but Keras already runs on "
+                               f"{keras.backend.backend()!r} in this process; run on separate workers "
+                               f"(e.g. --direct_running_mode=multi_processing) or set KERAS_BACKEND")
         return build_feature_model(self.spec, self._batch_size, self._jit_compile)
 
     def run_inference(self, batch: Sequence[Example], model: FeatureModel,
@@ -165,5 +175,3 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
         return sum(pixels.nbytes for _, pixels in batch)
 
-    def get_metrics_namespace(self) -> str:
-        return METRICS_NAMESPACE

@@ -27,6 +27,8 @@ from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.records import relative_path
+
 FINGERPRINT_ATTR = "featurize.fingerprint"
 VIRTUAL_STORE = "features.h5"
 _STRING = h5py.string_dtype("utf-8")
@@ -77,11 +79,12 @@ class _ShardWriter:
             values.clear()
 
     def close(self) -> None:
-        self.flush()
-        self.file.close()
         try:
+            self.flush()
+            self.file.close()
             _copy_to(self.local_path, self.destination)
         finally:
+            self.file.close()  # a no-op when already closed; needed when flush() failed
             os.unlink(self.local_path)
 
 
@@ -101,9 +104,6 @@ class Hdf5ShardSink(FileBasedSink):
     def write_record(self, file_handle: _ShardWriter, value: dict[str, Any]) -> None:
         file_handle.append(value)
 
-    def close(self, file_handle: _ShardWriter) -> None:
-        file_handle.close()
-
 
 def shard_rows(path: str) -> int:
     with FileSystems.open(path) as handle, h5py.File(handle, "r") as shard:
@@ -115,8 +115,7 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
     """Write `features.h5` mapping every shard, in order, into one dataset per name; returns rows."""
     counts = [shard_rows(path) for path in shard_paths]
     total = sum(counts)
-    root = output.rstrip("/") + "/"
-    relative = [path[len(root):] if path.startswith(root) else path for path in shard_paths]
+    relative = [relative_path(path, output) for path in shard_paths]
     layouts = {name: h5py.VirtualLayout(shape=(total, dim), dtype=dtype) for name, dim in outputs.items()}
     layouts.update({name: h5py.VirtualLayout(shape=(total,), dtype=kind) for name, kind in _META.items()})
     offset = 0

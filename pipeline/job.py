@@ -20,6 +20,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
+from apache_beam.runners.runner import PipelineState
 
 from pipeline import backbones, progress
 from pipeline.config import ConfigError, RunConfig, add_run_arguments, input_size, resolve
@@ -120,8 +121,8 @@ def check_paths(config: RunConfig) -> None:
         kind = "tar shards" if spec.layout == "tar" else "image files"
         raise ConfigError(f"input {config.input!r} matches no {kind}; give a folder of images, a glob, "
                           f"or tar shards like 'shards/train-{{000000..000127}}.tar'")
-    existing = FileSystems.match([FileSystems.join(config.output, "**")])[0].metadata_list \
-        if FileSystems.exists(config.output) else []
+    # A match, not exists(): on object stores a "folder" is a prefix, which exists() never sees.
+    existing = FileSystems.match([FileSystems.join(config.output, "**")], limits=[1])[0].metadata_list
     if existing and not config.overwrite:
         raise ConfigError(f"output {config.output!r} is not empty; pass --overwrite to replace a previous "
                           f"featurize output there, or choose an empty directory")
@@ -141,17 +142,29 @@ def local_workers(options: PipelineOptions) -> int | None:
     if runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS:
         return None
     direct = options.view_as(DirectOptions)
-    return (direct.direct_num_workers or 1) if direct.direct_running_mode == "multi_processing" else 1
+    if direct.direct_running_mode != "multi_processing":
+        return 1
+    # Beam reads 0 as "one per core".
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
+def _given(args: Sequence[str], flag: str) -> bool:
+    return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
 def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Any Beam flag passes through; with no --runner, the local runner on every core without Prism."""
+    """Any Beam flag passes through; with no --runner, the local runner on every core without Prism.
+
+    Only the flags the user did not give are added.
+    """
     args = list(beam_args)
-    if not any(a == "--runner" or a.startswith("--runner=") for a in args):
+    if not _given(args, "--runner"):
         cores = os.cpu_count() or 1
         args += ["--runner=FnApiRunner"]
-        if cores > 1 and not any(a.startswith("--direct_running_mode") for a in args):
-            args += ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]
+        if cores > 1 and not _given(args, "--direct_running_mode"):
+            args += ["--direct_running_mode=multi_processing"]
+            if not _given(args, "--direct_num_workers"):
+                args += [f"--direct_num_workers={cores}"]
     return PipelineOptions(args)
 
 
@@ -159,7 +172,11 @@ def tf_threads_per_worker(config: RunConfig, options: PipelineOptions) -> int | 
     if config.tf_threads:
         return config.tf_threads
     workers = local_workers(options)
-    return max(1, (os.cpu_count() or 1) // workers) if workers else None
+    if not workers:
+        return None  # a cluster worker: TensorFlow sizes its pools to its machine
+    if config.model_sharing == "machine":
+        return os.cpu_count() or 1  # one model serves every local worker: give it every core
+    return max(1, (os.cpu_count() or 1) // workers)
 
 
 def check_job_endpoint(options: PipelineOptions, timeout_s: float = 10.0) -> None:
@@ -188,7 +205,7 @@ class Job:
     handler: KerasBackboneHandler
     manifest: dict[str, Any]
     started_at: float
-    progress_dir: str | None = None
+    progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
 
 
 def prepare(argv: Sequence[str] | None = None) -> Job:
@@ -214,8 +231,7 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
         "runner": options.view_as(StandardOptions).runner,
         "started_at": datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="seconds"),
     }
-    progress_dir = tempfile.mkdtemp(prefix="featurize-progress-") if config.progress and local_workers(options) else None
-    return Job(config, options, handler, manifest, started_at, progress_dir)
+    return Job(config, options, handler, manifest, started_at)
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
@@ -269,7 +285,10 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     job = prepare(argv)
     if job.config.overwrite:
         clear_previous_output(job.config.output)
-    stop_progress = progress.watch(job.progress_dir) if job.progress_dir else None
+    stop_progress = None
+    if job.config.progress and local_workers(job.options):
+        job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
+        stop_progress = progress.watch(job.progress_dir)
     try:
         p = beam.Pipeline(options=job.options)
         build(p, job)
@@ -281,8 +300,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if job.progress_dir:
             shutil.rmtree(job.progress_dir, ignore_errors=True)
     manifest_path = FileSystems.join(job.config.output, MANIFEST)
-    if not FileSystems.exists(manifest_path):
-        raise RuntimeError(f"the pipeline ended in state {state} without writing {manifest_path}")
+    if state != PipelineState.DONE or not FileSystems.exists(manifest_path):
+        raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}")
     with FileSystems.open(manifest_path) as handle:
         manifest = json.load(handle)
     summary = metrics_summary(result)

@@ -37,3 +37,9 @@ def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> 
     """An error row for `exc`; messages are capped so one pathological input cannot bloat the store."""
     message = str(exc) or repr(exc)
     return ErrorRecord(key, uri, stage, type(exc).__name__, message[:2000])
+
+
+def relative_path(path: str, root: str) -> str:
+    """`path` below `root` with POSIX separators, or its base name when it is not below it."""
+    prefix = root.rstrip("/") + "/"
+    return path[len(prefix):] if root and path.startswith(prefix) else path.rsplit("/", 1)[-1]

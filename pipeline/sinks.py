@@ -15,7 +15,6 @@ DuckDB globs and embedding-reader see one schema and no JSON.
 from __future__ import annotations
 
 import json
-import posixpath
 import time
 from datetime import datetime, timezone
 from typing import Any
@@ -27,14 +26,14 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.parquetio import WriteToParquet
 
 from pipeline.hdf5 import VIRTUAL_STORE, Hdf5ShardSink, write_virtual_store
-from pipeline.records import STAGES, ErrorRecord
+from pipeline.records import STAGES, ErrorRecord, relative_path
 
 MANIFEST = "manifest.json"
 FINGERPRINT_KEY = b"featurize.fingerprint"
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
 # Everything this tool writes into an output directory (for --overwrite), Beam's temp folders included.
-OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", VIRTUAL_STORE, MANIFEST)
+OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", VIRTUAL_STORE, MANIFEST, MANIFEST + ".tmp")
 
 ERROR_SCHEMA = pa.schema([
     ("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
@@ -68,16 +67,16 @@ def _count_errors_by_stage(paths: list[str]) -> dict[str, int]:
     return by_stage
 
 
-def _relative(path: str, root: str) -> str:
-    return path[len(root.rstrip("/")) + 1:] if path.startswith(root.rstrip("/") + "/") else posixpath.basename(path)
-
-
 def write_json_atomically(path: str, document: dict[str, Any]) -> None:
     """Write to a temporary name, then rename: readers see the whole file or none."""
     temporary = path + ".tmp"
     with FileSystems.create(temporary) as handle:
         handle.write(json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
-    FileSystems.rename([temporary], [path])
+    try:
+        FileSystems.rename([temporary], [path])
+    except Exception:  # noqa: BLE001 - filesystems (HDFS) whose rename refuses to replace a file
+        FileSystems.delete([path])
+        FileSystems.rename([temporary], [path])
 
 
 class _WriteManifest(beam.DoFn):
@@ -109,8 +108,8 @@ class _WriteManifest(beam.DoFn):
         document = dict(self._manifest)
         document.update({
             "counts": {"inputs": inputs, "rows": rows, "errors": errors, "errors_by_stage": by_stage},
-            "files": {"features": [_relative(p, self._output) for p in feature_files],
-                      "errors": [_relative(p, self._output) for p in error_files]},
+            "files": {"features": [relative_path(p, self._output) for p in feature_files],
+                      "errors": [relative_path(p, self._output) for p in error_files]},
             "wall_time_s": round(elapsed, 3),
             "images_per_s": round(inputs / elapsed, 3) if elapsed > 0 else None,
             "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),

@@ -21,7 +21,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 
 from pipeline.images import is_image_name
-from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception
+from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception, relative_path
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -95,7 +95,21 @@ def resolve_input(spec: str) -> InputSpec:
         else:  # a folder, listed recursively
             root = pattern.rstrip("/")
             pairs.append((root + "/**", root))
-    return InputSpec("files", tuple(pairs))
+    # One root for every pattern: `photos/{cats,dogs}` keys `cats/001.jpg` and `dogs/001.jpg`,
+    # never two `001.jpg`; and a file matched by two patterns gets one key (Distinct drops it).
+    root = _common_root([r for _, r in pairs])
+    return InputSpec("files", tuple((pattern, root) for pattern, _ in pairs))
+
+
+def _common_root(roots: list[str]) -> str:
+    """The longest shared leading path components (plain string split: keeps `gs://` intact)."""
+    parts = [r.rstrip("/").split("/") for r in roots]
+    common = []
+    for level in zip(*parts):
+        if any(part != level[0] for part in level):
+            break
+        common.append(level[0])
+    return "/".join(common)
 
 
 def count_matches(spec: InputSpec, limit: int = 1) -> int:
@@ -104,8 +118,8 @@ def count_matches(spec: InputSpec, limit: int = 1) -> int:
     for pattern, _ in spec.patterns:
         if not has_glob(pattern) and not pattern.endswith("/**"):
             found += int(FileSystems.exists(pattern))
-        else:
-            metadata = FileSystems.match([pattern])[0].metadata_list
+        else:  # a bounded look: the full listing is the workers' job
+            metadata = FileSystems.match([pattern], limits=[max(limit, 10_000)])[0].metadata_list
             found += sum(1 for m in metadata if spec.layout == "tar" or is_image_name(m.path))
         if found >= limit:
             break
@@ -124,12 +138,16 @@ def member_uri(shard: str, member_name: str) -> str:
     return f"{shard}#{member_name}"
 
 
+_MEMBER_URI = re.compile(r"^(.*?\.(?:tar|tar\.gz|tgz))#(.+)$", re.IGNORECASE)
+
+
 def read_uri(uri: str) -> bytes:
     """The bytes behind a row's uri: a file, or `shard.tar#member` (found by scanning the shard)."""
-    shard, sep, member = uri.partition("#")
-    if not sep or not is_tar_path(shard):
+    match = _MEMBER_URI.match(uri)
+    if match is None:
         with _open_raw(uri) as handle:
             return handle.read()
+    shard, member = match.groups()
     with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
         for info in archive:
             if info.name == member:
@@ -186,7 +204,7 @@ class _ReadFiles(_Reader):
 
     def process(self, root_path):
         root, path = root_path
-        key = path[len(root) + 1:] if root and path.startswith(root + "/") else posixpath.basename(path)
+        key = relative_path(path, root)
         self._inputs.inc()
         started = time.perf_counter()
         try:
@@ -222,13 +240,15 @@ class _ReadTarShards(_Reader):
     """shard -> one ImageRecord per sample image, streamed member by member (never extracted).
 
     `winners` maps each duplicated sample key to the one uri allowed to keep it; every
-    other member with that key becomes a duplicate-key error row.
+    other member with that key (and a repeat of the winning member itself) becomes a
+    duplicate-key error row.
     """
 
 
     def process(self, root_shard, winners):
         _, shard = root_shard
         shard_key = posixpath.basename(shard)
+        kept: set[str] = set()  # winning uris already emitted from this shard
         current = None
         try:
             with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
@@ -237,13 +257,15 @@ class _ReadTarShards(_Reader):
                     current = (key, uri)
                     self._inputs.inc()
                     winner = winners.get(key)
-                    if winner is not None and winner != uri:
-                        self._read_errors.inc()
-                        yield beam.pvalue.TaggedOutput("errors", ErrorRecord(
-                            key, uri, "read", "DuplicateKey",
-                            f"sample key {key!r} also comes from {winner}; kept that one"))
-                        current = None
-                        continue
+                    if winner is not None:
+                        if winner != uri or uri in kept:
+                            self._read_errors.inc()
+                            yield beam.pvalue.TaggedOutput("errors", ErrorRecord(
+                                key, uri, "read", "DuplicateKey",
+                                f"sample key {key!r} also comes from {winner}; kept that one"))
+                            current = None
+                            continue
+                        kept.add(uri)
                     started = time.perf_counter()
                     data = archive.extractfile(info).read()
                     # Timed here only: downstream stages run while this generator is suspended.
@@ -260,9 +282,10 @@ class _ReadTarShards(_Reader):
 
 
 def _duplicate_winner(key_uris):
-    """(key, uris) -> (key, the uri that keeps it), only for keys seen more than once."""
+    """(key, uris) -> (key, the uri that keeps it), only for keys seen more than once
+    (a member name repeated inside one tar counts twice: tar allows it)."""
     key, uris = key_uris
-    uris = sorted(set(uris))
+    uris = sorted(uris)
     if len(uris) > 1:
         yield key, uris[0]
 

@@ -2,15 +2,19 @@
 
 `--weights` may be any URI Beam's FileSystems can open (`gs://`, `s3://`, `hdfs://`, local).
 The launcher hashes it (or takes `--weights-sha256`); every worker then looks the hash up in
-its cache and, on a miss, copies the file, verifies the hash and publishes it with an atomic
-rename, so several processes on one machine never see a half-written file.
+its machine's cache and, on a miss, copies the file under a machine-wide lock, verifies the
+hash and publishes it with an atomic rename, so the processes of one machine copy it once and
+never see a half-written file.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import os
 import posixpath
 import tempfile
+from typing import Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -22,10 +26,18 @@ def cache_dir() -> str:
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "featurize", "weights")
 
 
+def _open(uri: str):
+    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _chunks(handle) -> Iterator[bytes]:
+    return iter(lambda: handle.read(1 << 22), b"")
+
+
 def sha256_of(uri: str) -> str:
     digest = hashlib.sha256()
-    with FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
+    with _open(uri) as handle:
+        for chunk in _chunks(handle):
             digest.update(chunk)
     return digest.hexdigest()
 
@@ -34,26 +46,44 @@ class WeightsMismatch(ValueError):
     """The weights file is not the one the run was configured with."""
 
 
+@contextlib.contextmanager
+def machine_lock(path: str) -> Iterator[None]:
+    """An exclusive lock between the processes of one machine (e.g. Beam workers on a VM)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def stage_weights(uri: str, sha256: str) -> str:
-    """A local path to `uri`'s bytes, verified against `sha256`, copied at most once per cache."""
+    """A local path to `uri`'s bytes, copied once per machine's cache and verified when copied.
+
+    The copy is hashed as it is written and published with an atomic rename; a lock makes
+    the other processes of the machine wait for that copy instead of making their own.
+    """
     directory = os.path.join(cache_dir(), sha256)
     # Keep the name: Keras picks the loader by extension (.h5 vs .weights.h5).
     local = os.path.join(directory, posixpath.basename(uri.rstrip("/")) or "weights.h5")
     if os.path.exists(local):
         return local
-    os.makedirs(directory, exist_ok=True)
-    handle, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
-    digest = hashlib.sha256()
-    try:
-        with os.fdopen(handle, "wb") as target, FileSystems.open(
-                uri, compression_type=CompressionTypes.UNCOMPRESSED) as source:
-            for chunk in iter(lambda: source.read(1 << 22), b""):
-                digest.update(chunk)
-                target.write(chunk)
-        if digest.hexdigest() != sha256:
-            raise WeightsMismatch(f"weights {uri!r} have sha256 {digest.hexdigest()}, expected {sha256}")
-        os.replace(partial, local)  # atomic: a concurrent reader sees the whole file or none
-    finally:
-        if os.path.exists(partial):
-            os.unlink(partial)
+    with machine_lock(os.path.join(cache_dir(), f".{sha256}.lock")):
+        if os.path.exists(local):  # another process copied it while this one waited
+            return local
+        os.makedirs(directory, exist_ok=True)
+        handle, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(handle, "wb") as target, _open(uri) as source:
+                for chunk in _chunks(source):
+                    digest.update(chunk)
+                    target.write(chunk)
+            if digest.hexdigest() != sha256:
+                raise WeightsMismatch(f"weights {uri!r} have sha256 {digest.hexdigest()}, expected {sha256}")
+            os.replace(partial, local)  # atomic: a reader sees the whole file or none
+        finally:
+            if os.path.exists(partial):
+                os.unlink(partial)
     return local

@@ -28,6 +28,24 @@ def test_flags_win_over_preset(tmp_path):
     assert config.pooling == ("avg", "gem") and config.jpeg_draft is False
 
 
+def test_repeated_poolings_and_layers_are_one_output_each():
+    config = parse("--input", "in", "--output", "out", "--pooling", "avg,max,avg", "--layers", "a, b,a")
+    assert config.pooling == ("avg", "max") and config.layers == ("a", "b")
+
+
+def test_preset_numbers_are_checked(tmp_path):
+    preset = tmp_path / "p.yaml"
+    preset.write_text("batch-size: '64'\ngem-p: 2\n")
+    config = parse("--input", "in", "--output", "out", "--config", str(preset))
+    assert config.batch_size == 64 and config.gem_p == 2.0
+    preset.write_text("batch-size: lots\n")
+    with pytest.raises(ConfigError, match="batch_size 'lots' is not a whole number"):
+        parse("--input", "in", "--output", "out", "--config", str(preset))
+    preset.write_text("l2-normalize: yes please\n")
+    with pytest.raises(ConfigError, match="l2_normalize 'yes please' must be true or false"):
+        parse("--input", "in", "--output", "out", "--config", str(preset))
+
+
 @pytest.mark.parametrize("text, size", [("224", (224, 224)), ("240x320", (240, 320)), ([96, 64], (96, 64))])
 def test_image_size_forms(text, size):
     assert parse_image_size(text) == size

@@ -46,7 +46,6 @@ def test_batching_kwargs_and_bytes():
     assert KerasBackboneHandler(SPEC, batch_size=16).batch_elements_kwargs() == {
         "min_batch_size": 16, "max_batch_size": 16}
     assert handler.get_num_bytes([example(0), example(1)]) == 2 * 4 * 4 * 3
-    assert handler.get_metrics_namespace() == "featurize"
 
 
 def test_environment_reaches_the_worker_before_keras(monkeypatch):

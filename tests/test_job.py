@@ -121,3 +121,19 @@ def test_one_model_per_machine_shared_by_processes(zoo_folder, small_weights, tm
     assert features.keys() == reference.keys()
     for key, vector in features.items():
         assert relative_l2(np.array(vector), np.array(reference[key])) <= 1e-5
+
+
+def test_beam_worker_flags_pass_through_and_size_the_thread_pools(monkeypatch):
+    from pipeline.config import RunConfig
+    from pipeline.job import local_workers, pipeline_options, tf_threads_per_worker
+
+    monkeypatch.setattr("os.cpu_count", lambda: 8)
+    options = pipeline_options(["--direct_num_workers=4"])
+    assert local_workers(options) == 4
+    config = RunConfig(input="i", output="o")
+    assert tf_threads_per_worker(config, options) == 2
+    assert local_workers(pipeline_options(["--direct_running_mode=multi_processing",
+                                           "--direct_num_workers=0"])) == 8
+    assert local_workers(pipeline_options([])) == 8
+    assert tf_threads_per_worker(RunConfig(input="i", output="o", model_sharing="machine"), options) == 8
+    assert local_workers(pipeline_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"])) is None

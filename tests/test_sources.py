@@ -44,6 +44,25 @@ def test_resolve_input_layouts(tmp_path):
         resolve_input(f"{tmp_path}/{{a.tar,b.jpg}}")
 
 
+def test_common_root_keeps_scheme_slashes():
+    from pipeline.sources import _common_root
+
+    assert _common_root(["gs://b/photos/cats", "gs://b/photos/dogs/x"]) == "gs://b/photos"
+    assert _common_root(["/data/a/", "/data/a/b"]) == "/data/a"
+
+
+def test_several_folders_share_one_root_so_keys_stay_unique(tmp_path):
+    for folder in ("cats", "dogs", "cats/sub"):
+        (tmp_path / folder).mkdir(parents=True, exist_ok=True)
+        (tmp_path / folder / "001.jpg").write_bytes(folder.encode())
+    with TestPipeline(runner="FnApiRunner") as p:
+        # cats/sub is matched by two patterns: it must be read once, under one key
+        read = p | ReadImages(f"{tmp_path}/{{cats,dogs,cats/sub}}")
+        keys = read["images"] | beam.Map(lambda r: (r.key, r.data))
+        assert_that(keys, equal_to([("cats/001.jpg", b"cats"), ("dogs/001.jpg", b"dogs"),
+                                    ("cats/sub/001.jpg", b"cats/sub")]))
+
+
 def test_count_matches_only_counts_images(tmp_path):
     (tmp_path / "notes.txt").write_text("not an input")
     assert count_matches(resolve_input(str(tmp_path))) == 0
@@ -74,7 +93,8 @@ def test_read_folder_keys_are_relative_posix_paths(tmp_path):
 
 
 def test_read_tar_shards_streams_samples_and_reports_missing_and_duplicate(tmp_path):
-    _tar(tmp_path / "s-0.tar", [("x/a.b.jpg", b"A"), ("x/a.b.json", b"{}"), ("c.png", b"C"), ("dup.jpg", b"D0")])
+    _tar(tmp_path / "s-0.tar", [("x/a.b.jpg", b"A"), ("x/a.b.json", b"{}"), ("c.png", b"C"), ("dup.jpg", b"D0"),
+                                ("c.png", b"C again")])  # tar allows a member name twice
     _tar(tmp_path / "s-1.tar", [("d.jpg", b"D"), ("dup.png", b"D1")])
     with TestPipeline(runner="FnApiRunner") as p:
         read = p | ReadImages(f"{tmp_path}/s-{{0..2}}.tar")  # s-2.tar does not exist
@@ -87,6 +107,7 @@ def test_read_tar_shards_streams_samples_and_reports_missing_and_duplicate(tmp_p
             ("d", f"{tmp_path}/s-1.tar#d.jpg", b"D")]), label="images")
         assert_that(errors, equal_to([
             ("s-2.tar", f"{tmp_path}/s-2.tar", "read", "FileNotFoundError"),
+            ("c", f"{tmp_path}/s-0.tar#c.png", "read", "DuplicateKey"),
             ("dup", f"{tmp_path}/s-1.tar#dup.png", "read", "DuplicateKey")]), label="errors")
 
 
@@ -102,3 +123,15 @@ def test_truncated_shard_keeps_complete_members_and_reports_the_rest(tmp_path):
         errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.stage))
         assert_that(keys, equal_to(["m0", "m1", "m2"]), label="images")
         assert_that(errors, equal_to([("m3", "read")]), label="errors")
+
+
+def test_read_uri_reads_files_and_tar_members(tmp_path):
+    from pipeline.sources import read_uri
+
+    (tmp_path / "odd#dir").mkdir()
+    _tar(tmp_path / "odd#dir" / "s.tar", [("a.jpg", b"A"), ("b#1.jpg", b"B")])
+    (tmp_path / "plain.jpg").write_bytes(b"P")
+    assert read_uri(f"{tmp_path}/plain.jpg") == b"P"
+    assert read_uri(f"{tmp_path}/odd#dir/s.tar#b#1.jpg") == b"B"
+    with pytest.raises(FileNotFoundError):
+        read_uri(f"{tmp_path}/odd#dir/s.tar#missing.jpg")
