@@ -180,6 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # Local workers relay Beam's own start-up chatter as warnings; failures still raise.
+    logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
         return COMMANDS[argv[0]](argv[1:])
     except ConfigError as exc:
