@@ -50,8 +50,6 @@ def make_jpegs(root: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def bare_model_rate(name: str, weights: str, size: int, batches: int = 8) -> float:
-    import tensorflow as tf
-
     from pipeline.handler import ModelSpec, build_feature_model
 
     model = build_feature_model(ModelSpec(name, (size, size), weights), batch_size=32)
@@ -60,7 +58,6 @@ def bare_model_rate(name: str, weights: str, size: int, batches: int = 8) -> flo
     start = time.perf_counter()
     for _ in range(batches):
         model(batch)
-    del tf
     return 32 * batches / (time.perf_counter() - start)
 
 

@@ -1,5 +1,4 @@
 """The Parquet store is read without conversion by pyarrow, pandas, DuckDB and embedding-reader."""
-import glob
 
 import numpy as np
 import pyarrow.parquet as pq

@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.store import FeatureStore, IncompleteStore
 from tests.conftest import TEST_MODEL, TEST_SIZE
-from tests.samples import BOMB_MAX_PIXELS
+from tests.test_job import MODES, run_small
 
 INTERMEDIATE = "expanded_conv_project_bn"
 
@@ -19,11 +19,8 @@ def layer_dims():
 
 
 def featurize(source, out, weights, *extra):
-    from pipeline.job import run
-
-    return run(["--input", str(source), "--output", str(out), "--model", TEST_MODEL, "--weights", weights,
-                "--image-size", str(TEST_SIZE), "--max-pixels", str(BOMB_MAX_PIXELS), "--batch-size", "8",
-                "--direct_running_mode=in_memory", *extra])
+    """A small run on the in-process runner (the shared settings live in test_job.run_small)."""
+    return run_small(source, out, weights, *MODES["in_process"], *extra)
 
 
 @pytest.fixture(scope="module")
