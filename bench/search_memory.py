@@ -45,7 +45,8 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.sinks import feature_schema, write_json_atomically
+    from pipeline.journal import write_json_atomically
+    from pipeline.sinks import feature_schema
 
     schema = feature_schema({"embedding": dim}, "float32", {"generated": True})
     (root / "features").mkdir(parents=True)
@@ -67,7 +68,7 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4) -> None:
 
 def write_hdf5(root: Path, rows: int, dim: int, shards: int = 4) -> None:
     from pipeline.hdf5 import _ShardWriter, write_virtual_store
-    from pipeline.sinks import write_json_atomically
+    from pipeline.journal import write_json_atomically
 
     (root / "features").mkdir(parents=True)
     per_shard = -(-rows // shards)

@@ -1,15 +1,15 @@
 """featurize: batch feature extraction for large image datasets (Apache Beam + Keras).
 
 `run(argv)` runs the `featurize run` command as a function; the composite transforms
-`ReadImages`, `ExtractFeatures` and `WriteFeatures` build custom Beam graphs;
+`ReadImages` and `ExtractFeatures` build custom Beam graphs (`PendingUnits`,
+`ProcessUnits` and `WriteManifest` are the stages `run` wires, see pipeline/job.py);
 `FeatureStore` opens a finished output.
 """
 from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "ReadImages", "ExtractFeatures", "WriteFeatures", "KerasBackboneHandler", "ModelSpec",
-           "FeatureStore"]
+__all__ = ["run", "ReadImages", "ExtractFeatures", "KerasBackboneHandler", "ModelSpec", "FeatureStore"]
 
 
 def __getattr__(name: str):
@@ -17,15 +17,9 @@ def __getattr__(name: str):
     if name == "run":
         from pipeline.job import run
         return run
-    if name == "ReadImages":
-        from pipeline.sources import ReadImages
-        return ReadImages
-    if name == "ExtractFeatures":
-        from pipeline.transforms import ExtractFeatures
-        return ExtractFeatures
-    if name == "WriteFeatures":
-        from pipeline.sinks import WriteFeatures
-        return WriteFeatures
+    if name in ("ReadImages", "ExtractFeatures"):
+        from pipeline import transforms
+        return getattr(transforms, name)
     if name == "FeatureStore":
         from pipeline.store import FeatureStore
         return FeatureStore

@@ -55,13 +55,46 @@ def models_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _print_dry_run(report: dict) -> None:
+    units, skipped = report["units"], report["skipped"]
+    size = f"{report['bytes'] / 1e6:,.1f} MB"
+    kind = "tar shards" if report["layout"] == "tar" else "image files"
+    print(f"featurize: dry run, nothing written; {report['inputs']:,} {kind} ({size}), "
+          f"key root {report['key_root']!r}")
+    pending = "" if report["pending_inputs"] is None else f" ({report['pending_inputs']:,} inputs)"
+    print(f"featurize: {len(units)} units to process{pending}; {report['reused_units']} units already committed "
+          f"({report['reused_inputs']:,} inputs) that --resume would skip")
+    if skipped["count"]:
+        print(f"featurize: {skipped['count']:,} files would be skipped (not images): "
+              + ", ".join(f"{ext} {n}" for ext, n in skipped["by_extension"].items()))
+    if report["removed"]["count"]:
+        print(f"featurize: {report['removed']['count']:,} inputs of the store are no longer in the input")
+    if units:
+        rows = [{"unit": u["unit"], "inputs": u["inputs"] if u["inputs"] is not None else "?",
+                 "bytes": u["bytes"], "source": u["source"]} for u in units[:50]]
+        print(_table(rows, ["unit", "inputs", "bytes", "source"]))
+        if len(units) > 50:
+            print(f"... and {len(units) - 50} more units")
+
+
 def run_command(argv: Sequence[str]) -> int:
     from pipeline.job import run
 
     manifest = run(argv)
+    if manifest.get("dry_run"):
+        _print_dry_run(manifest)
+        return 0
     counts = manifest["counts"]
+    reused = f", {counts['reused']} reused from earlier runs" if counts.get("reused") else ""
     print(f"featurize: {counts['rows']} feature rows, {counts['errors']} error rows from {counts['inputs']} "
-          f"inputs in {manifest['wall_time_s']:.1f} s -> {manifest['config']['output']}")
+          f"inputs{reused} in {manifest['wall_time_s']:.1f} s -> {manifest['config']['output']}")
+    if manifest["skipped"]["count"]:
+        print(f"featurize: skipped {manifest['skipped']['count']} files that are not images "
+              f"({', '.join(f'{e} {n}' for e, n in manifest['skipped']['by_extension'].items())}); "
+              f"`featurize inspect` lists them", file=sys.stderr)
+    if manifest["removed"]["count"]:
+        print(f"featurize: warning: {manifest['removed']['count']} inputs in the store are no longer in --input "
+              f"(first: {manifest['removed']['listed'][0]}); they stay in the store", file=sys.stderr)
     return 0
 
 
@@ -147,7 +180,8 @@ def inspect_command(argv: Sequence[str]) -> int:
     manifest, fp = store.manifest, store.fingerprint
     counts = manifest["counts"]
     print(f"store      {store.root}  ({store.format}, complete)")
-    print(f"rows       {counts['rows']} of {counts['inputs']} inputs; {counts['errors']} errors")
+    print(f"rows       {counts['rows']} of {counts['inputs']} inputs; {counts['errors']} errors; "
+          f"{counts.get('reused', 0)} reused from earlier runs")
     print(f"model      {fp['backbone']}  weights={fp['weights']}  input={fp['input_size'][0]}x{fp['input_size'][1]}  "
           f"resize={fp['resize']}/{fp['interpolation']}  preprocess={fp['preprocess']}")
     print(f"run        {manifest.get('wall_time_s')} s, {manifest.get('images_per_s')} images/s, "
@@ -161,6 +195,18 @@ def inspect_command(argv: Sequence[str]) -> int:
         print("\nerrors")
         print(_table([{"stage": s, "error_type": t, "count": n} for (s, t), n in sorted(by.items())],
                      ["stage", "error_type", "count"]))
+    skipped, removed = manifest.get("skipped", {}), manifest.get("removed", {})
+    if skipped.get("count"):
+        print(f"\nskipped    {skipped['count']} files that are not images: "
+              + ", ".join(f"{ext} {n}" for ext, n in skipped["by_extension"].items()))
+        for key in skipped["keys"][:20]:
+            print(f"           {key}")
+        more = f" (all in {FileSystems.join(store.root, skipped['file'])})" if skipped.get("file") else ""
+        if skipped["count"] > 20:
+            print(f"           ... {skipped['count'] - 20} more{more}")
+    if removed.get("count"):
+        print(f"\nremoved    {removed['count']} inputs are in the store but no longer in the input: "
+              + ", ".join(removed["listed"][:5]))
     files = [*manifest["files"]["features"], *manifest["files"]["errors"], "manifest.json"]
     if store.format == "hdf5":
         files.insert(len(manifest["files"]["features"]), "features.h5")

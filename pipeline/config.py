@@ -1,5 +1,10 @@
 """The run configuration: YAML preset + command-line flags (flags win), validated up front.
 
+Each option is declared once, as a `RunConfig` field: its type decides how preset and flag
+values are converted, its metadata holds the flag's help text and any choices. The argparse
+flags (`--name-with-dashes`; `--no-name` for a boolean that defaults to true), the preset
+keys (dashes or underscores) and the conversion are all generated from the fields.
+
 Every problem is found before a pipeline is built and reported as one sentence naming
 the field, the value and what would be valid (`ConfigError`); the CLI turns it into
 exit code 2 without a traceback.
@@ -11,8 +16,9 @@ import dataclasses
 import difflib
 import os
 import re
-from dataclasses import dataclass
-from typing import Any, Sequence
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Callable, NoReturn, Sequence
 
 import yaml
 
@@ -30,34 +36,61 @@ class ConfigError(ValueError):
     """A configuration problem, phrased as one sentence for the user."""
 
 
+def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[str] = ()) -> Any:
+    """A RunConfig field that is also a `featurize run` flag and a preset key.
+
+    `choices`: the valid values (of each item, for a list field); validate() checks them
+    with a did-you-mean.
+    """
+    return field(default=default, metadata={"help": help, "choices": tuple(choices)})
+
+
 @dataclass(frozen=True)
 class RunConfig:
-    input: str
-    output: str
-    model: str = "ResNet50"
-    weights: str = "imagenet"
-    layers: tuple[str, ...] | None = None
-    pooling: tuple[str, ...] = ("avg",)
-    gem_p: float = 3.0
-    l2_normalize: bool = False
-    image_size: tuple[int, int] | None = None  # (height, width); None: the backbone's default
-    resize: str = "squash"
-    interpolation: str = "bilinear"
-    jpeg_draft: bool = True
-    exif_transpose: bool = True
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-    batch_size: int = 32
-    min_batch_size: int | None = None
-    format: str = "parquet"
-    dtype: str = "float32"
-    overwrite: bool = False
-    tf_threads: int | None = None
-    keras_backend: str = "tensorflow"
-    weights_sha256: str | None = None
-    precision: str = "float32"
-    jit_compile: bool = False
-    model_sharing: str = "process"
-    progress: bool = True
+    input: str = option(help="folder (recursive), glob of images, or tar shards: 'shards/train-{000000..000127}.tar'")
+    output: str = option(help="output directory (any Beam filesystem)")
+    model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50)")
+    weights: str = option("imagenet",
+                          help="imagenet (default), none, or a local .h5 / .weights.h5 file (full or notop)")
+    layers: tuple[str, ...] | None = option(None,
+                                            help="comma-separated layer names (default: the backbone's last layer)")
+    pooling: tuple[str, ...] = option(("avg",), choices=backbones.POOLINGS,
+                                      help="comma-separated poolings: avg, max, gem (default avg)")
+    gem_p: float = option(3.0, help="GeM exponent p (default 3)")
+    l2_normalize: bool = option(False, help="L2-normalise every output")
+    # (height, width); None: the backbone's default
+    image_size: tuple[int, int] | None = option(None, help="model input: 224 or HEIGHTxWIDTH (default: the backbone's)")
+    resize: str = option("squash", choices=RESIZE_POLICIES,
+                         help=f"resize policy: {', '.join(RESIZE_POLICIES)} (default squash)")
+    interpolation: str = option("bilinear", choices=list(INTERPOLATIONS),
+                                help=f"{', '.join(INTERPOLATIONS)} (default bilinear; nearest = Keras load_img)")
+    jpeg_draft: bool = option(True, help="decode JPEGs at full size even when downscaling")
+    exif_transpose: bool = option(True, help="ignore EXIF orientation")
+    max_pixels: int | None = option(DEFAULT_MAX_PIXELS,
+                                    help="decompression-bomb limit in pixels, or none (default Pillow's)")
+    batch_size: int = option(32, help="images per model call (default 32)")
+    min_batch_size: int | None = option(None, help="smallest batch RunInference may form (default = batch size)")
+    format: str = option("parquet", choices=FORMATS, help="parquet (default) or hdf5")
+    dtype: str = option("float32", choices=DTYPES, help="float32 (default) or float16")
+    overwrite: bool = option(False, help="replace a previous featurize output in --output")
+    tf_threads: int | None = option(None,
+                                    help="TensorFlow intra-op threads per worker (default: cores / local workers)")
+    keras_backend: str = option("tensorflow", choices=KERAS_BACKENDS,
+                                help="tensorflow (default), jax or torch (where installed on the workers)")
+    weights_sha256: str | None = option(None, help="expected sha256 of --weights; workers verify their copy")
+    precision: str = option("float32", choices=PRECISIONS,
+                            help="float32 (default), mixed_float16 (GPUs) or mixed_bfloat16 (TPUs, recent CPUs/GPUs)")
+    jit_compile: bool = option(False, help="compile the model with XLA")
+    model_sharing: str = option("process", choices=MODEL_SHARING,
+                                help="process (default: one model per worker process) or machine "
+                                     "(one model per machine, shared by its processes)")
+    progress: bool = option(True, help="no progress line on local runs")
+    resume: bool = option(False, help="continue an interrupted or extend a finished output with the same "
+                                      "configuration: only work units not yet committed are processed")
+    dry_run: bool = option(False, help="list the inputs and the work units a run would process (and how many "
+                                       "--resume would skip), load no model, write nothing")
+    unit_size: int = option(1000, help="plain files per work unit (the commit and resume granularity; "
+                                       "tar shards are one unit each)")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
@@ -65,6 +98,21 @@ class RunConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+_HINTS = typing.get_type_hints(RunConfig)
+
+
+def _kind(name: str) -> tuple[Any, bool]:
+    """A field's value type and whether it may be None: `int | None` -> (int, True)."""
+    args = typing.get_args(_HINTS[name])
+    if type(None) in args:
+        return next(a for a in args if a is not type(None)), True
+    return _HINTS[name], False
+
+
+def flag_name(f: dataclasses.Field) -> str:
+    """The flag of a field: `--batch-size`; a boolean that defaults to true is switched off by `--no-...`."""
+    dashed = f.name.replace("_", "-")
+    return f"--no-{dashed}" if _kind(f.name)[0] is bool and f.default is True else f"--{dashed}"
 
 
 def _suggest(value: str, valid: Sequence[str]) -> str:
@@ -85,6 +133,12 @@ def _float(name: str, value: Any) -> float:
         return float(value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} {value!r} is not a number")
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):  # flags are store_true/false; a preset must say true or false
+        raise ConfigError(f"{name} {value!r} must be true or false")
+    return value
 
 
 def parse_image_size(value: Any) -> tuple[int, int] | None:
@@ -114,6 +168,17 @@ def _int_or_none(name: str, value: Any) -> int | None:
         raise ConfigError(f"{name} {value!r} is not a whole number")
 
 
+# How a preset or flag value becomes a field's value type (the type without `| None`).
+_CONVERT: dict[Any, Callable[[str, Any], Any]] = {
+    str: lambda name, value: str(value),
+    bool: _bool,
+    int: _int_or_none,
+    float: _float,
+    tuple[str, ...]: lambda name, value: _csv(value),
+    tuple[int, int]: lambda name, value: parse_image_size(value),
+}
+
+
 def load_preset(path: str) -> dict[str, Any]:
     """A YAML mapping of field names (dashes or underscores); unknown fields are an error."""
     if not os.path.isfile(path):
@@ -134,69 +199,40 @@ def load_preset(path: str) -> dict[str, Any]:
 
 
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `featurize run` flags. Defaults are None so a preset's values survive unless a flag is given."""
-    a = parser.add_argument
-    a("--input", help="folder (recursive), glob of images, or tar shards: 'shards/train-{000000..000127}.tar'")
-    a("--output", help="output directory (any Beam filesystem)")
-    a("--config", help="YAML preset; flags override its values")
-    a("--model", help="backbone name, see `featurize models` (default ResNet50)")
-    a("--weights", help="imagenet (default), none, or a local .h5 / .weights.h5 file (full or notop)")
-    a("--layers", help="comma-separated layer names (default: the backbone's last layer)")
-    a("--pooling", help="comma-separated poolings: avg, max, gem (default avg)")
-    a("--gem-p", dest="gem_p", type=float, help="GeM exponent p (default 3)")
-    a("--l2-normalize", dest="l2_normalize", action="store_true", default=None, help="L2-normalise every output")
-    a("--image-size", dest="image_size", help="model input: 224 or HEIGHTxWIDTH (default: the backbone's)")
-    a("--resize", help=f"resize policy: {', '.join(RESIZE_POLICIES)} (default squash)")
-    a("--interpolation", help=f"{', '.join(INTERPOLATIONS)} (default bilinear; nearest = Keras load_img)")
-    a("--no-jpeg-draft", dest="jpeg_draft", action="store_false", default=None,
-      help="decode JPEGs at full size even when downscaling")
-    a("--no-exif-transpose", dest="exif_transpose", action="store_false", default=None,
-      help="ignore EXIF orientation")
-    a("--max-pixels", dest="max_pixels", help="decompression-bomb limit in pixels, or none (default Pillow's)")
-    a("--batch-size", dest="batch_size", type=int, help="images per model call (default 32)")
-    a("--min-batch-size", dest="min_batch_size", type=int, help="smallest batch RunInference may form (default = batch size)")
-    a("--format", help="parquet (default) or hdf5")
-    a("--dtype", help="float32 (default) or float16")
-    a("--overwrite", action="store_true", default=None, help="replace a previous featurize output in --output")
-    a("--tf-threads", dest="tf_threads", type=int, help="TensorFlow intra-op threads per worker (default: cores / local workers)")
-    a("--keras-backend", dest="keras_backend", help="tensorflow (default), jax or torch (where installed on the workers)")
-    a("--weights-sha256", dest="weights_sha256", help="expected sha256 of --weights; workers verify their copy")
-    a("--precision", help="float32 (default), mixed_float16 (GPUs) or mixed_bfloat16 (TPUs, recent CPUs/GPUs)")
-    a("--jit-compile", dest="jit_compile", action="store_true", default=None, help="compile the model with XLA")
-    a("--model-sharing", dest="model_sharing",
-      help="process (default: one model per worker process) or machine (one model per machine, shared by its processes)")
-    a("--no-progress", dest="progress", action="store_false", default=None,
-      help="no progress line on local runs")
+    """The `featurize run` flags, one per RunConfig field, plus --config.
+
+    Defaults are None so a preset's values survive unless a flag is given; values stay
+    strings here so that flags and presets share one conversion (and its messages) in resolve().
+    """
+    parser.add_argument("--config", help="YAML preset; flags override its values")
+    for f in dataclasses.fields(RunConfig):
+        if _kind(f.name)[0] is bool:
+            parser.add_argument(flag_name(f), dest=f.name, action="store_false" if f.default else "store_true",
+                                default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag_name(f), dest=f.name, help=f.metadata["help"])
+
+
+def _convert(name: str, value: Any) -> Any:
+    kind, optional = _kind(name)
+    if value is None and optional:
+        return None
+    converted = _CONVERT[kind](name, value)
+    if optional and converted == ():  # an empty list (`--layers ''`) means none: the default
+        return None
+    return converted
 
 
 def resolve(flags: argparse.Namespace) -> RunConfig:
     """defaults < preset < flags, normalised and validated."""
     values: dict[str, Any] = load_preset(flags.config) if getattr(flags, "config", None) else {}
     values.update({k: v for k, v in vars(flags).items() if k in FIELDS and v is not None})
-    for required in ("input", "output"):
-        if not values.get(required):
-            raise ConfigError(f"{required} is missing; give --{required} PATH or set it in the --config preset")
-    if "layers" in values:
-        values["layers"] = _csv(values["layers"]) or None
-    if "pooling" in values:
-        values["pooling"] = _csv(values["pooling"])
-    if "image_size" in values:
-        values["image_size"] = parse_image_size(values["image_size"])
-    for name in ("max_pixels", "batch_size", "min_batch_size", "tf_threads"):
-        if name in values:
-            values[name] = _int_or_none(name, values[name])
-    if values.get("batch_size") is None:
-        values.pop("batch_size", None)
-    if "gem_p" in values:
-        values["gem_p"] = _float("gem_p", values["gem_p"])
-    for name in ("l2_normalize", "jpeg_draft", "exif_transpose", "overwrite", "jit_compile", "progress"):
-        if name in values and not isinstance(values[name], bool):
-            raise ConfigError(f"{name} {values[name]!r} must be true or false")
-    for name in ("input", "output", "model", "weights", "resize", "interpolation", "format", "dtype", "keras_backend",
-                 "precision", "model_sharing"):
-        if name in values:
-            values[name] = str(values[name])
-    config = RunConfig(**values)
+    for f in dataclasses.fields(RunConfig):
+        if f.default is dataclasses.MISSING and not values.get(f.name):
+            raise ConfigError(f"{f.name} is missing; give --{f.name} PATH or set it in the --config preset")
+    converted = {name: _convert(name, value) for name, value in values.items()}
+    # None for a field that cannot be None (`batch_size: none`) means its default.
+    config = RunConfig(**{k: v for k, v in converted.items() if v is not None or _kind(k)[1]})
     validate(config)
     return config
 
@@ -214,17 +250,13 @@ def validate(config: RunConfig) -> None:
     backbone = backbones.BACKBONES[config.model]
     if not config.pooling:
         raise ConfigError(f"pooling is empty; choose from: {', '.join(backbones.POOLINGS)}")
-    for pooling in config.pooling:
-        _check_choice("pooling", pooling, backbones.POOLINGS)
+    for f in dataclasses.fields(config):
+        if f.metadata["choices"]:
+            value = getattr(config, f.name)
+            for item in value if isinstance(value, tuple) else (value,):
+                _check_choice(f.name, item, f.metadata["choices"])
     if config.gem_p <= 0:
         raise ConfigError(f"gem_p {config.gem_p} must be > 0")
-    _check_choice("resize", config.resize, RESIZE_POLICIES)
-    _check_choice("interpolation", config.interpolation, list(INTERPOLATIONS))
-    _check_choice("format", config.format, FORMATS)
-    _check_choice("dtype", config.dtype, DTYPES)
-    _check_choice("keras_backend", config.keras_backend, KERAS_BACKENDS)
-    _check_choice("precision", config.precision, PRECISIONS)
-    _check_choice("model_sharing", config.model_sharing, MODEL_SHARING)
     height, width = input_size(config)
     if min(height, width) < backbone.min_size:
         raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
@@ -246,6 +278,11 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"max_pixels {config.max_pixels} must be positive, or none to disable the limit")
     if config.tf_threads is not None and config.tf_threads < 1:
         raise ConfigError(f"tf_threads {config.tf_threads} must be at least 1")
+    if config.unit_size < 1:
+        raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
+    if config.resume and config.overwrite:
+        raise ConfigError("resume and overwrite exclude each other; pass --resume to continue the output in "
+                          "--output, or --overwrite to replace it")
 
 
 def _exists(uri: str) -> bool:
@@ -262,3 +299,73 @@ def input_size(config: RunConfig) -> tuple[int, int]:
         return config.image_size
     size = backbones.BACKBONES[config.model].default_size
     return size, size
+
+
+class _OneSentenceParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Apache Beam pipeline option, collected from Beam itself.
+
+    That is every PipelineOptions subclass imported so far (Beam's own, and those of any
+    runner or user module), so a new Beam release or a custom options class needs no list here.
+    Like Beam (`allow_abbrev=False`), it accepts full option names only.
+    """
+    from apache_beam.options import pipeline_options
+
+    # Beam's parser class: some options classes call its add_value_provider_argument.
+    class Parser(pipeline_options._BeamArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise ConfigError(f"Apache Beam {message}")
+
+    # conflict_handler="resolve": an option declared by two classes is known once, not an error.
+    parser = Parser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    pending, seen = [pipeline_options.PipelineOptions], set()
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            if cls not in seen:
+                seen.add(cls)
+                pending.append(cls)
+                try:
+                    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+                except argparse.ArgumentError:  # a clash within one class must not hide the others' options
+                    pass
+    return parser
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings]  # pylint: disable=protected-access
+
+
+def _close_flag(name: str, known: Sequence[str]) -> str:
+    bare = {k.lstrip("-"): k for k in known}  # compare names, not the `--` every flag shares
+    close = difflib.get_close_matches(name.lstrip("-"), list(bare), n=1)
+    return f" (did you mean {bare[close[0]]!r}?)" if close else ""
+
+
+def parse_run_args(argv: Sequence[str]) -> tuple[RunConfig, list[str]]:
+    """`featurize run` arguments -> (the validated config, the arguments left for Apache Beam).
+
+    An argument that is neither a featurize flag nor a Beam pipeline option (nor the value
+    of one) is a ConfigError: Beam would drop a misspelt flag with a mere log warning.
+    """
+    parser = _OneSentenceParser(prog="featurize run", description="Extract features from images.",
+                                allow_abbrev=False)  # exact names, as Beam: `--batch` is not `--batch-size`
+    add_run_arguments(parser)
+    flags, rest = parser.parse_known_args(list(argv))
+    beam = beam_parser()
+    _, unknown = beam.parse_known_args(rest)  # consumes each Beam flag's value too, in either form
+    if unknown:
+        arg = unknown[0]
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            raise ConfigError(f"option {name!r} is neither a featurize option nor an Apache Beam pipeline option"
+                              f"{_close_flag(name, _options(parser) + _options(beam))}; "
+                              f"run `featurize run --help` for featurize's options")
+        raise ConfigError(f"argument {arg!r} is neither an option nor the value of one; give each value after "
+                          f"its flag (--input PATH); run `featurize run --help` for featurize's options")
+    return resolve(flags), rest

@@ -1,9 +1,9 @@
 """HDF5 feature stores: one shard file per writer, one virtual `features.h5` over all of them.
 
-HDF5 files cannot be shared by concurrent writers, so every bundle writes its own shard
-`features/features-SSSSS-of-NNNNN.h5` (through Beam's file sink, which names, renames and
-cleans up). Shards are written to a local temporary file (HDF5 needs to seek) and copied
-to their destination on close, so any Beam filesystem works. After the last shard,
+HDF5 files cannot be shared by concurrent writers, so every work unit writes its own shard
+`features/UNIT.h5` (committed like a Parquet unit, see pipeline.journal). Shards are written
+to a local temporary file (HDF5 needs to seek) and copied to their destination on close, so
+any Beam filesystem works. After the last unit,
 `features.h5` maps every shard into single logical datasets with HDF5 virtual datasets
 (relative paths: the store can be moved as a folder), so
 `h5py.File("out/features.h5")["embedding"]` is the whole N x D matrix without a copy.
@@ -23,7 +23,6 @@ from typing import Any
 
 import h5py
 import numpy as np
-from apache_beam.io.filebasedsink import FileBasedSink
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
@@ -42,15 +41,16 @@ def _copy_to(local_path: str, destination: str) -> None:
         shutil.copyfileobj(source, target, 1 << 22)
 
 
-class _ShardWriter:
-    """Appends rows to one HDF5 shard in a local temporary file, in row blocks."""
+class ShardWriter:
+    """Appends rows to one HDF5 shard in a local temporary file, in row blocks; `close` copies it
+    to `destination`, `abort` drops it."""
 
-    def __init__(self, destination: str, outputs: dict[str, int], dtype: str, fingerprint: str):
+    def __init__(self, destination: str, outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]):
         self.destination = destination
         handle, self.local_path = tempfile.mkstemp(suffix=".h5", prefix="featurize-shard-")
         os.close(handle)
         self.file = h5py.File(self.local_path, "w")
-        self.file.attrs[FINGERPRINT_ATTR] = fingerprint
+        self.file.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
         self.outputs = outputs
         self.buffers: dict[str, list] = {name: [] for name in [*_META, *outputs]}
         for name, dim in outputs.items():
@@ -84,25 +84,12 @@ class _ShardWriter:
             self.file.close()
             _copy_to(self.local_path, self.destination)
         finally:
-            self.file.close()  # a no-op when already closed; needed when flush() failed
+            self.abort()
+
+    def abort(self) -> None:
+        self.file.close()  # a no-op when already closed
+        if os.path.exists(self.local_path):
             os.unlink(self.local_path)
-
-
-class Hdf5ShardSink(FileBasedSink):
-    """Beam file sink writing feature rows into HDF5 shards (one per bundle)."""
-
-    def __init__(self, file_path_prefix: str, outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]):
-        super().__init__(file_path_prefix, coder=None, file_name_suffix=".h5",
-                         mime_type="application/x-hdf5", compression_type=CompressionTypes.UNCOMPRESSED)
-        self._outputs = dict(outputs)
-        self._dtype = dtype
-        self._fingerprint = json.dumps(fingerprint, sort_keys=True)
-
-    def open(self, temp_path: str) -> _ShardWriter:
-        return _ShardWriter(temp_path, self._outputs, self._dtype, self._fingerprint)
-
-    def write_record(self, file_handle: _ShardWriter, value: dict[str, Any]) -> None:
-        file_handle.append(value)
 
 
 def shard_rows(path: str) -> int:

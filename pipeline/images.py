@@ -94,6 +94,40 @@ def is_image_name(name: str) -> bool:
     return posixpath.splitext(base)[1].lower() in IMAGE_EXTENSIONS
 
 
+def extension_of(name: str) -> str:
+    """The last extension of ``name``, lower-cased with its dot (``""`` when there is none)."""
+    base = name.replace("\\", "/").rsplit("/", 1)[-1]
+    return posixpath.splitext(base)[1].lower()
+
+
+# Leading bytes of the formats featurize decodes (_FORMATS), for files without an extension.
+_SIGNATURES: tuple[tuple[bytes, str], ...] = (
+    (b"\xff\xd8\xff", "JPEG"), (b"\x89PNG\r\n\x1a\n", "PNG"), (b"GIF87a", "GIF"), (b"GIF89a", "GIF"),
+    (b"BM", "BMP"), (b"II*\x00", "TIFF"), (b"MM\x00*", "TIFF"),
+    (b"P1", "PPM"), (b"P2", "PPM"), (b"P3", "PPM"), (b"P4", "PPM"), (b"P5", "PPM"), (b"P6", "PPM"),
+)
+SNIFF_BYTES = 16
+
+
+def sniff_image_format(head: bytes) -> str | None:
+    """The image format the first bytes of a file announce (JPEG, PNG, GIF, BMP, TIFF, PPM, WEBP), or None.
+
+    For files without an extension (cameras and scrapers write them): a file is read as an
+    image only when its bytes say so; the decoder still checks everything else.
+    """
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "WEBP"
+    for signature, fmt in _SIGNATURES:
+        if head.startswith(signature):
+            # "BM" and "P1".."P6" are short: require what follows to look like the format too.
+            if fmt == "BMP" and len(head) < 14:
+                return None
+            if fmt == "PPM" and (len(head) < 3 or head[2:3] not in b" \t\r\n#"):
+                return None
+            return fmt
+    return None
+
+
 @dataclass(frozen=True)
 class DecodeSpec:
     """How to turn bytes into a ``(height, width, 3)`` uint8 array."""

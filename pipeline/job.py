@@ -1,15 +1,15 @@
 """`run(argv)`: parse and validate the configuration, wire the stages, run, return the manifest.
 
 This module only wires the composite transforms; everything a library user would also
-need lives in them (`ReadImages`, `ExtractFeatures`, `WriteFeatures`).
+need lives in them and in the modules they use (`PendingUnits`, `ProcessUnits`, `WriteManifest`;
+planning in `pipeline.units`, the journal in `pipeline.journal`).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.metadata
-import json
 import os
 import shutil
+import sys
 import tempfile
 import time
 from dataclasses import dataclass
@@ -23,13 +23,16 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.runner import PipelineState
 
 from pipeline import backbones, progress
-from pipeline.config import ConfigError, RunConfig, add_run_arguments, input_size, resolve
+from pipeline.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
+from pipeline.journal import (STORE_STATE, committed_units, read_json, read_store_state, remove_orphans,
+                              write_json_atomically, write_store_state)
 from pipeline.records import METRICS_NAMESPACE
-from pipeline.sinks import MANIFEST, OWNED_PATTERNS, WriteFeatures, write_json_atomically
-from pipeline.sources import ReadImages, count_matches, resolve_input
-from pipeline.transforms import ExtractFeatures
+from pipeline.sinks import LISTED_LIMIT, MANIFEST, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
+from pipeline.sources import Listing, list_inputs, resolve_input
+from pipeline.transforms import PendingUnits, ProcessUnits
+from pipeline.units import Plan, plan_units
 from pipeline.weights import sha256_of
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
@@ -108,24 +111,72 @@ def fingerprint(config: RunConfig, outputs: dict[str, int], spec: ModelSpec) -> 
     }
 
 
-def check_paths(config: RunConfig) -> None:
-    """Input must exist and match something; output must be empty unless --overwrite."""
+def check_input(config: RunConfig) -> Listing:
+    """List the input (once, on the launcher); it must hold something."""
     try:
-        spec = resolve_input(config.input)
-        found = count_matches(spec)
+        listing = list_inputs(resolve_input(config.input))
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    except Exception as exc:  # e.g. a filesystem that is not installed
+    except Exception as exc:  # noqa: BLE001 - e.g. a filesystem that is not installed: said in one sentence
         raise ConfigError(f"input {config.input!r} cannot be read ({type(exc).__name__}: {exc})") from None
-    if not found:
-        kind = "tar shards" if spec.layout == "tar" else "image files"
-        raise ConfigError(f"input {config.input!r} matches no {kind}; give a folder of images, a glob, "
+    if len(listing.inputs) == len(listing.missing) and not listing.duplicates:
+        kind = "tar shards" if listing.layout == "tar" else "image files"
+        skipped = f" ({len(listing.skipped)} other files skipped)" if listing.skipped else ""
+        raise ConfigError(f"input {config.input!r} matches no {kind}{skipped}; give a folder of images, a glob, "
                           f"or tar shards like 'shards/train-{{000000..000127}}.tar'")
+    return listing
+
+
+def _output_is_empty(output: str) -> bool:
     # A match, not exists(): on object stores a "folder" is a prefix, which exists() never sees.
-    existing = FileSystems.match([FileSystems.join(config.output, "**")], limits=[1])[0].metadata_list
-    if existing and not config.overwrite:
-        raise ConfigError(f"output {config.output!r} is not empty; pass --overwrite to replace a previous "
-                          f"featurize output there, or choose an empty directory")
+    return not FileSystems.match([FileSystems.join(output, "**")], limits=[1])[0].metadata_list
+
+
+# Fingerprint fields that do not change a single vector: versions are reported, not enforced.
+_NOT_COMPARED = ("versions",)
+
+
+def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: Listing) -> dict[str, Any]:
+    """What a store is, written before its first unit and checked by every --resume."""
+    return {"fingerprint": fingerprint, "format": config.format, "layout": listing.layout,
+            "key_root": listing.root, "featurize": _version("featurize")}
+
+
+def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """--resume into a store made with another configuration is refused, naming the first difference."""
+    theirs, ours = state["fingerprint"], wanted["fingerprint"]
+    differences = [(f"{name}", theirs.get(name), ours.get(name)) for name in sorted(set(theirs) | set(ours))
+                   if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
+    if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):
+        differences = [d for d in differences if d[0] != "weights"]  # the same file at another path
+    differences += [(name, state.get(name), wanted[name]) for name in ("format", "layout", "key_root")
+                    if state.get(name) != wanted[name]]
+    if differences:
+        name, before, now = differences[0]
+        raise ConfigError(f"--resume: the store in {output!r} was made with {name} {before!r} but this run has "
+                          f"{now!r}; resume with the same configuration, or start over with --overwrite or a new "
+                          f"--output")
+
+
+def committed_for(config: RunConfig, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The journal entries a run may reuse: none unless --resume (or --dry-run) into a matching store.
+
+    Refuses a non-empty output without --resume or --overwrite, and a --resume into a store
+    made with another configuration or into a folder that is not a featurize store.
+    """
+    if config.overwrite or _output_is_empty(config.output):
+        return {}
+    state = read_store_state(config.output)
+    if not (config.resume or config.dry_run):
+        what = "an interrupted or finished featurize run" if state else "files"
+        raise ConfigError(f"output {config.output!r} is not empty (it holds {what}); pass --resume to continue "
+                          f"it with the same configuration, --overwrite to replace featurize's files there, "
+                          f"or choose an empty directory")
+    if state is None:
+        raise ConfigError(f"--resume: output {config.output!r} is not a featurize store (no {STORE_STATE}); "
+                          f"choose an empty directory, or --overwrite to replace featurize's files there")
+    check_same_store(config.output, state, identity)
+    return committed_units(config.output)
 
 
 def clear_previous_output(output: str) -> None:
@@ -203,53 +254,60 @@ class Job:
     config: RunConfig
     options: PipelineOptions
     handler: KerasBackboneHandler
-    manifest: dict[str, Any]
+    manifest: dict[str, Any]  # the manifest so far; finalize_store completes it
+    plan: Plan
+    identity: dict[str, Any]
     started_at: float
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
 
 
+def _manifest_template(config: RunConfig, fp: dict[str, Any], options: PipelineOptions, plan: Plan,
+                       started_at: float) -> dict[str, Any]:
+    skipped = [key for key, _ in plan.listing.skipped]
+    return {
+        "format": config.format,
+        "config": config.to_dict(),
+        "fingerprint": fp,
+        "runner": options.view_as(StandardOptions).runner,
+        "started_at": datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="seconds"),
+        "counts": {"reused": plan.reused_inputs, "skipped": len(skipped), "removed": len(plan.removed)},
+        "skipped": {"count": len(skipped), "by_extension": plan.listing.skipped_by_extension(),
+                    "keys": skipped[:LISTED_LIMIT],
+                    "file": SKIPPED_FILE if len(skipped) > LISTED_LIMIT else None},
+        "removed": {"count": len(plan.removed), "listed": plan.removed[:LISTED_LIMIT]},
+    }
+
+
 def prepare(argv: Sequence[str] | None = None) -> Job:
-    """Parse and validate everything; raises ConfigError before any work starts."""
-    parser = argparse.ArgumentParser(prog="featurize run", description="Extract features from images.")
-    add_run_arguments(parser)
-    flags, beam_args = parser.parse_known_args(list(argv) if argv is not None else None)
-    config = resolve(flags)
-    check_paths(config)
+    """Parse and validate everything, list the input and plan the units; raises ConfigError before any work."""
+    config, beam_args = parse_run_args(list(argv) if argv is not None else sys.argv[1:])
+    listing = check_input(config)
     outputs = output_dims(config)
     options = pipeline_options(beam_args)
     check_job_endpoint(options)
     spec = model_spec(config, weights_digest(config))
+    fp = fingerprint(config, outputs, spec)
+    identity = store_identity(config, fp, listing)
+    committed = committed_for(config, identity)
+    plan = plan_units(listing, committed, config.unit_size, config.batch_size)
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
         intra_op_threads=tf_threads_per_worker(config, options), keras_backend=config.keras_backend,
         jit_compile=config.jit_compile, share_across_processes=config.model_sharing == "machine")
     started_at = time.time()
-    manifest = {
-        "format": config.format,
-        "config": config.to_dict(),
-        "fingerprint": fingerprint(config, outputs, spec),
-        "runner": options.view_as(StandardOptions).runner,
-        "started_at": datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="seconds"),
-    }
-    return Job(config, options, handler, manifest, started_at)
+    return Job(config, options, handler, _manifest_template(config, fp, options, plan, started_at), plan,
+               identity, started_at)
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
-    """Wire ReadImages -> ExtractFeatures -> WriteFeatures into `p`; returns the manifest PCollection."""
-    config = job.config
-    read = p | "ReadImages" >> ReadImages(config.input)
-    extracted = read["images"] | "ExtractFeatures" >> ExtractFeatures(
-        job.handler, decode_spec(config), config.dtype, job.progress_dir)
-    errors = (read["errors"], extracted["errors"]) | "AllErrors" >> beam.Flatten()
-    inputs = (
-        (read["images"] | "CountImages" >> beam.combiners.Count.Globally(),
-         read["errors"] | "CountReadErrors" >> beam.combiners.Count.Globally())
-        | "Counts" >> beam.Flatten()
-        | "Inputs" >> beam.CombineGlobally(sum))
-    return {"rows": extracted["rows"], "errors": errors, "inputs": inputs} | "WriteFeatures" >> WriteFeatures(
-        config.output, job.manifest, job.started_at)
-
-
+    """Wire PendingUnits -> ProcessUnits -> WriteManifest into `p`; returns the manifest PCollection."""
+    config, plan = job.config, job.plan
+    units = p | "PendingUnits" >> PendingUnits(plan.pending, plan.committed, config.output)
+    entries = units | "ProcessUnits" >> ProcessUnits(
+        config.output, job.handler, decode_spec(config), config.format, job.manifest["fingerprint"],
+        config.batch_size, job.progress_dir)
+    return entries | "WriteManifest" >> WriteManifest(
+        config.output, job.manifest, job.started_at, [unit.unit_id for unit in plan.pending])
 def metrics_summary(result: beam.runners.runner.PipelineResult) -> dict[str, Any]:
     """Committed featurize counters and distributions, plus per-stage time and images/s."""
     try:
@@ -275,20 +333,51 @@ def metrics_summary(result: beam.runners.runner.PipelineResult) -> dict[str, Any
     return {"counters": counters, "distributions": distributions, "stages": stages}
 
 
+def dry_run_report(job: Job) -> dict[str, Any]:
+    """What a run would do, from the listing and the journal alone: no model, nothing written."""
+    plan, listing = job.plan, job.plan.listing
+    return {
+        "dry_run": True, "layout": listing.layout, "key_root": listing.root,
+        "inputs": len(listing.inputs) + len(listing.duplicates), "bytes": listing.bytes,
+        "units": [{"unit": u.unit_id, "source": u.source, "inputs": len(u.members) + len(u.rejected) or None,
+                   "bytes": u.size_bytes} for u in plan.pending],
+        "pending_inputs": plan.pending_inputs,
+        "reused_units": len(plan.reused_units), "reused_inputs": plan.reused_inputs,
+        "removed": job.manifest["removed"], "skipped": job.manifest["skipped"],
+    }
+
+
+def _write_skipped(output: str, listing: Listing) -> None:
+    if len(listing.skipped) > LISTED_LIMIT:
+        with FileSystems.create(FileSystems.join(output, SKIPPED_FILE)) as handle:
+            handle.write("".join(f"{key}\n" for key, _ in listing.skipped).encode("utf-8"))
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`featurize run ...` as a function: returns the manifest of the finished output.
 
-    Raises ConfigError (before any work starts) for a bad configuration. When the runner
-    reports metrics, the manifest gains `metrics` (counters, distributions, per-stage time
-    and images/s; stage seconds are summed over workers).
+    Raises ConfigError (before any work starts) for a bad configuration. With --dry-run,
+    returns `dry_run_report` instead. When the runner reports metrics, the manifest gains
+    `metrics` (counters, distributions, per-stage time and images/s; stage seconds are
+    summed over workers).
     """
     job = prepare(argv)
-    if job.config.overwrite:
-        clear_previous_output(job.config.output)
+    config = job.config
+    if config.dry_run:
+        return dry_run_report(job)
+    if config.overwrite:
+        clear_previous_output(config.output)
+    if job.plan.committed:
+        remove_orphans(config.output, job.plan.committed.values())  # files of units a crash left uncommitted
+    if read_store_state(config.output) is None:
+        write_store_state(config.output, job.identity)
+    _write_skipped(config.output, job.plan.listing)
+    if not job.plan.pending:  # everything is committed already: only the manifest is left to write
+        return finalize_store(config.output, job.manifest, job.started_at)
     stop_progress = None
-    if job.config.progress and local_workers(job.options):
+    if config.progress and local_workers(job.options):
         job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
-        stop_progress = progress.watch(job.progress_dir)
+        stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending))
     try:
         p = beam.Pipeline(options=job.options)
         build(p, job)
@@ -299,11 +388,11 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             stop_progress()
         if job.progress_dir:
             shutil.rmtree(job.progress_dir, ignore_errors=True)
-    manifest_path = FileSystems.join(job.config.output, MANIFEST)
+    manifest_path = FileSystems.join(config.output, MANIFEST)
     if state != PipelineState.DONE or not FileSystems.exists(manifest_path):
-        raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}")
-    with FileSystems.open(manifest_path) as handle:
-        manifest = json.load(handle)
+        raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}; "
+                           f"run again with --resume to keep what was committed")
+    manifest = read_json(manifest_path)
     summary = metrics_summary(result)
     if summary:
         manifest["metrics"] = summary

@@ -1,6 +1,7 @@
 """The element types that flow between stages, and the error-row contract."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import NamedTuple
 
 # Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
@@ -37,6 +38,22 @@ def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> 
     """An error row for `exc`; messages are capped so one pathological input cannot bloat the store."""
     message = str(exc) or repr(exc)
     return ErrorRecord(key, uri, stage, type(exc).__name__, message[:2000])
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    """A deterministic piece of the input that is committed to the store whole or not at all.
+
+    A tar shard is one unit (`source` is the shard); plain files are grouped into units of
+    sorted keys (`members`: (key, uri) pairs). `rejected` are inputs of the unit refused while
+    planning (a key that another file already has): they become its error rows.
+    """
+    unit_id: str
+    layout: str  # "tar" | "files"
+    source: str
+    members: tuple[tuple[str, str], ...] = ()
+    rejected: tuple[ErrorRecord, ...] = ()
+    size_bytes: int = 0
 
 
 def relative_path(path: str, root: str) -> str:

@@ -1,13 +1,12 @@
-"""WriteFeatures: feature rows and error rows -> a feature store, then manifest.json.
+"""Writing a feature store: one unit's rows and error rows (`UnitWriter`), then the manifest.
 
 Layout of an output directory:
 
-    features/features-SSSSS-of-NNNNN.parquet   feature rows (Beam's Parquet sink, runner-chosen
-                                               sharding: no shuffle of the rows)
-    errors/errors-SSSSS-of-NNNNN.parquet       one row per failed input
-    manifest.json                              written last, atomically, by the pipeline itself
-                                               once every shard is final: its presence means the
-                                               output is complete
+    features/UNIT.parquet     feature rows of one work unit (or UNIT.h5 with --format hdf5)
+    errors/UNIT.parquet       error rows of one work unit (only units with errors have one)
+    features.h5               --format hdf5: every shard as one virtual dataset
+    _featurize/               the journal: what is committed (pipeline.journal)
+    manifest.json             written last, atomically: its presence means the output is complete
 
 Features and errors live in folders of their own so `pandas.read_parquet("out/features")`,
 DuckDB globs and embedding-reader see one schema and no JSON.
@@ -16,24 +15,32 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Iterable
 
 import apache_beam as beam
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.io.parquetio import WriteToParquet
 
-from pipeline.hdf5 import VIRTUAL_STORE, Hdf5ShardSink, write_virtual_store
-from pipeline.records import STAGES, ErrorRecord, relative_path
+from pipeline import journal
+from pipeline.dedupe import HASH_DTYPE
+from pipeline.hdf5 import VIRTUAL_STORE, ShardWriter, write_virtual_store
+from pipeline.journal import ERRORS_DIR, FEATURES_DIR, STATE_DIR, UNITS_DIR, join, write_json_atomically
+from pipeline.records import STAGES, ErrorRecord
 
 MANIFEST = "manifest.json"
 FINGERPRINT_KEY = b"featurize.fingerprint"
-FEATURES_DIR = "features"
-ERRORS_DIR = "errors"
-# Everything this tool writes into an output directory (for --overwrite), Beam's temp folders included.
-OWNED_PATTERNS = (f"{FEATURES_DIR}/**", f"{ERRORS_DIR}/**", VIRTUAL_STORE, MANIFEST, MANIFEST + ".tmp")
+SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
+LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
+# Everything this tool writes into an output directory (for --overwrite): only its own files.
+OWNED_PATTERNS = (*(f"{folder}/{prefix}*" for folder in (FEATURES_DIR, ERRORS_DIR) for prefix in journal.UNIT_PREFIXES),
+                  f"{STATE_DIR}/**", VIRTUAL_STORE, MANIFEST)
+# Parquet row groups: large enough for fast scans, small enough to bound a worker's buffer.
+ROW_GROUP_BYTES = 32 << 20
 
 ERROR_SCHEMA = pa.schema([
     ("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
@@ -49,116 +56,193 @@ def feature_schema(outputs: dict[str, int], dtype: str, fingerprint: dict[str, A
     return pa.schema(fields, metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
 
 
-def _count_rows(paths: list[str]) -> int:
-    total = 0
-    for path in paths:
-        with FileSystems.open(path) as handle:
-            total += pq.ParquetFile(handle).metadata.num_rows
-    return total
+def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    """Row dicts -> an Arrow table; vectors go in as one flat array per column, not element by element."""
+    columns = []
+    for field in schema:
+        values = [row[field.name] for row in rows]
+        if pa.types.is_fixed_size_list(field.type):
+            flat = np.stack(values).astype(field.type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
+            columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
+        else:
+            columns.append(pa.array(values, field.type))
+    return pa.Table.from_arrays(columns, schema=schema)
 
 
-def _count_errors_by_stage(paths: list[str]) -> dict[str, int]:
-    by_stage = {stage: 0 for stage in STAGES}
-    for path in paths:
-        with FileSystems.open(path) as handle:
-            stages = pq.read_table(handle, columns=["stage"]).column("stage").to_pylist()
-        for stage in stages:
-            by_stage[stage] = by_stage.get(stage, 0) + 1
-    return by_stage
+class _ParquetRows:
+    """Feature rows of one unit streamed into one Parquet file, a row group at a time."""
+    suffix = ".parquet"
+
+    def __init__(self, path: str, schema: pa.Schema):
+        self._schema = schema
+        row_bytes = sum(f.type.list_size * f.type.value_type.bit_width // 8
+                        for f in schema if pa.types.is_fixed_size_list(f.type)) + 64
+        self._group_rows = max(64, min(8192, ROW_GROUP_BYTES // row_bytes))
+        self._handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+        self._writer = pq.ParquetWriter(self._handle, schema, compression="snappy")
+        self._buffer: list[dict[str, Any]] = []
+
+    def append(self, row: dict[str, Any]) -> None:
+        self._buffer.append(row)
+        if len(self._buffer) >= self._group_rows:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self._buffer:
+            self._writer.write_table(rows_to_table(self._buffer, self._schema))
+            self._buffer = []
+
+    def close(self) -> None:
+        self._flush()
+        self._writer.close()
+        self._handle.close()
+
+    def abort(self) -> None:
+        self._buffer = []
+        try:
+            self._writer.close()
+        finally:
+            self._handle.close()
 
 
-def write_json_atomically(path: str, document: dict[str, Any]) -> None:
-    """Write to a temporary name, then rename: readers see the whole file or none."""
-    temporary = path + ".tmp"
-    with FileSystems.create(temporary) as handle:
-        handle.write(json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
-    try:
-        FileSystems.rename([temporary], [path])
-    except Exception:  # noqa: BLE001 - filesystems (HDFS) whose rename refuses to replace a file
-        FileSystems.delete([path])
-        FileSystems.rename([temporary], [path])
+class UnitWriter:
+    """Collects one work unit's feature rows and error rows, then commits them as a whole.
 
-
-class _WriteManifest(beam.DoFn):
-    """Runs once, after every shard is final: counts what was written and checks it."""
-
-    def __init__(self, output: str, manifest: dict[str, Any], started_at: float):
-        self._output = output
-        self._manifest = manifest
-        self._started_at = started_at
-
-    def _finish_features(self, feature_files: list[str]) -> int:
-        """Rows written; for HDF5 also the virtual store over every shard."""
-        if self._manifest.get("format") == "hdf5":
-            fingerprint = self._manifest["fingerprint"]
-            return write_virtual_store(self._output, feature_files, fingerprint["outputs"],
-                                       fingerprint["dtype"], fingerprint)
-        return _count_rows(feature_files)
-
-    def process(self, _, feature_files, error_files, inputs):
-        feature_files, error_files = sorted(feature_files), sorted(error_files)
-        rows = self._finish_features(feature_files)
-        by_stage = _count_errors_by_stage(error_files)
-        errors = sum(by_stage.values())
-        if inputs != rows + errors:
-            raise RuntimeError(
-                f"featurize lost track of inputs: {inputs} read but {rows} feature rows + "
-                f"{errors} error rows written; the output is incomplete and has no manifest")
-        elapsed = time.time() - self._started_at
-        document = dict(self._manifest)
-        document.update({
-            "counts": {"inputs": inputs, "rows": rows, "errors": errors, "errors_by_stage": by_stage},
-            "files": {"features": [relative_path(p, self._output) for p in feature_files],
-                      "errors": [relative_path(p, self._output) for p in error_files]},
-            "wall_time_s": round(elapsed, 3),
-            "images_per_s": round(inputs / elapsed, 3) if elapsed > 0 else None,
-            "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        })
-        write_json_atomically(FileSystems.join(self._output, MANIFEST), document)
-        yield document
-
-
-def _error_row(error: ErrorRecord) -> dict[str, str]:
-    return error._asdict()
-
-
-class WriteFeatures(beam.PTransform):
-    """Write a feature store: feature shards, error shards, then manifest.json.
-
-    Input: a dict with `rows` (row dicts from ExtractFeatures), `errors` (ErrorRecord from
-    every stage) and `inputs` (a PCollection holding the number of inputs read, one int).
-    `manifest` is the document to complete: it must hold `format` ("parquet" | "hdf5") and
-    the `fingerprint`, whose `outputs` ({name: dim}) and `dtype` shape the store.
-    Output: a PCollection with the manifest document once it is written.
+    Files are written under the journal's tmp/ with a name of their own per attempt; `commit`
+    moves them to `features/UNIT.*` and `errors/UNIT.parquet` and writes the journal entry.
+    `abort` (a failed attempt) removes what was written.
     """
 
-    def __init__(self, output: str, manifest: dict[str, Any], started_at: float | None = None):
+    def __init__(self, output: str, unit_id: str, fmt: str, fingerprint: dict[str, Any]):
+        self.output, self.unit_id, self._format, self._fingerprint = output, unit_id, fmt, fingerprint
+        self._attempt = uuid.uuid4().hex[:12]
+        self._rows = None
+        self.row_count = 0
+        self.errors: list[ErrorRecord] = []
+        self._temporaries: list[str] = []
+
+    def _temporary(self, name: str) -> str:
+        path = journal.temp_path(self.output, self.unit_id, self._attempt, name)
+        self._temporaries.append(path)
+        return path
+
+    def add_row(self, row: dict[str, Any]) -> None:
+        if self._rows is None:
+            fp = self._fingerprint
+            if self._format == "hdf5":
+                self._rows = ShardWriter(self._temporary("features.h5"), fp["outputs"], fp["dtype"], fp)
+            else:
+                self._rows = _ParquetRows(self._temporary("features.parquet"),
+                                          feature_schema(fp["outputs"], fp["dtype"], fp))
+        self._rows.append(row)
+        self.row_count += 1
+
+    def add_error(self, error: ErrorRecord) -> None:
+        self.errors.append(error)
+
+    def commit(self, entry: dict[str, Any], kept_keys: np.ndarray | None = None) -> dict[str, Any]:
+        """Close the files, move them into place and write the unit's journal entry."""
+        written: dict[str, tuple[str, str]] = {}
+        if self._rows is not None:
+            self._rows.close()
+            suffix = ".h5" if self._format == "hdf5" else ".parquet"
+            written["features"] = (self._temporaries[0], f"{FEATURES_DIR}/{self.unit_id}{suffix}")
+        if self.errors:
+            path = self._temporary("errors.parquet")
+            with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+                pq.write_table(pa.Table.from_pylist([e._asdict() for e in self.errors], ERROR_SCHEMA), handle,
+                               compression="snappy")
+            written["errors"] = (path, f"{ERRORS_DIR}/{self.unit_id}.parquet")
+        if kept_keys is not None:
+            path = self._temporary("keys.npy")
+            journal.save_kept_keys(path, kept_keys.astype(HASH_DTYPE, copy=False))
+            written["keys"] = (path, f"{UNITS_DIR}/{self.unit_id}.keys.npy")
+        by_stage = {stage: 0 for stage in STAGES}
+        for error in self.errors:
+            by_stage[error.stage] += 1
+        entry = dict(entry, unit=self.unit_id, rows=self.row_count, errors=len(self.errors), errors_by_stage=by_stage)
+        if entry["inputs"] != entry["rows"] + entry["errors"]:
+            raise RuntimeError(f"unit {self.unit_id} lost track of inputs: {entry['inputs']} read but "
+                               f"{entry['rows']} rows + {entry['errors']} error rows")
+        return journal.commit_unit(self.output, entry, written)
+
+    def abort(self) -> None:
+        if self._rows is not None:
+            self._rows.abort()
+        leftovers = [path for path in self._temporaries if FileSystems.exists(path)]
+        if leftovers:
+            FileSystems.delete(leftovers)
+
+
+def _listed(items: list[str]) -> dict[str, Any]:
+    return {"count": len(items), "listed": items[:LISTED_LIMIT]}
+
+
+def finalize_store(output: str, template: dict[str, Any], started_at: float,
+                   expected_units: Iterable[str] = ()) -> dict[str, Any]:
+    """Count every committed unit, check nothing was lost, build features.h5 (HDF5), write the manifest.
+
+    `template` is the manifest so far (format, config, fingerprint, runner, and the planner's
+    `counts` of reused / skipped / removed inputs); `expected_units` are the units this run had
+    to process, each of which must now be committed.
+    """
+    entries = journal.committed_units(output)
+    missing = sorted(set(expected_units) - set(entries))
+    if missing:
+        raise RuntimeError(f"{len(missing)} work units were not committed (first: {missing[0]}); "
+                           f"the output is incomplete and has no manifest: run again with --resume")
+    entries = [entries[unit] for unit in sorted(entries)]
+    for entry in entries:
+        if entry["inputs"] != entry["rows"] + entry["errors"]:
+            raise RuntimeError(f"unit {entry['unit']} lost track of inputs; the output has no manifest")
+    feature_files = [entry["files"]["features"] for entry in entries if "features" in entry["files"]]
+    error_files = [entry["files"]["errors"] for entry in entries if "errors" in entry["files"]]
+    by_stage = {stage: sum(entry["errors_by_stage"].get(stage, 0) for entry in entries) for stage in STAGES}
+    counts = dict(template.get("counts", {}))
+    counts.update(inputs=sum(e["inputs"] for e in entries), rows=sum(e["rows"] for e in entries),
+                  errors=sum(e["errors"] for e in entries), errors_by_stage=by_stage)
+    if template["format"] == "hdf5":
+        fingerprint = template["fingerprint"]
+        rows = write_virtual_store(output, [join(output, path) for path in feature_files],
+                                   fingerprint["outputs"], fingerprint["dtype"], fingerprint)
+        if rows != counts["rows"]:
+            raise RuntimeError(f"the HDF5 shards hold {rows} rows but the journal says {counts['rows']}")
+    journal.remove_orphans(output, entries)
+    journal.failpoint("manifest")
+    elapsed = time.time() - started_at
+    processed = counts["inputs"] - counts.get("reused", 0)
+    document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
+                    units={"committed": len(entries), "processed": len(set(expected_units))},
+                    wall_time_s=round(elapsed, 3),
+                    images_per_s=round(processed / elapsed, 3) if elapsed > 0 else None,
+                    finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomically(join(output, MANIFEST), document)
+    return document
+
+
+class _Finalize(beam.DoFn):
+    """Runs once, after every unit of the run is committed (its side input is their journal entries)."""
+
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
+        self._output, self._template, self._started_at = output, template, started_at
+        self._expected = expected_units
+
+    def process(self, _, entries):
+        yield finalize_store(self._output, self._template, self._started_at, self._expected)
+
+
+class WriteManifest(beam.PTransform):
+    """Input: the journal entries of the units this run committed. Output: the manifest document,
+    written once every unit is committed; `expected_units` (the run's plan) must all be there
+    (see `finalize_store`)."""
+
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
         super().__init__()
-        self._output = output
-        self._manifest = manifest
-        self._started_at = started_at or time.time()
+        self._output, self._template, self._started_at = output, template, started_at
+        self._expected = list(expected_units)
 
-    def _write_rows(self, rows):
-        fingerprint = self._manifest["fingerprint"]
-        prefix = FileSystems.join(self._output, FEATURES_DIR, "features")
-        if self._manifest["format"] == "hdf5":
-            return rows | "WriteRows" >> beam.io.Write(
-                Hdf5ShardSink(prefix, fingerprint["outputs"], fingerprint["dtype"], fingerprint))
-        schema = feature_schema(fingerprint["outputs"], fingerprint["dtype"], fingerprint)
-        return rows | "WriteRows" >> WriteToParquet(prefix, schema, file_name_suffix=".parquet", codec="snappy")
-
-    def expand(self, pcolls):
-        feature_files = self._write_rows(pcolls["rows"])
-        error_files = (
-            pcolls["errors"]
-            | "ErrorRows" >> beam.Map(_error_row)
-            | "WriteErrors" >> WriteToParquet(
-                FileSystems.join(self._output, ERRORS_DIR, "errors"), ERROR_SCHEMA,
-                file_name_suffix=".parquet", codec="snappy"))
-        return (
-            pcolls["inputs"].pipeline
-            | "ManifestTrigger" >> beam.Create([None])
-            | "WriteManifest" >> beam.ParDo(
-                _WriteManifest(self._output, self._manifest, self._started_at),
-                beam.pvalue.AsList(feature_files), beam.pvalue.AsList(error_files),
-                beam.pvalue.AsSingleton(pcolls["inputs"])))
+    def expand(self, entries):
+        return (entries.pipeline
+                | "Trigger" >> beam.Create([None])
+                | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._expected),
+                                           beam.pvalue.AsList(entries)))

@@ -1,27 +1,27 @@
-"""ReadImages: an input spec (folder, glob, WebDataset tar shards) -> ImageRecords.
+"""Inputs: resolve --input, list what it holds, and read the records of one work unit.
 
-Listing happens on the workers (a folder of millions of files never passes through
-the launcher) and is followed by a reshuffle so reading is spread across workers.
 Keys follow docs/design.md: plain files are keyed by their path relative to the input
-root; tar members by their WebDataset sample key (member path up to the first dot of
-its base name), with one image member per sample.
+root (the common prefix of every folder or glob given, so `{cats,dogs}` keys
+`cats/001.jpg` and `dogs/001.jpg`); tar members by their WebDataset sample key (member
+path up to the first dot of its base name), with one image member per sample.
+The readers are plain generators: the unit stage (`pipeline.transforms`) and the
+`ReadImages` transform both drive them.
 """
 from __future__ import annotations
 
 import posixpath
 import re
 import tarfile
-import time
-from dataclasses import dataclass
-from typing import Iterator
+import zlib
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator, Mapping
 
-import apache_beam as beam
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
-from apache_beam.metrics import Metrics
 
-from pipeline.images import is_image_name
-from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception, relative_path
+from pipeline.images import SNIFF_BYTES, extension_of, is_image_name, sniff_image_format
+from pipeline.records import ErrorRecord, ImageRecord, error_from_exception
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -96,7 +96,7 @@ def resolve_input(spec: str) -> InputSpec:
             root = pattern.rstrip("/")
             pairs.append((root + "/**", root))
     # One root for every pattern: `photos/{cats,dogs}` keys `cats/001.jpg` and `dogs/001.jpg`,
-    # never two `001.jpg`; and a file matched by two patterns gets one key (Distinct drops it).
+    # never two `001.jpg`; a file matched by two patterns is listed once.
     root = _common_root([r for _, r in pairs])
     return InputSpec("files", tuple((pattern, root) for pattern, _ in pairs))
 
@@ -110,20 +110,6 @@ def _common_root(roots: list[str]) -> str:
             break
         common.append(level[0])
     return "/".join(common)
-
-
-def count_matches(spec: InputSpec, limit: int = 1) -> int:
-    """How many inputs the spec finds, looking no further than `limit` (for validation)."""
-    found = 0
-    for pattern, _ in spec.patterns:
-        if not has_glob(pattern) and not pattern.endswith("/**"):
-            found += int(FileSystems.exists(pattern))
-        else:  # a bounded look: the full listing is the workers' job
-            metadata = FileSystems.match([pattern], limits=[max(limit, 10_000)])[0].metadata_list
-            found += sum(1 for m in metadata if spec.layout == "tar" or is_image_name(m.path))
-        if found >= limit:
-            break
-    return found
 
 
 def webdataset_key(member_name: str) -> str:
@@ -159,167 +145,156 @@ def _open_raw(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+
+
+# What a broken or truncated shard raises while it is streamed; anything else is a fault
+# (a bug, a lost connection) that must fail the bundle so Beam retries it.
+TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+
+
+def file_key(path: str, root: str) -> str:
+    """The key of a plain file: its path below `root`; with no common root (`{cats,dogs}`,
+    `{/data/a,/mnt/b}`) the whole path, without a leading slash, so keys stay distinct."""
+    if root:
+        prefix = root.rstrip("/") + "/"
+        return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
+    return path.lstrip("/") if FileSystems.get_scheme(path) is None else path
+
+
+@dataclass
+class Listing:
+    """What an input spec holds, sorted: images (files) or shards (tar), and the files not read."""
+    layout: str
+    root: str
+    inputs: list[tuple[str, str, int]] = field(default_factory=list)  # (key, uri, bytes); tar: key = uri
+    duplicates: list[ErrorRecord] = field(default_factory=list)  # files whose key another file has
+    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, extension) of files not read
+    missing: list[str] = field(default_factory=list)  # literal paths (a brace range) that do not exist
+
+    @property
+    def bytes(self) -> int:
+        return sum(size for _, _, size in self.inputs)
+
+    def skipped_by_extension(self) -> dict[str, int]:
+        return dict(sorted(Counter(ext or "(none)" for _, ext in self.skipped).items()))
+
+
+def _match(pattern: str) -> list[tuple[str, int]]:
+    """(path, bytes) of every match; a literal path that does not exist gives (path, -1)."""
+    if not has_glob(pattern) and not pattern.endswith("/**"):
+        found = FileSystems.match([pattern])[0].metadata_list if FileSystems.exists(pattern) else []
+        return [(m.path, m.size_in_bytes) for m in found] or [(pattern, -1)]
+    return [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
+
+
+def _sniffs_as_image(path: str) -> bool:
+    try:
+        with _open_raw(path) as handle:
+            return sniff_image_format(handle.read(SNIFF_BYTES)) is not None
+    except OSError:  # unreadable now: list it as an image so the read stage reports it as an error row
+        return True
+
+
+def list_inputs(spec: InputSpec) -> Listing:
+    """List every input of `spec` (on the launcher: units, totals and resume need the whole list).
+
+    Files without an image extension are `skipped`, except files without any extension,
+    which are read when their first bytes are an image's. A path matched by two patterns
+    is listed once; two paths with one key (possible only without a common root) keep the
+    smallest path and make the others `DuplicateKey` error rows.
+    """
+    root = spec.patterns[0][1] if spec.patterns else ""
+    listing = Listing(spec.layout, root)
+    found: dict[str, int] = {}
+    for pattern, _ in spec.patterns:
+        found.update(_match(pattern))
+    # A missing literal shard stays in the listing: it becomes a read error row, not a silent gap.
+    listing.missing = sorted(path for path, size in found.items() if size < 0)
+    found = {path: max(size, 0) for path, size in found.items()}
+    if spec.layout == "tar":
+        listing.inputs = [(path, path, size) for path, size in sorted(found.items())]
+        return listing
+    by_key: dict[str, tuple[str, int]] = {}
+    for path, size in sorted(found.items()):
+        key, extension = file_key(path, root), extension_of(path)
+        if not (is_image_name(path) or (not extension and _sniffs_as_image(path))):
+            listing.skipped.append((key, extension))
+        elif key in by_key:
+            listing.duplicates.append(ErrorRecord(key, path, "read", "DuplicateKey",
+                                                  f"key {key!r} also comes from {by_key[key][0]}; kept that one"))
+        else:
+            by_key[key] = (path, size)
+    listing.inputs = [(key, path, size) for key, (path, size) in sorted(by_key.items())]
+    return listing
+
+
+def read_file_records(members: Iterable[tuple[str, str]]) -> Iterator[ImageRecord | ErrorRecord]:
+    """(key, uri) -> the file's bytes as an ImageRecord, or a read ErrorRecord when it cannot be read."""
+    for key, uri in members:
+        try:
+            with _open_raw(uri) as handle:
+                data = handle.read()
+        except OSError as exc:  # missing, permissions, a directory: this input's error row
+            yield error_from_exception(key, uri, "read", exc)
+            continue
+        yield ImageRecord(key, uri, data)
+
+
 def _image_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
     for info in archive:
         if info.isfile() and is_image_name(info.name):
             yield info
 
 
-class _ListInputs(beam.DoFn):
-    """(pattern, root) -> (root, path) for every matching input; literal paths pass as they are."""
+def scan_tar_keys(shard: str) -> list[str]:
+    """Sample keys of a shard's image members, in member order, reading headers only where it can.
 
-    def __init__(self, layout: str):
-        self._layout = layout
-
-    def process(self, pattern_root):
-        pattern, root = pattern_root
-        if not has_glob(pattern) and not pattern.endswith("/**"):
-            # A missing literal shard becomes a read error row, not a silent gap.
-            yield root, pattern
-            return
-        for metadata in FileSystems.match([pattern])[0].metadata_list:
-            if self._layout == "tar" or is_image_name(metadata.path):
-                yield root, metadata.path
-
-
-class _Reader(beam.DoFn):
-    """Read-stage metrics shared by the readers: inputs seen, bytes, read errors, time reading."""
-
-    def __init__(self):
-        self._inputs = Metrics.counter(METRICS_NAMESPACE, "inputs")
-        self._bytes = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
-        self._read_errors = Metrics.counter(METRICS_NAMESPACE, "read_errors")
-        self._read_ms = Metrics.counter(METRICS_NAMESPACE, "read_ms")
-        self._bundle_ms = 0.0
-
-    def finish_bundle(self):
-        # Summed per bundle: a millisecond counter bumped per file would round small files to 0.
-        self._read_ms.inc(int(round(self._bundle_ms)))
-        self._bundle_ms = 0.0
-
-
-class _ReadFiles(_Reader):
-    """(root, path) -> ImageRecord keyed by the path relative to root; failures -> 'errors'."""
-
-
-    def process(self, root_path):
-        root, path = root_path
-        key = relative_path(path, root)
-        self._inputs.inc()
-        started = time.perf_counter()
-        try:
-            with _open_raw(path) as handle:
-                data = handle.read()
-        except Exception as exc:  # an unreadable file is one error row, never a failed job
-            self._read_errors.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_from_exception(key, path, "read", exc))
-            return
-        finally:
-            self._bundle_ms += (time.perf_counter() - started) * 1000
-        self._bytes.inc(len(data))
-        yield ImageRecord(key, path, data)
-
-
-class _ScanTarKeys(beam.DoFn):
-    """shard -> (sample key, member uri) for every image member, reading headers only where it can."""
-
-    def process(self, root_shard):
-        _, shard = root_shard
-        try:
-            with _open_raw(shard) as handle:
-                # Plain tars are scanned by seeking over member data; compressed ones must stream.
-                mode = "r|*" if shard.lower().endswith((".gz", ".tgz")) else "r:"
-                with tarfile.open(fileobj=handle, mode=mode) as archive:
-                    for info in _image_members(archive):
-                        yield webdataset_key(info.name), member_uri(shard, info.name)
-        except Exception:  # noqa: BLE001 - the reading pass reports broken shards as error rows
-            return
-
-
-class _ReadTarShards(_Reader):
-    """shard -> one ImageRecord per sample image, streamed member by member (never extracted).
-
-    `winners` maps each duplicated sample key to the one uri allowed to keep it; every
-    other member with that key (and a repeat of the winning member itself) becomes a
-    duplicate-key error row.
+    A shard that breaks (truncated, corrupt, missing) gives the keys before the break: the
+    reading pass stops at the same place and reports the rest as an error row.
     """
-
-
-    def process(self, root_shard, winners):
-        _, shard = root_shard
-        shard_key = posixpath.basename(shard)
-        kept: set[str] = set()  # winning uris already emitted from this shard
-        current = None
-        try:
-            with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
+    keys: list[str] = []
+    try:
+        with _open_raw(shard) as handle:
+            # Plain tars are scanned by seeking over member data; compressed ones must stream.
+            mode = "r|*" if shard.lower().endswith((".gz", ".tgz")) else "r:"
+            with tarfile.open(fileobj=handle, mode=mode) as archive:
                 for info in _image_members(archive):
-                    key, uri = webdataset_key(info.name), member_uri(shard, info.name)
-                    current = (key, uri)
-                    self._inputs.inc()
-                    winner = winners.get(key)
-                    if winner is not None:
-                        if winner != uri or uri in kept:
-                            self._read_errors.inc()
-                            yield beam.pvalue.TaggedOutput("errors", ErrorRecord(
-                                key, uri, "read", "DuplicateKey",
-                                f"sample key {key!r} also comes from {winner}; kept that one"))
-                            current = None
-                            continue
-                        kept.add(uri)
-                    started = time.perf_counter()
-                    data = archive.extractfile(info).read()
-                    # Timed here only: downstream stages run while this generator is suspended.
-                    self._bundle_ms += (time.perf_counter() - started) * 1000
-                    current = None
-                    self._bytes.inc(len(data))
-                    yield ImageRecord(key, uri, data)
-        except Exception as exc:  # a broken shard or member is one error row; the rest was kept
-            if current is None:  # failed between members (or before the first): blame the shard
-                self._inputs.inc()
-                current = (shard_key, shard)
-            self._read_errors.inc()
-            yield beam.pvalue.TaggedOutput("errors", error_from_exception(*current, "read", exc))
+                    keys.append(webdataset_key(info.name))
+    except TAR_READ_ERRORS:
+        pass
+    return keys
 
 
-def _duplicate_winner(key_uris):
-    """(key, uris) -> (key, the uri that keeps it), only for keys seen more than once
-    (a member name repeated inside one tar counts twice: tar allows it)."""
-    key, uris = key_uris
-    uris = sorted(uris)
-    if len(uris) > 1:
-        yield key, uris[0]
+def read_tar_records(shard: str, losers: Mapping[int, str] | None = None) -> Iterator[ImageRecord | ErrorRecord]:
+    """A shard's image members as ImageRecords, streamed (never extracted).
 
-
-class ReadImages(beam.PTransform):
-    """Read every image of an input spec as `ImageRecord`s.
-
-    Input: a pipeline root. Output: a dict with `images` (ImageRecord) and `errors`
-    (ErrorRecord, stage "read"). Accepts a folder (recursive), a glob of image files,
-    or WebDataset tar shards (glob or brace range), on any Beam filesystem.
+    `losers` maps the position of an image member (0, 1, ... in shard order) whose sample key
+    belongs to another member to a description of that member: it becomes a DuplicateKey
+    error row. A shard that breaks keeps every complete member before the break and makes
+    one error row for the rest (keyed by the member it broke in, else by the shard).
     """
+    losers = losers or {}
+    current: tuple[str, str] | None = None
+    try:
+        with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
+            for position, info in enumerate(_image_members(archive)):
+                key, uri = webdataset_key(info.name), member_uri(shard, info.name)
+                if position in losers:
+                    yield ErrorRecord(key, uri, "read", "DuplicateKey",
+                                      f"sample key {key!r} also comes from {losers[position]}; kept that one")
+                    continue
+                current = (key, uri)
+                data = archive.extractfile(info).read()
+                current = None
+                yield ImageRecord(key, uri, data)
+    except TAR_READ_ERRORS as exc:
+        yield error_from_exception(*(current or (posixpath.basename(shard), shard)), "read", exc)
 
-    def __init__(self, input_spec: str | InputSpec):
-        super().__init__()
-        self._spec = input_spec if isinstance(input_spec, InputSpec) else resolve_input(input_spec)
 
-    def expand(self, pbegin):
-        listed = (
-            pbegin
-            | "Patterns" >> beam.Create(list(self._spec.patterns))
-            | "List" >> beam.ParDo(_ListInputs(self._spec.layout))
-            # One match emits every path from one worker: spread them before reading
-            # (a shuffle, which also drops a path listed twice by overlapping patterns).
-            | "Spread" >> beam.Distinct()
-        )
-        if self._spec.layout == "files":
-            read = listed | "ReadFiles" >> beam.ParDo(_ReadFiles()).with_outputs("errors", main="images")
-        else:
-            winners = (
-                listed
-                | "ScanKeys" >> beam.ParDo(_ScanTarKeys())
-                | "GroupKeys" >> beam.GroupByKey()
-                | "Duplicates" >> beam.FlatMap(_duplicate_winner)
-            )
-            read = listed | "ReadShards" >> beam.ParDo(
-                _ReadTarShards(), winners=beam.pvalue.AsDict(winners)).with_outputs("errors", main="images")
-        return {"images": read.images, "errors": read.errors}
+def unit_records(unit, losers: Mapping[int, str] | None = None) -> Iterator[ImageRecord | ErrorRecord]:
+    """Every input of a WorkUnit, in a fixed order: its planning rejects, then its records."""
+    yield from unit.rejected
+    if unit.layout == "tar":
+        yield from read_tar_records(unit.source, losers)
+    else:
+        yield from read_file_records(unit.members)

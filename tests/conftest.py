@@ -8,6 +8,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # Small enough for a 2-core CI machine, big enough to exercise every stage.
 TEST_MODEL = "MobileNetV3Small"
 TEST_SIZE = 48
+N_SHARDS, PER_SHARD = 6, 10  # the `numbered` dataset
 
 
 @pytest.fixture(scope="session")
@@ -46,3 +47,31 @@ def zoo_shards(tmp_path_factory, zoo_samples):
     root = tmp_path_factory.mktemp("zoo-shards")
     write_tar_shards(root, zoo_samples, n_shards=3)
     return root
+
+
+@pytest.fixture(scope="session")
+def numbered(tmp_path_factory):
+    """6 tar shards of 10 small JPEGs, one corrupt image and one key repeated across two shards;
+    and the same images as a folder tree. Returns (shard glob, folder)."""
+    import tarfile
+
+    from tests.samples import _add_member, _encode, _rgb
+
+    root = tmp_path_factory.mktemp("numbered")
+    (root / "shards").mkdir()
+    folder = root / "folder"
+    for shard in range(N_SHARDS):
+        with tarfile.open(root / "shards" / f"part-{shard:04d}.tar", "w") as tar:
+            for i in range(PER_SHARD):
+                index = shard * PER_SHARD + i
+                name = f"s{shard}/img{index:03d}.jpg"
+                data = b"\xff\xd8 not a jpeg" if index == 17 else _encode(_rgb(40 + index % 7, 36, index), "JPEG")
+                if (shard, i) == (4, 9):
+                    name = "s0/img000.jpg"  # the same sample key as the first member of shard 0
+                _add_member(tar, name, data)
+                path = folder / f"d{shard}" / f"img{index:03d}.jpg"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_bytes(data)
+    return str(root / "shards" / "part-*.tar"), folder
+
+

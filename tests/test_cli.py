@@ -104,5 +104,5 @@ def test_inspect_summarises_counts_errors_and_files(parquet_store, capsys):
     out = capsys.readouterr().out
     assert "19 of 24 inputs; 5 errors" in out
     assert "DecompressionBombError" in out and "UnidentifiedImageError" in out
-    assert "features/features-00000-of-" in out and "manifest.json" in out
+    assert "features/files-" in out and "manifest.json" in out
     assert "embedding" in out and "576" in out

@@ -22,9 +22,8 @@ MODES = {
 
 
 def read_parquet(out, prefix):
-    files = sorted(glob.glob(f"{out}/{prefix}/{prefix}-*.parquet"))
-    assert files, f"no {prefix} shards in {out}"
-    assert all(f.endswith(f"-of-{len(files):05d}.parquet") for f in files)
+    files = sorted(glob.glob(f"{out}/{prefix}/*.parquet"))
+    assert files, f"no {prefix} files in {out}"
     return pa.concat_tables([pq.read_table(f) for f in files]), files
 
 
@@ -101,12 +100,16 @@ def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weight
     out.mkdir()
     (out / "notes.txt").write_text("mine")
     (out / "features").mkdir()
-    (out / "features" / "features-00007-of-00009.parquet").write_bytes(b"stale")
-    with pytest.raises(ConfigError, match="not empty.*--overwrite"):
+    (out / "features" / "files-0123456789abcdef.parquet").write_bytes(b"stale")
+    (out / "features" / "my-notes.parquet").write_bytes(b"not featurize's")
+    with pytest.raises(ConfigError, match="not empty.*--resume.*--overwrite"):
         run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory")
+    with pytest.raises(ConfigError, match="not a featurize store"):
+        run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory", "--resume")
     manifest = run_small(zoo_folder, out, small_weights, "--direct_running_mode=in_memory", "--overwrite")
-    assert not (out / "features" / "features-00007-of-00009.parquet").exists()
+    assert not (out / "features" / "files-0123456789abcdef.parquet").exists()
     assert (out / "notes.txt").read_text() == "mine"
+    (out / "features" / "my-notes.parquet").unlink()  # only featurize's files were removed
     features, _ = read_parquet(out, "features")
     assert features.num_rows == manifest["counts"]["rows"] > 0
 
@@ -137,3 +140,31 @@ def test_beam_worker_flags_pass_through_and_size_the_thread_pools(monkeypatch):
     assert local_workers(pipeline_options([])) == 8
     assert tf_threads_per_worker(RunConfig(input="i", output="o", model_sharing="machine"), options) == 8
     assert local_workers(pipeline_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"])) is None
+
+
+def test_files_not_read_are_listed_as_skipped_and_inspect_shows_them(small_weights, tmp_path, capsys):
+    from pipeline.cli import main
+    from tests.samples import _encode, _rgb
+
+    source = tmp_path / "in"
+    (source / "notes").mkdir(parents=True)
+    for i in range(3):
+        (source / f"{i}.jpg").write_bytes(_encode(_rgb(20, 20, i), "JPEG"))
+    (source / "DSC_0007").write_bytes(_encode(_rgb(20, 20, 9), "JPEG"))  # no extension, sniffed as a JPEG
+    for i in range(1001):
+        (source / "notes" / f"n{i:04d}.txt").write_text("x")
+    (source / "clip.mov").write_bytes(b"\x00\x00\x00\x14ftypqt  ")
+    out = tmp_path / "out"
+    manifest = run_small(source, out, small_weights, "--direct_running_mode=in_memory")
+    assert manifest["counts"]["inputs"] == 4 == manifest["counts"]["rows"] and manifest["counts"]["skipped"] == 1002
+    skipped = manifest["skipped"]
+    assert skipped["by_extension"] == {".mov": 1, ".txt": 1001} and len(skipped["keys"]) == 1000
+    assert skipped["keys"][0] == "clip.mov" and skipped["file"] == "_featurize/skipped.txt"
+    listed = (out / skipped["file"]).read_text().split()
+    assert len(listed) == 1002 and listed[-1] == "notes/n1000.txt"
+    assert "DSC_0007" in pq.read_table(out / "features").column("key").to_pylist()
+    capsys.readouterr()
+    assert main(["inspect", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "skipped    1002 files that are not images: .mov 1, .txt 1001" in shown
+    assert "... 982 more (all in " in shown and "skipped.txt)" in shown

@@ -58,8 +58,8 @@ def relative_l2(a, b):
 def feature_rows(out: pathlib.Path, fmt: str):
     """(rows as dicts with key/width/height/embedding, the fingerprint stored in the data files)."""
     if fmt == "parquet":
-        files = sorted(glob.glob(f"{out}/features/features-*.parquet"))
-        assert files and all(f.endswith(f"-of-{len(files):05d}.parquet") for f in files), files
+        files = sorted(glob.glob(f"{out}/features/files-*.parquet"))
+        assert files, files
         table = pa.concat_tables([pq.read_table(f) for f in files])
         assert table.schema.field("embedding").type == pa.list_(pa.float32(), 576)
         stored = json.loads(pq.ParquetFile(files[0]).schema_arrow.metadata[FINGERPRINT_KEY])
@@ -67,8 +67,8 @@ def feature_rows(out: pathlib.Path, fmt: str):
         for row in rows:
             row["embedding"] = np.asarray(row["embedding"], dtype=np.float32)
         return rows, stored
-    shards = sorted(glob.glob(f"{out}/features/features-*.h5"))
-    assert shards and all(f.endswith(f"-of-{len(shards):05d}.h5") for f in shards), shards
+    shards = sorted(glob.glob(f"{out}/features/files-*.h5"))
+    assert shards, shards
     with h5py.File(out / "features.h5", "r") as f:
         assert f["embedding"].is_virtual and f["embedding"].dtype == np.float32
         keys, widths, heights = list(f["key"].asstr()[:]), f["width"][:], f["height"][:]
@@ -180,6 +180,30 @@ def test_job_endpoint_not_listening_fails_fast_naming_it(zoo_folder, small_weigh
     assert naming[0].startswith(f"featurize: error: job_endpoint '{endpoint}' is not answering"), done.stderr
     assert "Traceback" not in done.stderr, done.stderr
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_run_killed_locally_resumes_on_the_cluster(cluster, numbered, small_weights, tmp_path):
+    """The portable path of --resume: workers installed from the sdist read the journal and the
+    committed units' kept keys (a duplicate key across a committed and a pending shard)."""
+    from pipeline.job import run
+    from tests.crash import read_store, run_and_kill
+
+    shards, _ = numbered
+    reference = tmp_path / "reference"
+    run(featurize_args(shards, reference, small_weights, "parquet") + ["--direct_running_mode=in_memory"])
+    out = tmp_path / "out"
+    args = featurize_args(shards, out, small_weights, "parquet")
+    run_and_kill([*args, "--direct_running_mode=multi_processing", "--direct_num_workers=2", "--no-progress"],
+                 "unit-commit@2", tmp_path)
+    committed = len(list((out / "_featurize" / "units").glob("*.json")))
+    done = cluster.submit([*args, "--resume"], timeout=SUBMIT_TIMEOUT_S)
+    assert done.returncode == 0, cluster.diagnostics(done.stdout, done.stderr)
+    manifest = json.loads((out / "manifest.json").read_text())
+    expected, got = read_store(reference, "parquet"), read_store(out, "parquet")
+    assert sorted(got) == sorted(expected)
+    assert all(np.array_equal(got[key], vector) for key, vector in expected.items())
+    assert manifest["counts"]["reused"] > 0 and manifest["units"]["processed"] == 6 - committed > 0
+    assert manifest["counts"]["errors_by_stage"]["read"] == 1  # the duplicated sample key, wherever it fell
 
 
 def test_teardown_stops_every_cluster_process(cluster):

@@ -1,11 +1,16 @@
-"""WriteFeatures' parts: the schema and the manifest's check that nothing was lost."""
+"""Writing a store: a unit's rows and errors committed whole (UnitWriter), and the manifest's counts."""
 import json
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.sinks import ERROR_SCHEMA, FINGERPRINT_KEY, MANIFEST, _WriteManifest, feature_schema
+from pipeline import journal
+from pipeline.records import ErrorRecord
+from pipeline.sinks import ERROR_SCHEMA, FINGERPRINT_KEY, MANIFEST, UnitWriter, feature_schema, finalize_store
+
+FINGERPRINT = {"backbone": "X", "outputs": {"embedding": 4}, "dtype": "float32"}
 
 
 def test_feature_schema_types_and_fingerprint():
@@ -15,33 +20,94 @@ def test_feature_schema_types_and_fingerprint():
     assert json.loads(schema.metadata[FINGERPRINT_KEY]) == {"backbone": "X"}
 
 
-def write_shards(tmp_path, rows, stages):
-    (tmp_path / "features").mkdir()
-    (tmp_path / "errors").mkdir()
-    features = tmp_path / "features" / "features-00000-of-00001.parquet"
-    pq.write_table(pa.table({"key": [str(i) for i in range(rows)]}), features)
-    errors = tmp_path / "errors" / "errors-00000-of-00001.parquet"
-    pq.write_table(pa.Table.from_pylist(
-        [{"key": s, "uri": s, "stage": s, "error_type": "E", "message": "m"} for s in stages], ERROR_SCHEMA), errors)
-    return [str(features)], [str(errors)]
+def row(i):
+    return {"key": f"k{i}", "uri": f"u{i}", "width": i, "height": 2 * i,
+            "embedding": np.arange(4, dtype=np.float32) + i}
 
 
-def test_manifest_counts_what_was_written(tmp_path):
-    features, errors = write_shards(tmp_path, 3, ["decode", "decode", "read"])
-    step = _WriteManifest(str(tmp_path), {"format": "parquet"}, started_at=0.0)
-    [document] = list(step.process(None, features, errors, 6))
-    on_disk = json.loads((tmp_path / MANIFEST).read_text())
-    assert on_disk == document
-    assert on_disk["counts"] == {"inputs": 6, "rows": 3, "errors": 3,
-                                 "errors_by_stage": {"read": 1, "decode": 2, "infer": 0, "write": 0}}
-    assert on_disk["files"] == {"features": ["features/features-00000-of-00001.parquet"],
-                                "errors": ["errors/errors-00000-of-00001.parquet"]}
-    assert not list(tmp_path.glob("*.tmp"))
+def write_unit(out, unit_id, rows, errors, fmt="parquet"):
+    writer = UnitWriter(str(out), unit_id, fmt, FINGERPRINT)
+    for i in rows:
+        writer.add_row(row(i))
+    for key in errors:
+        writer.add_error(ErrorRecord(key, key, "decode", "E", "m"))
+    return writer.commit({"layout": "files", "source": "", "inputs": len(rows) + len(errors),
+                          "keys": [f"k{i}" for i in rows] + list(errors)})
 
 
-def test_manifest_refuses_when_inputs_went_missing(tmp_path):
-    features, errors = write_shards(tmp_path, 3, ["decode"])
-    step = _WriteManifest(str(tmp_path), {}, started_at=0.0)
-    with pytest.raises(RuntimeError, match="5 read but 3 feature rows \\+ 1 error rows"):
-        list(step.process(None, features, errors, 5))
+def test_a_unit_is_committed_with_its_rows_errors_and_journal_entry(tmp_path, monkeypatch):
+    monkeypatch.setattr("pipeline.sinks.ROW_GROUP_BYTES", 100)  # several row groups in one unit file
+    entry = write_unit(tmp_path, "files-a", range(70), ["bad1", "bad2"])
+    assert entry["files"] == {"features": "features/files-a.parquet", "errors": "errors/files-a.parquet"}
+    assert (entry["inputs"], entry["rows"], entry["errors"]) == (72, 70, 2)
+    assert entry["errors_by_stage"]["decode"] == 2
+    table = pq.read_table(tmp_path / "features" / "files-a.parquet")
+    assert pq.ParquetFile(tmp_path / "features" / "files-a.parquet").num_row_groups > 1
+    assert table.column("key").to_pylist() == [f"k{i}" for i in range(70)]
+    assert np.array_equal(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
+                          np.stack([row(i)["embedding"] for i in range(70)]))
+    assert pq.read_table(tmp_path / "errors" / "files-a.parquet").column("key").to_pylist() == ["bad1", "bad2"]
+    assert journal.read_journal(str(tmp_path), "files-a") == entry
+    assert not list((tmp_path / "_featurize" / "tmp").iterdir())
+
+
+def test_abort_leaves_nothing_and_a_retry_replaces_rather_than_duplicates(tmp_path):
+    import os
+
+    writer = UnitWriter(str(tmp_path), "files-b", "hdf5", FINGERPRINT)
+    writer.add_row(row(1))
+    local_shard = writer._rows.local_path  # HDF5 is written locally first (it seeks), copied on commit
+    assert os.path.exists(local_shard)
+    writer.abort()
+    assert not os.path.exists(local_shard)
+    assert not (tmp_path / "_featurize" / "tmp").exists()
+    assert journal.read_journal(str(tmp_path), "files-b") is None
+    write_unit(tmp_path, "files-b", [1, 2], [])
+    write_unit(tmp_path, "files-b", [1, 2], [])  # a second attempt of the same unit
+    assert [p.name for p in (tmp_path / "features").iterdir()] == ["files-b.parquet"]
+    assert pq.read_table(tmp_path / "features").num_rows == 2
+
+
+def test_a_unit_whose_counts_do_not_add_up_is_never_committed(tmp_path):
+    writer = UnitWriter(str(tmp_path), "files-c", "parquet", FINGERPRINT)
+    writer.add_row(row(1))
+    with pytest.raises(RuntimeError, match="lost track"):
+        writer.commit({"layout": "files", "source": "", "inputs": 3})
+    assert journal.read_journal(str(tmp_path), "files-c") is None
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_manifest_counts_every_committed_unit(tmp_path, fmt):
+    import h5py
+
+    write_unit(tmp_path, "files-1", range(3), ["x"], fmt)
+    write_unit(tmp_path, "files-2", range(3, 5), [], fmt)
+    template = {"format": fmt, "fingerprint": FINGERPRINT, "counts": {"reused": 4, "skipped": 1, "removed": 0}}
+    document = finalize_store(str(tmp_path), template, started_at=0.0, expected_units=["files-2"])
+    assert json.loads((tmp_path / MANIFEST).read_text()) == document
+    assert document["counts"] == {"inputs": 6, "rows": 5, "errors": 1, "reused": 4, "skipped": 1, "removed": 0,
+                                  "errors_by_stage": {"read": 0, "decode": 1, "infer": 0, "write": 0}}
+    suffix = ".h5" if fmt == "hdf5" else ".parquet"
+    assert document["files"] == {"features": [f"features/files-1{suffix}", f"features/files-2{suffix}"],
+                                 "errors": ["errors/files-1.parquet"]}
+    assert document["units"] == {"committed": 2, "processed": 1}
+    if fmt == "hdf5":
+        with h5py.File(tmp_path / "features.h5") as store:
+            assert store["key"].asstr()[:].tolist() == [f"k{i}" for i in range(5)]
+            assert np.array_equal(store["embedding"][:], np.stack([row(i)["embedding"] for i in range(5)]))
+
+
+def test_manifest_refuses_when_a_unit_of_the_run_is_not_committed(tmp_path):
+    write_unit(tmp_path, "files-1", range(3), [])
+    with pytest.raises(RuntimeError, match="1 work units were not committed.*--resume"):
+        finalize_store(str(tmp_path), {"format": "parquet", "fingerprint": FINGERPRINT}, 0.0, ["files-1", "files-9"])
     assert not (tmp_path / MANIFEST).exists()
+
+
+def test_error_schema_reads_back_with_pandas(tmp_path):
+    import pandas as pd
+
+    write_unit(tmp_path, "files-1", [], ["a", "b"])
+    errors = pd.read_parquet(tmp_path / "errors")
+    assert list(errors.columns) == ERROR_SCHEMA.names and errors["key"].tolist() == ["a", "b"]
+    assert journal.read_journal(str(tmp_path), "files-1")["files"] == {"errors": "errors/files-1.parquet"}

@@ -1,4 +1,5 @@
-"""ReadImages and its pure helpers: brace expansion, keys, input resolution, tar streaming."""
+"""Inputs: brace expansion, keys, input resolution, listing (skipped files, sniffing), tar streaming;
+and ReadImages, the library transform built on them."""
 import io
 import tarfile
 
@@ -8,7 +9,8 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.records import ImageRecord
-from pipeline.sources import ReadImages, count_matches, expand_braces, resolve_input, webdataset_key
+from pipeline.sources import expand_braces, file_key, list_inputs, read_tar_records, resolve_input, webdataset_key
+from pipeline.transforms import ReadImages
 
 
 def test_expand_braces_numeric_range_keeps_zero_padding():
@@ -63,12 +65,40 @@ def test_several_folders_share_one_root_so_keys_stay_unique(tmp_path):
                                     ("cats/sub/001.jpg", b"cats/sub")]))
 
 
-def test_count_matches_only_counts_images(tmp_path):
+def test_listing_records_skipped_files_and_sniffs_files_without_extension(tmp_path):
+    import io as _io
+
+    from PIL import Image
+
+    png = _io.BytesIO()
+    Image.new("RGB", (3, 2)).save(png, "PNG")
     (tmp_path / "notes.txt").write_text("not an input")
-    assert count_matches(resolve_input(str(tmp_path))) == 0
     (tmp_path / "deep" / "er").mkdir(parents=True)
     (tmp_path / "deep" / "er" / "x.PNG").write_bytes(b"x")
-    assert count_matches(resolve_input(str(tmp_path))) == 1
+    (tmp_path / "IMG_0001").write_bytes(png.getvalue())  # a camera's file without an extension
+    (tmp_path / "README").write_text("no extension, not an image")
+    (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
+    listing = list_inputs(resolve_input(str(tmp_path)))
+    assert [key for key, _, _ in listing.inputs] == ["IMG_0001", "deep/er/x.PNG"]
+    assert sorted(listing.skipped) == [("README", ""), ("clip.mp4", ".mp4"), ("notes.txt", ".txt")]
+    assert listing.skipped_by_extension() == {"(none)": 1, ".mp4": 1, ".txt": 1}
+    assert listing.bytes == len(png.getvalue()) + 1
+
+
+@pytest.mark.parametrize("absolute", [False, True])
+def test_roots_sharing_relative_paths_give_distinct_keys(tmp_path, monkeypatch, absolute):
+    """`{cats,dogs}` (relative, no common root) and `{/x/one/photos,/x/two/photos}` (absolute): one key per file."""
+    folders = ("one/photos", "two/photos") if absolute else ("cats", "dogs")
+    for folder in folders:
+        (tmp_path / folder).mkdir(parents=True)
+        (tmp_path / folder / "001.jpg").write_bytes(folder.encode())
+    monkeypatch.chdir(tmp_path)
+    spec = f"{{{tmp_path}/{folders[0]},{tmp_path}/{folders[1]}}}" if absolute else "{cats,dogs}"
+    listing = list_inputs(resolve_input(spec))
+    assert [key for key, _, _ in listing.inputs] == [f"{folders[0]}/001.jpg", f"{folders[1]}/001.jpg"]
+    assert not listing.duplicates
+    # unrelated absolute roots have no common root: the whole path is the key
+    assert file_key("/data/a/001.jpg", "") == "data/a/001.jpg" != file_key("/mnt/b/001.jpg", "")
 
 
 def _tar(path, members):
@@ -103,7 +133,7 @@ def test_read_tar_shards_streams_samples_and_reports_missing_and_duplicate(tmp_p
         assert_that(images, equal_to([
             ("x/a", f"{tmp_path}/s-0.tar#x/a.b.jpg", b"A"),
             ("c", f"{tmp_path}/s-0.tar#c.png", b"C"),
-            ("dup", f"{tmp_path}/s-0.tar#dup.jpg", b"D0"),  # the smallest uri keeps a duplicated key
+            ("dup", f"{tmp_path}/s-0.tar#dup.jpg", b"D0"),  # the first in shard order keeps a duplicated key
             ("d", f"{tmp_path}/s-1.tar#d.jpg", b"D")]), label="images")
         assert_that(errors, equal_to([
             ("s-2.tar", f"{tmp_path}/s-2.tar", "read", "FileNotFoundError"),
@@ -123,6 +153,22 @@ def test_truncated_shard_keeps_complete_members_and_reports_the_rest(tmp_path):
         errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.stage))
         assert_that(keys, equal_to(["m0", "m1", "m2"]), label="images")
         assert_that(errors, equal_to([("m3", "read")]), label="errors")
+
+
+def test_tar_scan_failure_other_than_a_broken_shard_fails_loudly(tmp_path, monkeypatch):
+    """A broken shard is data (an error row); any other failure is a fault that must fail the bundle."""
+    from pipeline import sources
+
+    _tar(tmp_path / "s.tar", [("a.jpg", b"A")])
+
+    def explode(*_):
+        raise MemoryError("not a shard problem")
+
+    monkeypatch.setattr(sources, "_open_raw", explode)
+    with pytest.raises(MemoryError):
+        sources.scan_tar_keys(str(tmp_path / "s.tar"))
+    with pytest.raises(MemoryError):
+        list(read_tar_records(str(tmp_path / "s.tar")))
 
 
 def test_read_uri_reads_files_and_tar_members(tmp_path):

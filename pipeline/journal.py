@@ -1,0 +1,166 @@
+"""The store's journal: which work units are committed, and the protocol that commits one.
+
+Inside an output folder, featurize keeps its own state under `_featurize/`:
+
+    _featurize/store.json            what the store is (fingerprint, layout, key root, format),
+                                     written before the first unit; --resume checks it
+    _featurize/units/UNIT.json       a unit's journal entry: its counts and files. Its presence
+                                     is the commit: a unit without one is not in the store
+    _featurize/units/UNIT.keys.npy   tar units: hashes of the sample keys the unit holds
+                                     (for duplicate keys across runs, pipeline.dedupe)
+    _featurize/tmp/                  files being written; never read
+
+Commit protocol of a unit (`commit_unit`): its files are written under `tmp/` with a
+per-attempt name, renamed to their final, deterministic names (`features/UNIT.parquet`,
+`errors/UNIT.parquet`), then the journal entry is written (temporary name, then rename).
+A crash before the entry leaves files that no entry names: `remove_orphans` deletes them
+before a resumed run starts, and the unit runs again. Two attempts of one unit (a Beam
+retry, a speculative copy) rename to the same final names, so a unit never appears twice.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import time
+from datetime import datetime, timezone
+from typing import Any, Iterable
+
+import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline.dedupe import HASH_DTYPE
+
+STATE_DIR = "_featurize"
+STORE_STATE = f"{STATE_DIR}/store.json"
+UNITS_DIR = f"{STATE_DIR}/units"
+TMP_DIR = f"{STATE_DIR}/tmp"
+FEATURES_DIR = "features"
+ERRORS_DIR = "errors"
+UNIT_PREFIXES = ("tar-", "files-")  # every unit id starts with one: what featurize may delete
+FAILPOINTS_ENV = "FEATURIZE_FAILPOINTS"
+FAILPOINT_DIR_ENV = "FEATURIZE_FAILPOINT_DIR"
+_failpoint_hits: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Hold here when a test asked for it, so it can kill the process tree at a known point.
+
+    `FEATURIZE_FAILPOINTS="unit-commit@2,manifest"` holds the 2nd time this process reaches
+    `unit-commit` and the 1st time it reaches `manifest`: it writes a file named after the
+    point into `FEATURIZE_FAILPOINT_DIR` and sleeps (at most 10 minutes) until killed.
+    Without the variable this is a dictionary lookup.
+    """
+    wanted = os.environ.get(FAILPOINTS_ENV)
+    if not wanted:
+        return
+    _failpoint_hits[name] = _failpoint_hits.get(name, 0) + 1
+    for item in wanted.split(","):
+        point, _, nth = item.strip().partition("@")
+        if point == name and _failpoint_hits[name] == int(nth or 1):
+            marker = os.path.join(os.environ.get(FAILPOINT_DIR_ENV, "."), name)
+            with open(marker, "w") as handle:
+                handle.write(str(os.getpid()))
+            time.sleep(600)
+
+
+def join(output: str, *parts: str) -> str:
+    return FileSystems.join(output.rstrip("/"), *parts)
+
+
+def _list(pattern: str) -> list[str]:
+    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return json.load(handle)
+
+
+def replace(source: str, destination: str) -> None:
+    """Rename `source` over `destination` (filesystems whose rename refuses to replace: delete first)."""
+    if FileSystems.get_scheme(destination) is None:  # local disks need the folder; object stores have none
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+    try:
+        FileSystems.rename([source], [destination])
+    except Exception:  # noqa: BLE001 - BeamIOError wraps the filesystem's own error; retried below
+        if not FileSystems.exists(destination):
+            raise
+        FileSystems.delete([destination])
+        FileSystems.rename([source], [destination])
+
+
+def write_json_atomically(path: str, document: dict[str, Any]) -> None:
+    """Write to a temporary name, then rename: readers see the whole file or none."""
+    temporary = f"{path}.{os.getpid()}-{time.monotonic_ns()}.tmp"
+    with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
+    replace(temporary, path)
+
+
+# ---------------------------------------------------------------- the store
+def read_store_state(output: str) -> dict[str, Any] | None:
+    path = join(output, STORE_STATE)
+    return read_json(path) if FileSystems.exists(path) else None
+
+
+def write_store_state(output: str, state: dict[str, Any]) -> None:
+    write_json_atomically(join(output, STORE_STATE), state)
+
+
+def committed_units(output: str) -> dict[str, dict[str, Any]]:
+    """Every committed unit's journal entry, by unit id."""
+    return {entry["unit"]: entry for entry in map(read_json, _list(join(output, UNITS_DIR, "*.json")))}
+
+
+def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
+    path = join(output, UNITS_DIR, f"{unit_id}.json")
+    return read_json(path) if FileSystems.exists(path) else None
+
+
+def load_kept_keys(output: str, unit_id: str) -> np.ndarray:
+    path = join(output, UNITS_DIR, f"{unit_id}.keys.npy")
+    if not FileSystems.exists(path):
+        return np.zeros(0, HASH_DTYPE)
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False).view(HASH_DTYPE).reshape(-1)
+
+
+def temp_path(output: str, unit_id: str, attempt: str, name: str) -> str:
+    return join(output, TMP_DIR, f"{unit_id}.{attempt}.{name}")
+
+
+def save_kept_keys(path: str, hashes: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(hashes).view(np.uint8).reshape(-1, 16), allow_pickle=False)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(buffer.getvalue())
+
+
+def commit_unit(output: str, entry: dict[str, Any], written: dict[str, tuple[str, str]]) -> dict[str, Any]:
+    """Move a unit's written files into place, then write its journal entry (the commit point).
+
+    `written` maps a role (features, errors, keys) to (temporary path, final path relative
+    to the output). Returns the entry as committed.
+    """
+    for temporary, final in written.values():
+        replace(temporary, join(output, final))
+    failpoint("unit-commit")
+    entry = dict(entry, files={role: final for role, (_, final) in written.items()},
+                 committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomically(join(output, UNITS_DIR, f"{entry['unit']}.json"), entry)
+    return entry
+
+
+def remove_orphans(output: str, journals: Iterable[dict[str, Any]]) -> list[str]:
+    """Delete unit files that no journal entry names (a crash between rename and commit) and tmp/."""
+    named = {join(output, path) for entry in journals for path in entry.get("files", {}).values()}
+    found = [path for folder in (FEATURES_DIR, ERRORS_DIR, UNITS_DIR) for prefix in UNIT_PREFIXES
+             for path in _list(join(output, folder, prefix + "*"))
+             if not path.endswith(".json")]  # journal entries are the commits themselves
+    found += _list(join(output, TMP_DIR, "*"))
+    orphans = [path for path in found if path not in named]
+    if orphans:
+        FileSystems.delete(orphans)
+    return orphans

@@ -1,0 +1,135 @@
+"""Long runs survive: SIGKILL the whole process tree at known points, then --resume.
+
+A failpoint (pipeline.journal.failpoint, driven by FEATURIZE_FAILPOINTS) holds the run at
+a named point; the test then kills the run's process group as a dying machine would and
+resumes. Every key must end exactly once in the store, with vectors identical to an
+uninterrupted run, and the resumed run must reuse what was committed.
+"""
+from __future__ import annotations
+
+import json
+import pathlib
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+from pipeline.config import ConfigError
+from pipeline.job import run
+from tests.conftest import N_SHARDS, TEST_MODEL, TEST_SIZE
+from tests.crash import error_keys, read_store, run_and_kill
+from tests.samples import _encode, _rgb
+
+LOCAL = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+
+
+def featurize_args(source, out, weights, fmt="parquet", *extra):
+    return ["--input", str(source), "--output", str(out), "--model", TEST_MODEL, "--weights", weights,
+            "--image-size", str(TEST_SIZE), "--batch-size", "4", "--format", fmt, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def reference(numbered, small_weights, tmp_path_factory):
+    """Uninterrupted runs: {(layout, format): {key: vector}} and their manifests."""
+    shards, folder = numbered
+    results = {}
+    for layout, source in (("tar", shards), ("files", folder)):
+        for fmt in ("parquet", "hdf5"):
+            out = tmp_path_factory.mktemp(f"reference-{layout}-{fmt}") / "out"
+            manifest = run(featurize_args(source, out, small_weights, fmt, "--direct_running_mode=in_memory"))
+            results[layout, fmt] = (read_store(out, fmt), manifest)
+    return results
+
+
+def check_resumed(out, fmt, layout, manifest, reference):
+    expected, reference_manifest = reference[layout, fmt]
+    got = read_store(out, fmt)
+    assert sorted(got) == sorted(expected)
+    for key, vector in expected.items():
+        assert np.array_equal(got[key], vector), f"{key}: vectors differ from the uninterrupted run"
+    counts, want = manifest["counts"], reference_manifest["counts"]
+    assert {k: counts[k] for k in ("inputs", "rows", "errors", "errors_by_stage")} == \
+           {k: want[k] for k in ("inputs", "rows", "errors", "errors_by_stage")}
+    assert 0 < counts["reused"] <= counts["inputs"]
+    assert error_keys(out) == error_keys(pathlib.Path(reference_manifest["config"]["output"]))
+    on_disk = json.loads((out / "manifest.json").read_text())
+    assert on_disk["counts"] == counts
+
+
+@pytest.mark.parametrize("layout, fmt, failpoint", [
+    ("tar", "parquet", "unit-read@3"),      # killed mid-unit, while reading and inferring
+    ("tar", "parquet", "unit-commit@2"),    # killed with a unit's files in place but not journaled
+    ("tar", "hdf5", "manifest"),            # killed in the final manifest step
+    ("files", "hdf5", "unit-commit@2"),
+    ("files", "parquet", "unit-read@2"),
+])
+def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, failpoint, numbered, reference,
+                                                               small_weights, tmp_path):
+    shards, folder = numbered
+    source = shards if layout == "tar" else folder
+    out = tmp_path / "out"
+    run_and_kill(featurize_args(source, out, small_weights, fmt, *LOCAL), failpoint, tmp_path)
+    assert not (out / "manifest.json").exists(), "a killed run must not look complete"
+    committed = list((out / "_featurize" / "units").glob("*.json"))
+    assert committed, "nothing was committed before the kill"
+    with pytest.raises(ConfigError, match="not empty.*--resume.*--overwrite"):
+        run(featurize_args(source, out, small_weights, fmt, *LOCAL))
+    manifest = run(featurize_args(source, out, small_weights, fmt, *LOCAL, "--resume"))
+    check_resumed(out, fmt, layout, manifest, reference)
+    assert manifest["counts"]["reused"] >= len(committed)  # every committed unit holds at least one input
+    assert not list((out / "_featurize" / "tmp").glob("*")) if (out / "_featurize" / "tmp").exists() else True
+    if failpoint == "manifest":
+        assert manifest["units"]["processed"] == 0 and manifest["counts"]["reused"] == manifest["counts"]["inputs"]
+
+
+def test_resume_refuses_a_configuration_that_changes_vectors(numbered, reference, small_weights, tmp_path):
+    shards, _ = numbered
+    out = pathlib.Path(reference["tar", "parquet"][1]["config"]["output"])
+    for flags, field in ((["--pooling", "max"], "pooling"), (["--image-size", "64"], "input_size"),
+                         (["--dtype", "float16"], "dtype"), (["--weights", "none"], "weights")):
+        args = featurize_args(shards, out, small_weights, "parquet", "--resume")
+        args[args.index("--image-size") + 1] = "64" if field == "input_size" else args[args.index("--image-size") + 1]
+        if field == "weights":
+            args[args.index("--weights") + 1] = "none"
+        with pytest.raises(ConfigError, match=f"made with {field} .* but this run has"):
+            run([*args, *(flags if field in ("pooling", "dtype") else [])])
+    with pytest.raises(ConfigError, match="made with format 'parquet' but this run has 'hdf5'"):
+        run(featurize_args(shards, out, small_weights, "hdf5", "--resume"))
+
+
+def test_incremental_run_processes_only_new_inputs_and_reports_removed(small_weights, tmp_path):
+    folder = tmp_path / "photos"
+    for i in range(12):
+        (folder / f"day{i // 6}").mkdir(parents=True, exist_ok=True)
+        (folder / f"day{i // 6}" / f"{i:02d}.jpg").write_bytes(_encode(_rgb(32, 32, 100 + i), "JPEG"))
+    out = tmp_path / "out"
+    args = featurize_args(folder, out, small_weights, "parquet", "--direct_running_mode=in_memory", "--resume")
+    first = run(args)
+    assert first["counts"]["inputs"] == 12 and first["counts"]["reused"] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()}
+    (folder / "day2").mkdir()
+    for i in range(12, 17):
+        (folder / "day2" / f"{i:02d}.jpg").write_bytes(_encode(_rgb(32, 32, 100 + i), "JPEG"))
+    (folder / "day0" / "00.jpg").unlink()  # removed from the input: kept in the store, reported
+    second = run(args)
+    assert second["counts"]["inputs"] == 17 and second["counts"]["reused"] == 12
+    assert second["units"]["processed"] >= 1 and second["removed"] == {"count": 1, "listed": ["day0/00.jpg"]}
+    after = {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()}
+    assert {name: after[name] for name in before} == before, "committed units were rewritten"
+    keys = pq.read_table(out / "features").column("key").to_pylist()
+    assert sorted(keys) == sorted([f"day{i // 6}/{i:02d}.jpg" for i in range(17)])
+
+
+def test_dry_run_lists_units_and_what_resume_would_skip(numbered, reference, small_weights, tmp_path, capsys):
+    from pipeline.cli import main
+
+    shards, _ = numbered
+    fresh = tmp_path / "fresh"
+    assert main(["run", *featurize_args(shards, fresh, small_weights), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"{N_SHARDS} units to process" in out and "0 units already committed" in out
+    assert not fresh.exists(), "a dry run writes nothing"
+    done = reference["tar", "parquet"][1]["config"]["output"]
+    assert main(["run", *featurize_args(shards, done, small_weights), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "0 units to process" in out and f"{N_SHARDS} units already committed" in out
