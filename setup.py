@@ -22,8 +22,8 @@ setup(
     extras_require={
         # Readers the tests prove the store works with, and the test runner.
         # apache-beam[gcp] lets the tests translate a Dataflow job (dry run, nothing uploaded).
-        "test": ["pytest>=8", "pytest-timeout>=2", "pandas>=2", "duckdb>=1.1", "embedding-reader>=1.7",
-                 "apache-beam[gcp]>=2.77,<3"],
+        "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "pandas>=2", "duckdb>=1.1",
+                 "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<3"],
     },
     entry_points={"console_scripts": ["featurize=pipeline.cli:main"]},
 )

@@ -68,7 +68,8 @@ def _print_dry_run(report: dict) -> None:
         print(f"featurize: {skipped['count']:,} files would be skipped (not images): "
               + ", ".join(f"{ext} {n}" for ext, n in skipped["by_extension"].items()))
     if report["removed"]["count"]:
-        print(f"featurize: {report['removed']['count']:,} inputs of the store are no longer in the input")
+        print(f"featurize: {report['removed']['count']:,} {report['removed']['kind']} of the store are no longer "
+              f"in the input")
     if units:
         rows = [{"unit": u["unit"], "inputs": u["inputs"] if u["inputs"] is not None else "?",
                  "bytes": u["bytes"], "source": u["source"]} for u in units[:50]]
@@ -92,9 +93,10 @@ def run_command(argv: Sequence[str]) -> int:
         print(f"featurize: skipped {manifest['skipped']['count']} files that are not images "
               f"({', '.join(f'{e} {n}' for e, n in manifest['skipped']['by_extension'].items())}); "
               f"`featurize inspect` lists them", file=sys.stderr)
-    if manifest["removed"]["count"]:
-        print(f"featurize: warning: {manifest['removed']['count']} inputs in the store are no longer in --input "
-              f"(first: {manifest['removed']['listed'][0]}); they stay in the store", file=sys.stderr)
+    removed = manifest["removed"]
+    if removed["count"]:
+        print(f"featurize: warning: {removed['count']} {removed['kind']} in the store are no longer in --input "
+              f"(first: {removed['listed'][0]}); their rows stay in the store", file=sys.stderr)
     return 0
 
 
@@ -205,7 +207,8 @@ def inspect_command(argv: Sequence[str]) -> int:
         if skipped["count"] > 20:
             print(f"           ... {skipped['count'] - 20} more{more}")
     if removed.get("count"):
-        print(f"\nremoved    {removed['count']} inputs are in the store but no longer in the input: "
+        print(f"\nremoved    {removed['count']} {removed.get('kind', 'inputs')} are in the store but no longer in "
+              f"the input: "
               + ", ".join(removed["listed"][:5]))
     files = [*manifest["files"]["features"], *manifest["files"]["errors"], "manifest.json"]
     if store.format == "hdf5":

@@ -83,28 +83,35 @@ def resolve_partition(partition_sets: tuple[int, Iterable[KeySet]]) -> Iterator[
 
 
 class _ScanKeys(beam.DoFn):
-    """(WorkUnit, committed) -> (partition, KeySet): scan the shard, or load a committed unit's kept keys."""
+    """(WorkUnit, journal entry or None) -> (partition, KeySet): load a committed unit's kept keys,
+    or scan a pending shard (its image-member count goes to the 'scanned' output)."""
 
     def __init__(self, output: str):
         self._output = output
 
-    def process(self, unit_committed: tuple[WorkUnit, bool]):
+    def process(self, unit_entry: tuple[WorkUnit, dict | None]):
         from pipeline.journal import load_kept_keys  # the journal imports this module
+        from pipeline.sources import retry_transient, scan_tar_keys
 
-        from pipeline.sources import scan_tar_keys
-
-        unit, committed = unit_committed
-        hashes = load_kept_keys(self._output, unit.unit_id) if committed else key_hashes(scan_tar_keys(unit.source))
-        yield from partition_keys(unit.unit_id, unit.source, committed, hashes)
+        unit, entry = unit_entry
+        if entry is not None:
+            hashes = load_kept_keys(self._output, entry)
+        else:
+            keys = retry_transient(lambda: scan_tar_keys(unit.source), f"key scan of {unit.source}")
+            yield beam.pvalue.TaggedOutput("scanned", (unit.unit_id, len(keys)))
+            hashes = key_hashes(keys)
+        yield from partition_keys(unit.unit_id, unit.source, entry is not None, hashes)
 
 
 class FindDuplicateKeys(beam.PTransform):
     """Sample keys that more than one tar member has, across every shard of the store.
 
-    Input: a PCollection of (WorkUnit, committed: bool) for every tar unit of the store
-    (pending and committed). Output: (unit id, (member position, where the key is kept))
-    for every member that must give up its key. `output` is the store, where committed
-    units' kept keys are read from.
+    Input: a PCollection of (WorkUnit, journal entry or None) for every tar unit of the store
+    (committed ones with their entry, pending ones with None). Output: a dict with `losers`:
+    (unit id, (member position, where the key is kept)) for every member that must give up
+    its key, and `scanned`: (unit id, image members the scan saw) for every pending unit (the
+    reader checks it sees as many: a scan that saw fewer could not check them all). `output`
+    is the store, where committed units' kept keys are read from.
     """
 
     def __init__(self, output: str):
@@ -112,9 +119,8 @@ class FindDuplicateKeys(beam.PTransform):
         self._output = output
 
     def expand(self, units):
-        return (
-            units
-            | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output))
-            | "GroupPartitions" >> beam.GroupByKey()
-            | "Resolve" >> beam.FlatMap(resolve_partition)
-        )
+        scanned = units | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output)).with_outputs("scanned", main="keys")
+        losers = (scanned.keys
+                  | "GroupPartitions" >> beam.GroupByKey()
+                  | "Resolve" >> beam.FlatMap(resolve_partition))
+        return {"losers": losers, "scanned": scanned.scanned}

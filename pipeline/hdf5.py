@@ -26,6 +26,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.journal import replace
 from pipeline.records import relative_path
 
 FINGERPRINT_ATTR = "featurize.fingerprint"
@@ -123,7 +124,10 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
                     store.create_virtual_dataset(name, layout)
                 else:  # nothing to map: an empty dataset with the same shape and type
                     store.create_dataset(name, shape=layout.shape, dtype=layout.dtype)
-        _copy_to(local_path, FileSystems.join(output, VIRTUAL_STORE))
+        # A copy is not atomic: copy beside it, then rename over the old one.
+        final = FileSystems.join(output, VIRTUAL_STORE)
+        _copy_to(local_path, final + ".tmp")
+        replace(final + ".tmp", final)
     finally:
         os.unlink(local_path)
     return total

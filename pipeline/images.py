@@ -22,10 +22,12 @@ from __future__ import annotations
 import io
 import posixpath
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
 RESIZE_POLICIES: tuple[str, ...] = ("squash", "center-crop", "pad")
 
@@ -50,6 +52,16 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Pillow's own default, captured at import so a later global change elsewhere
 # does not silently change what "default" means here.
 DEFAULT_MAX_PIXELS: int = Image.MAX_IMAGE_PIXELS or 89_478_485
+
+# Every exception decode_image/open_rgb raise for bad input, and nothing else
+# (anything outside is a bug here, not a bad image): callers turn exactly these
+# into error rows.  ValueError: empty input; UnidentifiedImageError: not an
+# image of an accepted format; DecompressionBombError: over spec.max_pixels;
+# OSError: truncated or corrupt data; SyntaxError: what Pillow's parsers raise
+# for some damaged files ("broken PNG file").
+DECODE_ERRORS: tuple[type[Exception], ...] = (
+    ValueError, UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError,
+)
 
 # Content-based format allow-list for Image.open: only the formats behind
 # IMAGE_EXTENSIONS (JPEG includes MPO, the multi-picture JPEG of cameras).  This
@@ -76,13 +88,6 @@ _SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 _ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
 _WHITE = (255, 255, 255)
-
-# Image.MAX_IMAGE_PIXELS is a process global; every change of it goes through
-# this lock so concurrent decodes in one worker (Beam runs DoFns in threads)
-# never see each other's limit.  Re-entrant: the whole-decode hold below nests
-# the open-time hold.
-_PILLOW_LIMIT_LOCK = threading.RLock()
-
 
 def is_image_name(name: str) -> bool:
     """True when the last extension of ``name`` is a known image extension.
@@ -158,34 +163,90 @@ class DecodeSpec:
             raise ValueError(f"max_pixels must be a positive int or None, got {self.max_pixels!r}")
 
 
-def _open_checked(data: bytes, max_pixels: int | None) -> tuple[Image.Image, int | None]:
-    """Image.open (header only) plus the decompression-bomb check at 1x the limit.
+def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
+    """Raise DecompressionBombError when ``size`` has more than ``max_pixels`` pixels (None: no limit)."""
+    if max_pixels is None:
+        return
+    width, height = size
+    # Same pixel count as Pillow's own check (a zero side counts as 1).
+    pixels = max(1, width) * max(1, height)
+    if pixels > max_pixels:
+        raise Image.DecompressionBombError(
+            f"Image size {width}x{height} ({pixels} pixels) exceeds limit of "
+            f"{max_pixels} pixels, could be decompression bomb DOS attack."
+        )
 
-    Also returns Pillow's global limit as seen under the lock (another thread
-    may have it switched off for a moment, so it must not be read unlocked).
+
+# Pillow's bomb check reads one process global, Image.MAX_IMAGE_PIXELS, and Pillow
+# runs it not only after Image.open but also inside its loaders, right before
+# they allocate: a GIF's first frame and disposal buffer are allocated inside
+# Image.open, TIFF tiles at load.  A per-spec limit can therefore neither be
+# set by switching the global per image (that serialises a worker's threads,
+# and a switch in one thread skips another thread's check) nor by switching
+# the global off once (those allocations would go unchecked: a 2 KB GIF can
+# make Image.open fill half a gigabyte).  So Pillow's check function is wrapped
+# once, at import, and the global is never touched: inside open_rgb the check
+# applies the calling thread's spec.max_pixels (thread-local: no lock, no
+# leaking between threads); anywhere else in the process (Keras' load_img,
+# other libraries) it is Pillow's own check, unchanged.
+_PILLOW_BOMB_CHECK = Image._decompression_bomb_check
+_NOT_DECODING = object()  # the thread is not inside open_rgb
+_THREAD = threading.local()
+
+
+def _bomb_check(size: tuple[int, int]) -> None:
+    max_pixels = getattr(_THREAD, "max_pixels", _NOT_DECODING)
+    if max_pixels is _NOT_DECODING:
+        _PILLOW_BOMB_CHECK(size)
+    else:
+        _check_pixels(size, max_pixels)
+
+
+Image._decompression_bomb_check = _bomb_check
+
+
+@contextmanager
+def _thread_pixel_limit(max_pixels: int | None) -> Iterator[None]:
+    """Make Pillow's internal bomb checks in this thread use ``max_pixels``."""
+    outer = getattr(_THREAD, "max_pixels", _NOT_DECODING)  # nested open_rgb calls restore it
+    _THREAD.max_pixels = max_pixels
+    try:
+        yield
+    finally:
+        _THREAD.max_pixels = outer
+
+
+def _webp_canvas(data: bytes) -> tuple[int, int] | None:
+    """The canvas size a WebP header declares; None when ``data`` is no WebP.
+
+    Pillow's WebP plugin hands the file to libwebp's animation decoder inside
+    Image.open, which allocates two canvas-sized RGBA buffers with no bomb check
+    first, so the size must be read, and checked, before Image.open.
     """
-    with _PILLOW_LIMIT_LOCK:
-        saved = Image.MAX_IMAGE_PIXELS
-        # Pillow's open-time check would only warn between 1x and 2x of its
-        # global (one DecompressionBombWarning per image) and raise above 2x
-        # of the global, not of our limit.  Our explicit check right below
-        # replaces it for this header-only call, so switch it off for the
-        # call; load-time checks (GIF frames, TIFF tiles) keep Pillow's value.
-        Image.MAX_IMAGE_PIXELS = None
-        try:
-            img = Image.open(io.BytesIO(data), formats=_FORMATS)
-        finally:
-            Image.MAX_IMAGE_PIXELS = saved
-    if max_pixels is not None:
-        width, height = img.size
-        # Same pixel count as Pillow's own check (a zero side counts as 1).
-        pixels = max(1, width) * max(1, height)
-        if pixels > max_pixels:
-            raise Image.DecompressionBombError(
-                f"Image size {width}x{height} ({pixels} pixels) exceeds limit of "
-                f"{max_pixels} pixels, could be decompression bomb DOS attack."
-            )
-    return img, saved
+    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+        return None
+    chunk = data[12:16]
+    if chunk == b"VP8X":  # extended: canvas size minus one, 24 bits each
+        return 1 + int.from_bytes(data[24:27], "little"), 1 + int.from_bytes(data[27:30], "little")
+    if chunk == b"VP8 ":  # lossy key frame: 14-bit sizes after the start code
+        return int.from_bytes(data[26:28], "little") & 0x3FFF, int.from_bytes(data[28:30], "little") & 0x3FFF
+    if chunk == b"VP8L":  # lossless: 14-bit sizes minus one, packed after the signature byte
+        bits = int.from_bytes(data[21:25], "little")
+        return 1 + (bits & 0x3FFF), 1 + (bits >> 14 & 0x3FFF)
+    return None
+
+
+def _open_checked(data: bytes, max_pixels: int | None) -> Image.Image:
+    """Image.open (header only) plus the decompression-bomb check at 1x the limit."""
+    canvas = _webp_canvas(data)
+    if canvas is not None:
+        _check_pixels(canvas, max_pixels)
+    img = Image.open(io.BytesIO(data), formats=_FORMATS)
+    # Explicit, whatever Pillow's plugins check: the size every later step
+    # (draft, load, frame 0 of an animation) works within, before any pixel
+    # is decoded.
+    _check_pixels(img.size, max_pixels)
+    return img
 
 
 def _orientation(img: Image.Image) -> int:
@@ -238,17 +299,22 @@ def _to_rgb(img: Image.Image) -> Image.Image:
         background = Image.new("RGB", rgba.size, _WHITE)
         background.paste(rgba, mask=rgba.getchannel("A"))
         return background
+    # I and F below stay in the image's own 16/32-bit dtype: an int64/float64
+    # copy would double the peak memory of a large image.
     if mode.startswith("I"):
-        # I;16*, and I (Pillow stores 16-bit PGM/PPM as I scaled to 0..65535):
-        # keep the top 8 bits.  Pillow's convert would clip at 255 instead and
-        # turn almost every 16-bit image white.
-        values = np.asarray(img).astype(np.int64)
-        gray = (np.clip(values, 0, 0xFFFF) >> 8).astype(np.uint8)
+        # I;16* (uint16), and I (int32; Pillow stores 16-bit PGM/PPM as I
+        # scaled to 0..65535): keep the top 8 bits.  Pillow's convert would
+        # clip at 255 instead and turn almost every 16-bit image white.
+        values = np.asarray(img)
+        if values.dtype.kind == "i":  # I: negatives and > 16 bits clip first
+            values = np.clip(values, 0, 0xFFFF)
+        gray = (values >> 8).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     if mode == "F":
         # Float data is taken as already on the 0..255 scale; NaN -> 0.
-        values = np.nan_to_num(np.asarray(img, dtype=np.float64), nan=0.0)
-        gray = np.rint(np.clip(values, 0.0, 255.0)).astype(np.uint8)
+        values = np.nan_to_num(np.asarray(img, dtype=np.float32), nan=0.0)  # a writable copy
+        np.clip(values, 0.0, 255.0, out=values)
+        gray = np.rint(values, out=values).astype(np.uint8)
         return Image.fromarray(gray, "L").convert("RGB")
     # 1, P (opaque), CMYK, YCbCr, RGBX, LAB, HSV...: Pillow's own conversion.
     return img.convert("RGB")
@@ -262,26 +328,15 @@ def open_rgb(data: bytes, spec: DecodeSpec) -> tuple[Image.Image, tuple[int, int
     The image may be smaller than the original (JPEG draft) but never smaller
     than what ``resize_image`` needs for ``spec``.
 
-    Raises ValueError for empty input, PIL.UnidentifiedImageError for
-    non-images, OSError for truncated/corrupt data and
-    PIL.Image.DecompressionBombError above ``spec.max_pixels``.
+    Raises only DECODE_ERRORS for bad input: ValueError for empty input,
+    PIL.UnidentifiedImageError for non-images, OSError or SyntaxError for
+    truncated/corrupt data and PIL.Image.DecompressionBombError above
+    ``spec.max_pixels``, checked before any pixel is decoded.
     """
     if not data:
         raise ValueError("empty file")
-    img, pillow_limit = _open_checked(data, spec.max_pixels)
-    limit = spec.max_pixels
-    if pillow_limit is not None and (limit is None or limit > pillow_limit):
-        # A looser limit than Pillow's global: Pillow's load-time checks
-        # (GIF frames, TIFF tiles) must follow it too, which needs the global
-        # for the whole decode.  Serialising is acceptable for such configs.
-        with _PILLOW_LIMIT_LOCK:
-            saved = Image.MAX_IMAGE_PIXELS
-            Image.MAX_IMAGE_PIXELS = limit
-            try:
-                return _load_rgb(img, spec)
-            finally:
-                Image.MAX_IMAGE_PIXELS = saved
-    return _load_rgb(img, spec)
+    with _thread_pixel_limit(spec.max_pixels):
+        return _load_rgb(_open_checked(data, spec.max_pixels), spec)
 
 
 def _load_rgb(img: Image.Image, spec: DecodeSpec) -> tuple[Image.Image, tuple[int, int]]:
@@ -357,7 +412,8 @@ def decode_image(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, tuple[int, 
     """bytes -> (HxWx3 uint8 C-contiguous array of exactly (spec.height, spec.width, 3), (orig_w, orig_h)).
 
     The array is a fresh, writable copy (np.asarray on a Pillow image is
-    read-only, which breaks in-place preprocessing downstream).
+    read-only, which breaks in-place preprocessing downstream).  Bad input
+    raises one of DECODE_ERRORS (see open_rgb).
     """
     img, original = open_rgb(data, spec)
     img = resize_image(img, spec)

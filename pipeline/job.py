@@ -30,7 +30,8 @@ from pipeline.journal import (STORE_STATE, committed_units, read_json, read_stor
                               write_json_atomically, write_store_state)
 from pipeline.records import METRICS_NAMESPACE
 from pipeline.sinks import LISTED_LIMIT, MANIFEST, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
-from pipeline.sources import Listing, list_inputs, resolve_input
+from pipeline.hdf5 import VIRTUAL_STORE
+from pipeline.sources import Listing, list_inputs, normalized_path, resolve_input
 from pipeline.transforms import PendingUnits, ProcessUnits
 from pipeline.units import Plan, plan_units
 from pipeline.weights import sha256_of
@@ -139,7 +140,7 @@ _NOT_COMPARED = ("versions",)
 def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: Listing) -> dict[str, Any]:
     """What a store is, written before its first unit and checked by every --resume."""
     return {"fingerprint": fingerprint, "format": config.format, "layout": listing.layout,
-            "key_root": listing.root, "featurize": _version("featurize")}
+            "key_root": normalized_path(listing.root) if listing.root else "", "featurize": _version("featurize")}
 
 
 def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -274,7 +275,8 @@ def _manifest_template(config: RunConfig, fp: dict[str, Any], options: PipelineO
         "skipped": {"count": len(skipped), "by_extension": plan.listing.skipped_by_extension(),
                     "keys": skipped[:LISTED_LIMIT],
                     "file": SKIPPED_FILE if len(skipped) > LISTED_LIMIT else None},
-        "removed": {"count": len(plan.removed), "listed": plan.removed[:LISTED_LIMIT]},
+        "removed": {"count": len(plan.removed), "listed": plan.removed[:LISTED_LIMIT],
+                    "kind": "shards" if plan.listing.layout == "tar" else "files"},
     }
 
 
@@ -348,9 +350,30 @@ def dry_run_report(job: Job) -> dict[str, Any]:
 
 
 def _write_skipped(output: str, listing: Listing) -> None:
+    path = FileSystems.join(output, SKIPPED_FILE)
     if len(listing.skipped) > LISTED_LIMIT:
-        with FileSystems.create(FileSystems.join(output, SKIPPED_FILE)) as handle:
+        with FileSystems.create(path) as handle:
             handle.write("".join(f"{key}\n" for key, _ in listing.skipped).encode("utf-8"))
+    elif FileSystems.exists(path):  # an earlier run's list, which the manifest no longer names
+        FileSystems.delete([path])
+
+
+def _start_over_or_resume(job: Job) -> None:
+    """Before any unit runs: --overwrite clears featurize's files; a store being resumed loses the
+    files a crash left uncommitted, and its old manifest (it stops claiming completeness until
+    this run has finished); a new store gets its identity."""
+    output = job.config.output
+    if job.config.overwrite:
+        clear_previous_output(output)
+    if read_store_state(output) is None:
+        write_store_state(output, job.identity)
+        return
+    remove_orphans(output, committed_units(output).values())
+    if job.plan.pending:
+        stale = [FileSystems.join(output, name) for name in (MANIFEST, VIRTUAL_STORE)
+                 if FileSystems.exists(FileSystems.join(output, name))]
+        if stale:
+            FileSystems.delete(stale)
 
 
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
@@ -365,12 +388,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     config = job.config
     if config.dry_run:
         return dry_run_report(job)
-    if config.overwrite:
-        clear_previous_output(config.output)
-    if job.plan.committed:
-        remove_orphans(config.output, job.plan.committed.values())  # files of units a crash left uncommitted
-    if read_store_state(config.output) is None:
-        write_store_state(config.output, job.identity)
+    _start_over_or_resume(job)
     _write_skipped(config.output, job.plan.listing)
     if not job.plan.pending:  # everything is committed already: only the manifest is left to write
         return finalize_store(config.output, job.manifest, job.started_at)

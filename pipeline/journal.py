@@ -6,16 +6,18 @@ Inside an output folder, featurize keeps its own state under `_featurize/`:
                                      written before the first unit; --resume checks it
     _featurize/units/UNIT.json       a unit's journal entry: its counts and files. Its presence
                                      is the commit: a unit without one is not in the store
-    _featurize/units/UNIT.keys.npy   tar units: hashes of the sample keys the unit holds
+    _featurize/units/UNIT.*.keys.npy tar units: hashes of the sample keys the unit holds
                                      (for duplicate keys across runs, pipeline.dedupe)
     _featurize/tmp/                  files being written; never read
 
-Commit protocol of a unit (`commit_unit`): its files are written under `tmp/` with a
-per-attempt name, renamed to their final, deterministic names (`features/UNIT.parquet`,
-`errors/UNIT.parquet`), then the journal entry is written (temporary name, then rename).
-A crash before the entry leaves files that no entry names: `remove_orphans` deletes them
-before a resumed run starts, and the unit runs again. Two attempts of one unit (a Beam
-retry, a speculative copy) rename to the same final names, so a unit never appears twice.
+Commit protocol of a unit (`commit_unit`): its files are written under `tmp/`, renamed to
+final names of their own attempt (`features/UNIT.ATTEMPT.parquet`, `errors/UNIT.ATTEMPT.parquet`),
+then the journal entry naming them is written (temporary name, then rename). A crash before
+the entry leaves files that no entry names: `remove_orphans` deletes them before a resumed run
+starts (and after the last unit), and the unit runs again. An attempt that finds the unit
+already committed (a Beam retry, a speculative copy) withdraws its files, so the entry always
+names exactly one attempt's files and a unit never appears twice. An entry marked `retry`
+(a unit some of whose inputs could not be read) is replaced when a resumed run redoes it.
 """
 from __future__ import annotations
 
@@ -85,7 +87,9 @@ def replace(source: str, destination: str) -> None:
     try:
         FileSystems.rename([source], [destination])
     except Exception:  # noqa: BLE001 - BeamIOError wraps the filesystem's own error; retried below
-        if not FileSystems.exists(destination):
+        # Only a filesystem that refuses to overwrite earns a delete; a source that is gone
+        # (removed as an orphan meanwhile) must not cost the destination.
+        if not (FileSystems.exists(source) and FileSystems.exists(destination)):
             raise
         FileSystems.delete([destination])
         FileSystems.rename([source], [destination])
@@ -119,11 +123,12 @@ def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
     return read_json(path) if FileSystems.exists(path) else None
 
 
-def load_kept_keys(output: str, unit_id: str) -> np.ndarray:
-    path = join(output, UNITS_DIR, f"{unit_id}.keys.npy")
-    if not FileSystems.exists(path):
+def load_kept_keys(output: str, entry: dict[str, Any]) -> np.ndarray:
+    """The hashes of the sample keys a committed tar unit holds (saved beside its entry)."""
+    relative = entry.get("files", {}).get("keys")
+    if relative is None:  # a unit that holds no key
         return np.zeros(0, HASH_DTYPE)
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+    with FileSystems.open(join(output, relative), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         return np.load(io.BytesIO(handle.read()), allow_pickle=False).view(HASH_DTYPE).reshape(-1)
 
 
@@ -138,18 +143,38 @@ def save_kept_keys(path: str, hashes: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
+def _final(entry: dict[str, Any] | None) -> bool:
+    """A committed entry that no later attempt may replace."""
+    return entry is not None and not entry.get("retry")
+
+
 def commit_unit(output: str, entry: dict[str, Any], written: dict[str, tuple[str, str]]) -> dict[str, Any]:
     """Move a unit's written files into place, then write its journal entry (the commit point).
 
     `written` maps a role (features, errors, keys) to (temporary path, final path relative
-    to the output). Returns the entry as committed.
+    to the output, unique to this attempt). Returns the entry as committed, which is another
+    attempt's when that one committed first (this attempt's files are then withdrawn).
     """
+    unit = entry["unit"]
+    existing = read_journal(output, unit)
+    if _final(existing):
+        FileSystems.delete([temporary for temporary, _ in written.values()])
+        return existing
     for temporary, final in written.values():
         replace(temporary, join(output, final))
     failpoint("unit-commit")
+    existing = read_journal(output, unit)
+    if _final(existing):  # another attempt committed while this one renamed
+        FileSystems.delete([join(output, final) for _, final in written.values()])
+        return existing
     entry = dict(entry, files={role: final for role, (_, final) in written.items()},
                  committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json_atomically(join(output, UNITS_DIR, f"{entry['unit']}.json"), entry)
+    write_json_atomically(join(output, UNITS_DIR, f"{unit}.json"), entry)
+    if existing is not None:  # a redone `retry` unit: the files of the entry it replaced are orphans now
+        stale = [join(output, path) for path in existing.get("files", {}).values()
+                 if path not in entry["files"].values() and FileSystems.exists(join(output, path))]
+        if stale:
+            FileSystems.delete(stale)
     return entry
 
 

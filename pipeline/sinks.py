@@ -2,8 +2,8 @@
 
 Layout of an output directory:
 
-    features/UNIT.parquet     feature rows of one work unit (or UNIT.h5 with --format hdf5)
-    errors/UNIT.parquet       error rows of one work unit (only units with errors have one)
+    features/UNIT.ATTEMPT.parquet   feature rows of one work unit (or .h5 with --format hdf5)
+    errors/UNIT.ATTEMPT.parquet     error rows of one work unit (only units with errors have one)
     features.h5               --format hdf5: every shard as one virtual dataset
     _featurize/               the journal: what is committed (pipeline.journal)
     manifest.json             written last, atomically: its presence means the output is complete
@@ -38,7 +38,7 @@ SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
 LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
 # Everything this tool writes into an output directory (for --overwrite): only its own files.
 OWNED_PATTERNS = (*(f"{folder}/{prefix}*" for folder in (FEATURES_DIR, ERRORS_DIR) for prefix in journal.UNIT_PREFIXES),
-                  f"{STATE_DIR}/**", VIRTUAL_STORE, MANIFEST)
+                  f"{STATE_DIR}/**", VIRTUAL_STORE, f"{VIRTUAL_STORE}.tmp", MANIFEST)
 # Parquet row groups: large enough for fast scans, small enough to bound a worker's buffer.
 ROW_GROUP_BYTES = 32 << 20
 
@@ -109,13 +109,14 @@ class UnitWriter:
     """Collects one work unit's feature rows and error rows, then commits them as a whole.
 
     Files are written under the journal's tmp/ with a name of their own per attempt; `commit`
-    moves them to `features/UNIT.*` and `errors/UNIT.parquet` and writes the journal entry.
-    `abort` (a failed attempt) removes what was written.
+    moves them to `features/UNIT.ATTEMPT.*` and `errors/UNIT.ATTEMPT.parquet` and writes the
+    journal entry. `abort` (a failed attempt) removes what was written.
     """
 
     def __init__(self, output: str, unit_id: str, fmt: str, fingerprint: dict[str, Any]):
         self.output, self.unit_id, self._format, self._fingerprint = output, unit_id, fmt, fingerprint
-        self._attempt = uuid.uuid4().hex[:12]
+        self._attempt = uuid.uuid4().hex[:8]
+        self._final_name = f"{unit_id}.{self._attempt}"  # per attempt: see pipeline.journal
         self._rows = None
         self.row_count = 0
         self.errors: list[ErrorRecord] = []
@@ -146,17 +147,17 @@ class UnitWriter:
         if self._rows is not None:
             self._rows.close()
             suffix = ".h5" if self._format == "hdf5" else ".parquet"
-            written["features"] = (self._temporaries[0], f"{FEATURES_DIR}/{self.unit_id}{suffix}")
+            written["features"] = (self._temporaries[0], f"{FEATURES_DIR}/{self._final_name}{suffix}")
         if self.errors:
             path = self._temporary("errors.parquet")
             with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
                 pq.write_table(pa.Table.from_pylist([e._asdict() for e in self.errors], ERROR_SCHEMA), handle,
                                compression="snappy")
-            written["errors"] = (path, f"{ERRORS_DIR}/{self.unit_id}.parquet")
+            written["errors"] = (path, f"{ERRORS_DIR}/{self._final_name}.parquet")
         if kept_keys is not None:
             path = self._temporary("keys.npy")
             journal.save_kept_keys(path, kept_keys.astype(HASH_DTYPE, copy=False))
-            written["keys"] = (path, f"{UNITS_DIR}/{self.unit_id}.keys.npy")
+            written["keys"] = (path, f"{UNITS_DIR}/{self._final_name}.keys.npy")
         by_stage = {stage: 0 for stage in STAGES}
         for error in self.errors:
             by_stage[error.stage] += 1
@@ -174,8 +175,9 @@ class UnitWriter:
             FileSystems.delete(leftovers)
 
 
-def _listed(items: list[str]) -> dict[str, Any]:
-    return {"count": len(items), "listed": items[:LISTED_LIMIT]}
+def _parquet_rows(path: str) -> int:
+    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return pq.ParquetFile(handle).metadata.num_rows
 
 
 def finalize_store(output: str, template: dict[str, Any], started_at: float,
@@ -205,8 +207,11 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
         fingerprint = template["fingerprint"]
         rows = write_virtual_store(output, [join(output, path) for path in feature_files],
                                    fingerprint["outputs"], fingerprint["dtype"], fingerprint)
-        if rows != counts["rows"]:
-            raise RuntimeError(f"the HDF5 shards hold {rows} rows but the journal says {counts['rows']}")
+    else:
+        rows = sum(_parquet_rows(join(output, path)) for path in feature_files)
+    if rows != counts["rows"]:  # the files must hold what the journal says, or nothing claims completeness
+        raise RuntimeError(f"the feature files hold {rows} rows but the journal says {counts['rows']}; "
+                           f"the output has no manifest")
     journal.remove_orphans(output, entries)
     journal.failpoint("manifest")
     elapsed = time.time() - started_at

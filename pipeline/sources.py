@@ -9,13 +9,18 @@ The readers are plain generators: the unit stage (`pipeline.transforms`) and the
 """
 from __future__ import annotations
 
+import errno
+import logging
+import lzma
+import os
 import posixpath
 import re
 import tarfile
+import time
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Iterable, Iterator, Mapping
+from typing import Callable, Iterable, Iterator, Mapping, TypeVar
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
@@ -72,10 +77,12 @@ def _glob_root(pattern: str) -> str:
 
 def _is_single_file(path: str) -> bool:
     if FileSystems.get_scheme(path) is None:  # local: a directory must stay a directory
-        import os
         return os.path.isfile(path)
     found = FileSystems.match([path])[0].metadata_list
-    return len(found) == 1 and found[0].path == path
+    if not (len(found) == 1 and found[0].path == path):
+        return False
+    # Filesystems with real folders (HDFS) match a folder by its own name: a file has nothing below it.
+    return not FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list
 
 
 def resolve_input(spec: str) -> InputSpec:
@@ -147,9 +154,51 @@ def _open_raw(path: str):
 
 
 
-# What a broken or truncated shard raises while it is streamed; anything else is a fault
-# (a bug, a lost connection) that must fail the bundle so Beam retries it.
-TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error)
+# What a broken, truncated or missing shard raises while it is streamed. A transient OSError
+# among them (is_transient) is not data: it is retried, then fails the bundle. Anything else
+# (a bug, MemoryError) fails the bundle too, so Beam retries it.
+TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+_TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT,
+                               errno.EAGAIN, errno.EPIPE, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH,
+                               errno.EIO})
+_TRANSIENT_TEXT = re.compile(r"\b(5\d\d|429)\b|timed? ?out|temporar|connection (reset|aborted|refused)"
+                             r"|service unavailable|too many requests|broken pipe", re.IGNORECASE)
+READ_ATTEMPTS = 5  # backoff 0.5, 1, 2, 4 s: rides out a short object-store hiccup
+RETRY_BACKOFF_S = 0.5
+T = TypeVar("T")
+
+
+def is_transient(exc: BaseException) -> bool:
+    """A failure worth trying again (connection reset, timeout, 5xx/429 from an object store, EIO),
+    never a reason to record an input as unreadable."""
+    if isinstance(exc, (ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
+        return True
+    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
+        return False
+    # Object-store clients wrap HTTP failures in their own types (BeamIOError, HttpError, ...).
+    return bool(_TRANSIENT_TEXT.search(f"{type(exc).__name__}: {exc}"))
+
+
+def retry_transient(work: Callable[[], T], what: str, attempts: int | None = None) -> T:
+    """`work()`, tried again with exponential backoff while it fails transiently; the last failure raises."""
+    attempts = attempts or READ_ATTEMPTS
+    for attempt in range(attempts):
+        try:
+            return work()
+        except Exception as exc:  # noqa: BLE001 - only transient failures are retried; the rest re-raise
+            if attempt == attempts - 1 or not is_transient(exc):
+                raise
+            logging.getLogger(__name__).warning("featurize: %s failed (%s: %s); retry %d of %d",
+                                                what, type(exc).__name__, exc, attempt + 1, attempts - 1)
+            time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
+    raise AssertionError("unreachable")
+
+
+def normalized_path(path: str) -> str:
+    """One spelling per file: local paths absolute and normalised (`./a/../b` and `/x/b`), URIs as given."""
+    return os.path.normpath(os.path.abspath(path)) if path and FileSystems.get_scheme(path) is None else path.rstrip("/")
 
 
 def file_key(path: str, root: str) -> str:
@@ -206,8 +255,12 @@ def list_inputs(spec: InputSpec) -> Listing:
     root = spec.patterns[0][1] if spec.patterns else ""
     listing = Listing(spec.layout, root)
     found: dict[str, int] = {}
+    spellings: set[str] = set()
     for pattern, _ in spec.patterns:
-        found.update(_match(pattern))
+        for path, size in sorted(_match(pattern)):
+            if normalized_path(path) not in spellings:  # `shards/a.tar` and `/data/shards/a.tar`: one input
+                spellings.add(normalized_path(path))
+                found[path] = size
     # A missing literal shard stays in the listing: it becomes a read error row, not a silent gap.
     listing.missing = sorted(path for path, size in found.items() if size < 0)
     found = {path: max(size, 0) for path, size in found.items()}
@@ -229,12 +282,15 @@ def list_inputs(spec: InputSpec) -> Listing:
 
 
 def read_file_records(members: Iterable[tuple[str, str]]) -> Iterator[ImageRecord | ErrorRecord]:
-    """(key, uri) -> the file's bytes as an ImageRecord, or a read ErrorRecord when it cannot be read."""
+    """(key, uri) -> the file's bytes as an ImageRecord, or a read ErrorRecord when it cannot be read
+    (missing, permissions, a directory); a transient failure raises (the unit is retried)."""
     for key, uri in members:
         try:
             with _open_raw(uri) as handle:
                 data = handle.read()
-        except OSError as exc:  # missing, permissions, a directory: this input's error row
+        except OSError as exc:
+            if is_transient(exc):
+                raise
             yield error_from_exception(key, uri, "read", exc)
             continue
         yield ImageRecord(key, uri, data)
@@ -256,22 +312,30 @@ def scan_tar_keys(shard: str) -> list[str]:
     try:
         with _open_raw(shard) as handle:
             # Plain tars are scanned by seeking over member data; compressed ones must stream.
-            mode = "r|*" if shard.lower().endswith((".gz", ".tgz")) else "r:"
+            mode = "r:*"  # transparent compression, whatever the name says (the reader streams with r|*)
             with tarfile.open(fileobj=handle, mode=mode) as archive:
                 for info in _image_members(archive):
                     keys.append(webdataset_key(info.name))
-    except TAR_READ_ERRORS:
-        pass
+    except TAR_READ_ERRORS as exc:
+        if is_transient(exc):
+            raise
     return keys
 
 
-def read_tar_records(shard: str, losers: Mapping[int, str] | None = None) -> Iterator[ImageRecord | ErrorRecord]:
+class ScanMismatch(RuntimeError):
+    """Reading a shard found image members its key scan did not see: duplicates could slip through."""
+
+
+def read_tar_records(shard: str, losers: Mapping[int, str] | None = None,
+                     scanned: int | None = None) -> Iterator[ImageRecord | ErrorRecord]:
     """A shard's image members as ImageRecords, streamed (never extracted).
 
     `losers` maps the position of an image member (0, 1, ... in shard order) whose sample key
     belongs to another member to a description of that member: it becomes a DuplicateKey
-    error row. A shard that breaks keeps every complete member before the break and makes
-    one error row for the rest (keyed by the member it broke in, else by the shard).
+    error row. `scanned` is how many image members the key scan saw: reading more raises
+    ScanMismatch. A shard that breaks keeps every complete member before the break and makes
+    one error row for the rest (keyed by the member it broke in, else by the shard); a
+    transient failure raises (the unit is retried).
     """
     losers = losers or {}
     current: tuple[str, str] | None = None
@@ -279,6 +343,9 @@ def read_tar_records(shard: str, losers: Mapping[int, str] | None = None) -> Ite
         with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
             for position, info in enumerate(_image_members(archive)):
                 key, uri = webdataset_key(info.name), member_uri(shard, info.name)
+                if scanned is not None and position >= scanned:
+                    raise ScanMismatch(f"{shard}: the key scan saw {scanned} image members, reading finds more; "
+                                       f"the shard changed or the scan failed, so duplicate keys were not checked")
                 if position in losers:
                     yield ErrorRecord(key, uri, "read", "DuplicateKey",
                                       f"sample key {key!r} also comes from {losers[position]}; kept that one")
@@ -288,13 +355,16 @@ def read_tar_records(shard: str, losers: Mapping[int, str] | None = None) -> Ite
                 current = None
                 yield ImageRecord(key, uri, data)
     except TAR_READ_ERRORS as exc:
+        if is_transient(exc):
+            raise
         yield error_from_exception(*(current or (posixpath.basename(shard), shard)), "read", exc)
 
 
-def unit_records(unit, losers: Mapping[int, str] | None = None) -> Iterator[ImageRecord | ErrorRecord]:
+def unit_records(unit, losers: Mapping[int, str] | None = None,
+                 scanned: int | None = None) -> Iterator[ImageRecord | ErrorRecord]:
     """Every input of a WorkUnit, in a fixed order: its planning rejects, then its records."""
     yield from unit.rejected
     if unit.layout == "tar":
-        yield from read_tar_records(unit.source, losers)
+        yield from read_tar_records(unit.source, losers, scanned)
     else:
         yield from read_file_records(unit.members)

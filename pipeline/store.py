@@ -29,7 +29,8 @@ DEFAULT_CHUNK_ROWS = 65536
 
 
 class IncompleteStore(FileNotFoundError):
-    """The output has no manifest.json: the run did not finish (or is still running)."""
+    """The output has no manifest.json (the run did not finish, or is still running), or a feature
+    file its manifest lists is gone."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,15 @@ class SearchResult:
 
 def _list(pattern: str) -> list[str]:
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+
+
+def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
+    """The feature files the manifest lists that are not there, relative to `root`."""
+    # One listing instead of a request per shard; exists() only confirms what the listing lacks
+    # (a path spelled differently, or a file in a subfolder).
+    present = set(_list(FileSystems.join(root, FEATURES_DIR, "*")))
+    return [path for path in manifest["files"]["features"]
+            if FileSystems.join(root, path) not in present and not FileSystems.exists(FileSystems.join(root, path))]
 
 
 def _read_json(path: str) -> dict[str, Any]:
@@ -74,11 +84,19 @@ class FeatureStore:
     # ------------------------------------------------------------------ opening
     @classmethod
     def open(cls, root: str, *, allow_incomplete: bool = False) -> "FeatureStore":
-        """Open a featurize output; refuses one without manifest.json unless allow_incomplete."""
+        """Open a featurize output; refuses one without manifest.json unless allow_incomplete, and
+        one whose manifest lists a feature file that is gone."""
         root = root.rstrip("/")
         manifest_path = FileSystems.join(root, MANIFEST)
         if FileSystems.exists(manifest_path):
             manifest = _read_json(manifest_path)
+            # Checked here, not per read: features.h5 would read a missing shard's rows as zero
+            # vectors with empty keys, without an error.
+            missing = _missing_features(root, manifest)
+            if missing:
+                raise IncompleteStore(f"{root!r} is missing {len(missing)} of the "
+                                      f"{len(manifest['files']['features'])} feature files its {MANIFEST} lists "
+                                      f"(first: {missing[0]}); restore them or re-create the store")
             fmt, fingerprint = manifest["format"], manifest["fingerprint"]
             return cls(root, manifest, fmt, fingerprint)
         if not allow_incomplete:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import time
 import uuid
+from collections import Counter
 from typing import Any, Iterator
 
 import apache_beam as beam
@@ -24,11 +25,11 @@ from apache_beam.utils import multi_process_shared, shared
 from pipeline import journal
 from pipeline.dedupe import FindDuplicateKeys, key_hashes
 from pipeline.handler import KerasBackboneHandler
-from pipeline.images import DecodeSpec, decode_image
+from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
 from pipeline.progress import ProgressWriter
 from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
 from pipeline.sinks import UnitWriter
-from pipeline.sources import list_inputs, resolve_input, unit_records
+from pipeline.sources import list_inputs, resolve_input, retry_transient, unit_records
 from pipeline.units import plan_units
 
 # One model per worker process, whatever the number of DoFn instances (threads) in it.
@@ -39,32 +40,47 @@ def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.
     """(meta, HxWx3 uint8) for a decodable image; a decode ErrorRecord otherwise."""
     try:
         pixels, (width, height) = decode_image(record.data, spec)
-    except Exception as exc:  # a bad image is one error row, never a failed job
+    except DECODE_ERRORS as exc:  # a bad image is one error row; anything else is a bug that fails the bundle
         return error_from_exception(record.key, record.uri, "decode", exc)
     return ImageMeta(record.key, record.uri, width, height), pixels
 
 
 class _StageMetrics:
-    """The `featurize` counters every stage reports (see README, Progress and metrics)."""
+    """The `featurize` counters every stage reports (see README, Progress and metrics).
+
+    Counts are collected in `pending` and reported by `flush()`: once per committed unit
+    (a unit retried after a transient failure counts once), once per bundle for the readers.
+    """
 
     def __init__(self):
-        counter = lambda name: Metrics.counter(METRICS_NAMESPACE, name)  # noqa: E731
-        self.inputs, self.bytes_read, self.read_errors = counter("inputs"), counter("bytes_read"), counter("read_errors")
-        self.decoded, self.decode_errors = counter("decoded"), counter("decode_errors")
-        self.infer_errors, self.rows = counter("infer_errors"), counter("rows")
-        self.units = counter("units")
-        self._read_ms, self._decode_ms = counter("read_ms"), counter("decode_ms")
+        self.pending: Counter[str] = Counter()
         self.read_seconds = self.decode_seconds = 0.0
 
-    def decode_failed(self, error: ErrorRecord) -> None:
-        self.decode_errors.inc()
-        Metrics.counter(METRICS_NAMESPACE, f"decode_errors_{error.error_type}").inc()
+    def flush(self) -> None:
+        # Times summed, then counted once: a millisecond counter bumped per image would round small images to 0.
+        self.pending.update(read_ms=int(round(self.read_seconds * 1000)),
+                            decode_ms=int(round(self.decode_seconds * 1000)))
+        for name, value in self.pending.items():
+            if value:
+                Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+        self.discard()
 
-    def flush_times(self) -> None:
-        # Summed, then counted once: a millisecond counter bumped per image would round small images to 0.
-        self._read_ms.inc(int(round(self.read_seconds * 1000)))
-        self._decode_ms.inc(int(round(self.decode_seconds * 1000)))
+    def discard(self) -> None:
+        self.pending = Counter()
         self.read_seconds = self.decode_seconds = 0.0
+
+    def read(self, item: ImageRecord | ErrorRecord) -> None:
+        self.pending["inputs"] += 1
+        if isinstance(item, ErrorRecord):
+            self.pending["read_errors"] += 1
+        else:
+            self.pending["bytes_read"] += len(item.data)
+
+    def decoded(self, result: tuple[ImageMeta, np.ndarray] | ErrorRecord) -> None:
+        if isinstance(result, ErrorRecord):
+            self.pending.update(["decode_errors", f"decode_errors_{result.error_type}"])
+        else:
+            self.pending["decoded"] += 1
 
 
 def _timed(iterator: Iterator, metrics: _StageMetrics) -> Iterator:
@@ -81,7 +97,8 @@ def _timed(iterator: Iterator, metrics: _StageMetrics) -> Iterator:
 
 
 class _ProcessUnit(beam.DoFn):
-    """(WorkUnit, {member position: where its key is kept}) -> the unit's journal entry, once committed."""
+    """(WorkUnit, {member position: where its key is kept}, image members scanned or None)
+    -> the unit's journal entry, once committed."""
 
     def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
                  fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None):
@@ -89,15 +106,16 @@ class _ProcessUnit(beam.DoFn):
         self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
         self._model_tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one tag for every worker of the job
         self._dtype = np.dtype(fingerprint["dtype"])
-        self._metrics = _StageMetrics()
 
     def setup(self):
         self._model = None
+        self._metrics = _StageMetrics()
         self._progress = (ProgressWriter(self._progress_dir)
                           if self._progress_dir and os.path.isdir(self._progress_dir) else None)
 
     def _loaded_model(self):
-        # Loaded on the first unit, not in setup(): a resumed run with nothing left loads no model.
+        # Loaded on the first batch, not in setup(): a resumed run with nothing left loads no model.
+        # A model that cannot load fails the bundle (Beam retries it); it is never an error row.
         if self._model is None:
             if self._handler.share_model_across_processes():
                 self._model = multi_process_shared.MultiProcessShared(
@@ -106,49 +124,52 @@ class _ProcessUnit(beam.DoFn):
                 self._model = _MODELS.acquire(self._handler.load_model, tag=self._model_tag)
         return self._model
 
-    def process(self, unit_losers: tuple[WorkUnit, dict[int, str]]):
-        unit, losers = unit_losers
+    def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
+        unit, losers, scanned = element
         committed = journal.read_journal(self._output, unit.unit_id)
-        if committed is not None:  # an earlier attempt of this job committed it (a retried bundle)
+        if committed is not None and not committed.get("retry"):  # an earlier attempt of this job committed it
             yield committed
             return
-        writer = UnitWriter(self._output, unit.unit_id, self._format, self._fingerprint)
-        try:
-            entry, kept = self._write_unit(unit, losers, writer)
-            committed = writer.commit(entry, kept)
-        except BaseException:
-            writer.abort()
-            raise
-        finally:
-            self._metrics.flush_times()
-        self._metrics.units.inc()
+        # A transient read failure (connection reset, timeout) redoes the whole unit: nothing of it is kept.
+        committed = retry_transient(lambda: self._attempt(unit, losers, scanned), f"unit {unit.unit_id}")
+        self._metrics.flush()
         if self._progress:
             self._progress.unit_done()
         yield committed
 
-    def _write_unit(self, unit: WorkUnit, losers: dict[int, str], writer: UnitWriter):
-        metrics, batch, inputs, kept_keys = self._metrics, [], 0, []
-        for item in _timed(unit_records(unit, losers), metrics):
+    def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> dict[str, Any]:
+        writer = UnitWriter(self._output, unit.unit_id, self._format, self._fingerprint)
+        try:
+            entry, kept = self._write_unit(unit, losers, scanned, writer)
+            committed = writer.commit(entry, kept)
+        except BaseException:
+            writer.abort()
+            self._metrics.discard()
+            raise
+        self._metrics.pending["units"] += 1
+        return committed
+
+    def _write_unit(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None, writer: UnitWriter):
+        metrics, batch, inputs, kept_keys, unreadable = self._metrics, [], 0, [], False
+        for item in _timed(unit_records(unit, losers, scanned), metrics):
             inputs += 1
-            metrics.inputs.inc()
+            metrics.read(item)
             if isinstance(item, ErrorRecord):
-                metrics.read_errors.inc()
                 writer.add_error(item)
                 if item.error_type != "DuplicateKey":
                     kept_keys.append(item.key)  # an unreadable input still holds its key
+                    unreadable = True
                 continue
-            metrics.bytes_read.inc(len(item.data))
             kept_keys.append(item.key)
             started = time.perf_counter()
             decoded = decode_record(item, self._decode)
             metrics.decode_seconds += time.perf_counter() - started
+            metrics.decoded(decoded)
             if self._progress:
                 self._progress.add()
             if isinstance(decoded, ErrorRecord):
-                metrics.decode_failed(decoded)
                 writer.add_error(decoded)
                 continue
-            metrics.decoded.inc()
             batch.append(decoded)
             if len(batch) == self._batch_size:
                 self._infer(batch, writer)
@@ -157,22 +178,26 @@ class _ProcessUnit(beam.DoFn):
         if batch:
             self._infer(batch, writer)
         entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs}
+        if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again
+            entry["retry"] = True
         if unit.layout == "files":
             entry["keys"] = sorted({key for key, _ in unit.members} | {e.key for e in unit.rejected})
+            entry["rejected"] = sorted((e.key, e.uri) for e in unit.rejected)
             return entry, None
         return entry, key_hashes(kept_keys)
 
     def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
+        model = self._loaded_model()
         try:
-            predictions = self._handler.run_inference(batch, self._loaded_model())
+            predictions = self._handler.run_inference(batch, model)
         except Exception as exc:  # noqa: BLE001 - as RunInference's dead letters: the batch's images become error rows
-            self._metrics.infer_errors.inc(len(batch))
+            self._metrics.pending["infer_errors"] += len(batch)
             for meta, _ in batch:
                 writer.add_error(error_from_exception(meta.key, meta.uri, "infer", exc))
             return
         for meta, outputs in predictions:
             writer.add_row(feature_row(meta, outputs, self._dtype))
-            self._metrics.rows.inc()
+            self._metrics.pending["rows"] += 1
 
 
 def feature_row(meta: ImageMeta, outputs: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, Any]:
@@ -184,16 +209,18 @@ def feature_row(meta: ImageMeta, outputs: dict[str, np.ndarray], dtype: np.dtype
 
 def _with_losers(joined):
     _, groups = joined
-    return [(unit, dict(groups["losers"])) for unit in groups["unit"]]
+    scanned = groups["scanned"][0] if groups["scanned"] else None
+    return [(unit, dict(groups["losers"]), scanned) for unit in groups["unit"]]
 
 
 class PendingUnits(beam.PTransform):
     """The units a run processes, each with the members that must give up a duplicate key.
 
-    Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept}),
-    spread over the workers by a shuffle of units (never of images). For tar units, keys are
-    checked across every shard of the store (`pipeline.dedupe`), including `committed` units
-    (their journal entries, by unit id) read from `output`.
+    Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept},
+    image members the key scan saw (tar) or None), spread over the workers by a shuffle of
+    units (never of images). For tar units, keys are checked across every shard of the store
+    (`pipeline.dedupe`), including `committed` units (their journal entries, by unit id) read
+    from `output`.
     """
 
     def __init__(self, pending: list[WorkUnit], committed: dict[str, dict[str, Any]] | None = None,
@@ -205,12 +232,12 @@ class PendingUnits(beam.PTransform):
         keyed = pbegin | "Units" >> beam.Create([(unit.unit_id, unit) for unit in self._pending])
         if not any(unit.layout == "tar" for unit in self._pending):
             return (keyed | "Spread" >> beam.Reshuffle()
-                    | "NoLosers" >> beam.Map(lambda item: (item[1], {})))
-        everything = [(unit, False) for unit in self._pending] + [
-            (WorkUnit(unit_id, "tar", entry["source"]), True) for unit_id, entry in self._committed.items()]
-        losers = (pbegin | "StoreUnits" >> beam.Create(everything)
-                  | "DuplicateKeys" >> FindDuplicateKeys(self._output))
-        return ({"unit": keyed, "losers": losers}
+                    | "NoLosers" >> beam.Map(lambda item: (item[1], {}, None)))
+        everything = [(unit, None) for unit in self._pending] + [
+            (WorkUnit(unit_id, "tar", entry["source"]), entry) for unit_id, entry in self._committed.items()]
+        found = (pbegin | "StoreUnits" >> beam.Create(everything)
+                 | "DuplicateKeys" >> FindDuplicateKeys(self._output))
+        return ({"unit": keyed, "losers": found["losers"], "scanned": found["scanned"]}
                 | "JoinLosers" >> beam.CoGroupByKey()  # also spreads the units over the workers
                 | "WithLosers" >> beam.FlatMap(_with_losers))
 
@@ -218,20 +245,18 @@ class PendingUnits(beam.PTransform):
 class _ReadUnit(beam.DoFn):
     """(WorkUnit, losers) -> its ImageRecords; read errors (and duplicate keys) -> 'errors'."""
 
-    def __init__(self):
+    def setup(self):
         self._metrics = _StageMetrics()
 
     def finish_bundle(self):
-        self._metrics.flush_times()
+        self._metrics.flush()
 
-    def process(self, unit_losers):
-        for item in _timed(unit_records(*unit_losers), self._metrics):
-            self._metrics.inputs.inc()
+    def process(self, element):
+        for item in _timed(unit_records(*element), self._metrics):
+            self._metrics.read(item)
             if isinstance(item, ErrorRecord):
-                self._metrics.read_errors.inc()
                 yield beam.pvalue.TaggedOutput("errors", item)
             else:
-                self._metrics.bytes_read.inc(len(item.data))
                 yield item
 
 
@@ -277,20 +302,21 @@ class _Decode(beam.DoFn):
 
     def __init__(self, spec: DecodeSpec):
         self._spec = spec
+
+    def setup(self):
         self._metrics = _StageMetrics()
 
     def finish_bundle(self):
-        self._metrics.flush_times()
+        self._metrics.flush()
 
     def process(self, record: ImageRecord):
         started = time.perf_counter()
         decoded = decode_record(record, self._spec)
         self._metrics.decode_seconds += time.perf_counter() - started
+        self._metrics.decoded(decoded)
         if isinstance(decoded, ErrorRecord):
-            self._metrics.decode_failed(decoded)
             yield beam.pvalue.TaggedOutput("errors", decoded)
             return
-        self._metrics.decoded.inc()
         yield decoded
 
 

@@ -5,7 +5,8 @@ keys; a unit's id is a digest of its keys, so the same pending files always give
 units, whatever the listing order or the number of workers. The launcher plans: it lists
 the input once, reads the store's journal and splits the listing into units already
 committed (reused), units to process, and inputs the store holds that the listing no longer
-has (removed: kept in the store and reported).
+has (removed: kept in the store and reported). A committed unit marked `retry` (some of its
+inputs could not be read: a missing shard, an unreadable file) is processed again.
 """
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.records import WorkUnit
-from pipeline.sources import TAR_SUFFIXES, Listing
+from pipeline.sources import TAR_SUFFIXES, Listing, normalized_path
 
 # Files per unit for small runs: enough units that every worker gets some.
 MIN_UNITS = 16
@@ -25,11 +26,7 @@ MIN_UNITS = 16
 
 def tar_unit_id(shard: str) -> str:
     """`tar-<shard name>-<digest of its absolute uri>`: readable, and distinct for equal names in two folders."""
-    import os
-
-    from apache_beam.io.filesystems import FileSystems
-
-    absolute = os.path.abspath(shard) if FileSystems.get_scheme(shard) is None else shard
+    absolute = normalized_path(shard)
     name = posixpath.basename(shard)
     for suffix in TAR_SUFFIXES:
         if name.lower().endswith(suffix):
@@ -49,12 +46,17 @@ def files_per_unit(listed: int, unit_size: int, batch_size: int) -> int:
     return max(1, min(unit_size, max(batch_size, math.ceil(listed / MIN_UNITS))))
 
 
+def kept(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The committed entries a run keeps: all but those marked `retry`, which it redoes."""
+    return {unit_id: entry for unit_id, entry in committed.items() if not entry.get("retry")}
+
+
 @dataclass
 class Plan:
     """What a run must do, and what the store already holds."""
     listing: Listing
     pending: list[WorkUnit]
-    committed: dict[str, dict[str, Any]]  # journal entries of units committed before this run
+    committed: dict[str, dict[str, Any]]  # journal entries of units committed before this run, kept
     reused_units: list[str] = field(default_factory=list)  # committed units this listing still has
     removed: list[str] = field(default_factory=list)  # keys (files) or shards (tar) the listing lost
 
@@ -73,9 +75,10 @@ class Plan:
 def plan_units(listing: Listing, committed: dict[str, dict[str, Any]], unit_size: int,
                batch_size: int) -> Plan:
     """Split a listing into pending units, given the journal entries of committed ones."""
-    if listing.layout == "tar":
-        return _plan_shards(listing, committed)
-    return _plan_files(listing, committed, unit_size, batch_size)
+    retry = {unit_id: entry for unit_id, entry in committed.items() if entry.get("retry")}
+    if listing.layout == "tar":  # a shard's unit id does not change: a retry unit is simply pending again
+        return _plan_shards(listing, kept(committed))
+    return _plan_files(listing, kept(committed), retry, unit_size, batch_size)
 
 
 def _plan_shards(listing: Listing, committed: dict[str, dict[str, Any]]) -> Plan:
@@ -91,27 +94,40 @@ def _plan_shards(listing: Listing, committed: dict[str, dict[str, Any]]) -> Plan
     return Plan(listing, pending, committed, reused, removed)
 
 
-def _plan_files(listing: Listing, committed: dict[str, dict[str, Any]], unit_size: int, batch_size: int) -> Plan:
+def _plan_files(listing: Listing, committed: dict[str, dict[str, Any]], retry: dict[str, dict[str, Any]],
+                unit_size: int, batch_size: int) -> Plan:
     done_keys: dict[str, str] = {}  # key -> committed unit id
     for unit_id, entry in committed.items():
         for key in entry.get("keys", ()):
             done_keys[key] = unit_id
-    todo = [item for item in listing.inputs if item[0] not in done_keys]
+    # A retry unit runs again as the same unit (its entry is replaced), with the keys still listed.
+    retry_keys = {key: unit_id for unit_id, entry in retry.items() for key in entry.get("keys", ())}
+    todo = [item for item in listing.inputs if item[0] not in done_keys and item[0] not in retry_keys]
     rejected: dict[str, list] = {}
+    # New paths whose key a committed unit already holds: error rows in a unit of their own.
+    recorded = {(key, uri) for entry in committed.values() for key, uri in entry.get("rejected", ())}
+    late_rejects = []
     for error in listing.duplicates:
         if error.key not in done_keys:
             rejected.setdefault(error.key, []).append(error)
-    listed = {key for key, _, _ in listing.inputs}
+        elif (error.key, error.uri) not in recorded:
+            late_rejects.append(error)
+    uris = {key: uri for key, uri, _ in listing.inputs}
     # Sized by the whole listing, not what is left: a resume then cuts the pending keys into
     # the very units the interrupted run had (every unit but the last is full).
     per_unit = files_per_unit(len(listing.inputs), unit_size, batch_size)
-    pending = []
+    pending = [WorkUnit(unit_id, "files", listing.root, tuple((key, uris[key]) for key in entry["keys"] if key in uris),
+                        tuple(error for key in entry["keys"] for error in rejected.get(key, ())))
+               for unit_id, entry in sorted(retry.items())]
     for start in range(0, len(todo), per_unit):
         chunk = todo[start:start + per_unit]
         keys = [key for key, _, _ in chunk]
         pending.append(WorkUnit(
             files_unit_id(keys), "files", listing.root, tuple((key, uri) for key, uri, _ in chunk),
             tuple(error for key in keys for error in rejected.get(key, ())), sum(size for _, _, size in chunk)))
-    reused = sorted({unit_id for key, unit_id in done_keys.items() if key in listed})
-    removed = sorted(key for key in done_keys if key not in listed)
+    if late_rejects:
+        pending.append(WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late_rejects]), "files", listing.root,
+                                rejected=tuple(late_rejects)))
+    reused = sorted({unit_id for key, unit_id in done_keys.items() if key in uris})
+    removed = sorted(key for key in [*done_keys, *retry_keys] if key not in uris)
     return Plan(listing, pending, committed, reused, removed)

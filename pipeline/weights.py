@@ -4,7 +4,8 @@
 The launcher hashes it (or takes `--weights-sha256`); every worker then looks the hash up in
 its machine's cache and, on a miss, copies the file under a machine-wide lock, verifies the
 hash and publishes it with an atomic rename, so the processes of one machine copy it once and
-never see a half-written file.
+never see a half-written file. A file already in the cache is hashed again (under the same lock)
+the first time a process uses it, so a truncated or tampered cache is replaced, never used.
 """
 from __future__ import annotations
 
@@ -20,6 +21,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 CACHE_ENV = "FEATURIZE_CACHE"
+
+# Cached files this process has hashed (or copied and hashed): checked once per process, not per call.
+_verified: set[str] = set()
 
 
 def cache_dir() -> str:
@@ -59,31 +63,42 @@ def machine_lock(path: str) -> Iterator[None]:
 
 
 def stage_weights(uri: str, sha256: str) -> str:
-    """A local path to `uri`'s bytes, copied once per machine's cache and verified when copied.
+    """A local path to `uri`'s bytes, copied once per machine's cache and verified once per process.
 
     The copy is hashed as it is written and published with an atomic rename; a lock makes
-    the other processes of the machine wait for that copy instead of making their own.
+    the other processes of the machine wait for that copy instead of making their own. A file
+    found in the cache is hashed under the same lock before this process first returns it, and
+    copied again from `uri` when its hash is wrong.
     """
     directory = os.path.join(cache_dir(), sha256)
     # Keep the name: Keras picks the loader by extension (.h5 vs .weights.h5).
     local = os.path.join(directory, posixpath.basename(uri.rstrip("/")) or "weights.h5")
-    if os.path.exists(local):
+    if local in _verified and os.path.exists(local):  # the stat catches a cache cleaned since
         return local
     with machine_lock(os.path.join(cache_dir(), f".{sha256}.lock")):
-        if os.path.exists(local):  # another process copied it while this one waited
-            return local
-        os.makedirs(directory, exist_ok=True)
-        handle, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
-        digest = hashlib.sha256()
-        try:
-            with os.fdopen(handle, "wb") as target, _open(uri) as source:
-                for chunk in _chunks(source):
-                    digest.update(chunk)
-                    target.write(chunk)
-            if digest.hexdigest() != sha256:
-                raise WeightsMismatch(f"weights {uri!r} have sha256 {digest.hexdigest()}, expected {sha256}")
-            os.replace(partial, local)  # atomic: a reader sees the whole file or none
-        finally:
-            if os.path.exists(partial):
-                os.unlink(partial)
+        if os.path.exists(local):
+            if sha256_of(local) == sha256:
+                _verified.add(local)
+                return local
+            os.unlink(local)  # truncated or tampered: never use it, copy the source again
+        _copy_verified(uri, sha256, directory, local)
+        _verified.add(local)
     return local
+
+
+def _copy_verified(uri: str, sha256: str, directory: str, local: str) -> None:
+    """Copy `uri` to `local` through a partial file, publishing it only if its hash is `sha256`."""
+    os.makedirs(directory, exist_ok=True)
+    handle, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
+    digest = hashlib.sha256()
+    try:
+        with os.fdopen(handle, "wb") as target, _open(uri) as source:
+            for chunk in _chunks(source):
+                digest.update(chunk)
+                target.write(chunk)
+        if digest.hexdigest() != sha256:
+            raise WeightsMismatch(f"weights {uri!r} have sha256 {digest.hexdigest()}, expected {sha256}")
+        os.replace(partial, local)  # atomic: a reader sees the whole file or none
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)

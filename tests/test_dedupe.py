@@ -54,15 +54,19 @@ def test_find_duplicate_keys_reads_committed_units_kept_keys(tmp_path):
                 archive.addfile(info, io.BytesIO(b"x"))
 
     tar(tmp_path / "a.tar", ["k1.jpg", "k2.jpg"])
-    tar(tmp_path / "b.tar", ["k2.png", "k3.jpg", "k9.jpg"])
-    journal.save_kept_keys(str(tmp_path / "_featurize" / "units" / "tar-old.keys.npy"), key_hashes(["k9"]))
-    units = [(WorkUnit("tar-a", "tar", str(tmp_path / "a.tar")), False),
-             (WorkUnit("tar-b", "tar", str(tmp_path / "b.tar")), False),
-             (WorkUnit("tar-old", "tar", str(tmp_path / "old.tar")), True)]
+    tar(tmp_path / "b.tar", ["k2.png", "k3.jpg", "notes.txt", "k9.jpg"])
+    journal.save_kept_keys(str(tmp_path / "_featurize" / "units" / "tar-old.x.keys.npy"), key_hashes(["k9"]))
+    old_entry = {"unit": "tar-old", "source": str(tmp_path / "old.tar"),
+                 "files": {"keys": "_featurize/units/tar-old.x.keys.npy"}}
+    units = [(WorkUnit("tar-a", "tar", str(tmp_path / "a.tar")), None),
+             (WorkUnit("tar-b", "tar", str(tmp_path / "b.tar")), None),
+             (WorkUnit("tar-old", "tar", old_entry["source"]), old_entry)]
     with TestPipeline(runner="FnApiRunner") as p:
-        losers = p | beam.Create(units) | FindDuplicateKeys(str(tmp_path))
-        assert_that(losers, equal_to([("tar-b", (0, "a.tar (image member 1)")),
-                                      ("tar-b", (2, "old.tar, already in the store"))]))
+        found = p | beam.Create(units) | FindDuplicateKeys(str(tmp_path))
+        assert_that(found["losers"], equal_to([("tar-b", (0, "a.tar (image member 1)")),
+                                               ("tar-b", (2, "old.tar, already in the store"))]), label="losers")
+        # image members only: the scan and the reader count the same members
+        assert_that(found["scanned"], equal_to([("tar-a", 2), ("tar-b", 3)]), label="scanned")
 
 
 def test_key_set_is_what_travels():

@@ -168,3 +168,53 @@ def test_files_not_read_are_listed_as_skipped_and_inspect_shows_them(small_weigh
     shown = capsys.readouterr().out
     assert "skipped    1002 files that are not images: .mov 1, .txt 1001" in shown
     assert "... 982 more (all in " in shown and "skipped.txt)" in shown
+
+
+@pytest.mark.parametrize("layout", ["folder", "tar"])
+def test_transient_read_faults_are_retried_not_recorded(layout, numbered, small_weights, tmp_path, monkeypatch):
+    """Connection resets on open and a timeout in the middle of a shard: the unit is read again, and the
+    store equals a run without faults (no read error rows)."""
+    from tests import flaky
+
+    monkeypatch.setattr("pipeline.sources.RETRY_BACKOFF_S", 0.01)
+    shards, folder = numbered
+    source = f"{flaky.PREFIX}{folder}" if layout == "folder" else f"{flaky.PREFIX}{shards}"
+    flaky.arm()  # no faults: count the opens a clean run makes
+    clean = run_small(source, tmp_path / "clean", small_weights, "--direct_running_mode=in_memory")
+    opens_without_faults = flaky.opened()
+    # two failing opens; then one shard (or file) read breaks after 3 KB
+    flaky.arm(failing_opens=2, fail_read_after=3000, failing_reads=1)
+    faulty = run_small(source, tmp_path / "faulty", small_weights, "--direct_running_mode=in_memory")
+    assert flaky.opened() > opens_without_faults  # the faults were met and the reads repeated
+    assert faulty["counts"] == clean["counts"]
+    assert faulty["counts"]["errors_by_stage"]["read"] == (1 if layout == "tar" else 0)  # the duplicate key only
+    got = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "faulty", "features")[0].to_pylist()}
+    want = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "clean", "features")[0].to_pylist()}
+    assert got == want
+
+
+def test_a_fault_that_persists_fails_the_run_and_commits_nothing_of_that_unit(numbered, small_weights, tmp_path,
+                                                                                monkeypatch):
+    from tests import flaky
+
+    monkeypatch.setattr("pipeline.sources.RETRY_BACKOFF_S", 0.01)
+    _, folder = numbered
+    flaky.arm(failing_opens=10_000)
+    with pytest.raises(Exception, match="Connection reset by peer"):
+        run_small(f"{flaky.PREFIX}{folder}", tmp_path / "out", small_weights, "--direct_running_mode=in_memory")
+    flaky.arm()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    assert not list((tmp_path / "out").glob("_featurize/units/*.json")), "a unit was committed with faults as data"
+
+
+def test_a_model_that_cannot_load_fails_the_run_instead_of_making_error_rows(zoo_folder, small_weights, tmp_path,
+                                                                             monkeypatch):
+    from pipeline.handler import KerasBackboneHandler
+
+    def broken(self):
+        raise OSError("weights cache unreadable (injected)")
+
+    monkeypatch.setattr(KerasBackboneHandler, "load_model", broken)
+    with pytest.raises(Exception, match="weights cache unreadable"):
+        run_small(zoo_folder, tmp_path / "out", small_weights, "--direct_running_mode=in_memory")
+    assert not list((tmp_path / "out").glob("_featurize/units/*.json"))

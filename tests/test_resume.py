@@ -113,7 +113,8 @@ def test_incremental_run_processes_only_new_inputs_and_reports_removed(small_wei
     (folder / "day0" / "00.jpg").unlink()  # removed from the input: kept in the store, reported
     second = run(args)
     assert second["counts"]["inputs"] == 17 and second["counts"]["reused"] == 12
-    assert second["units"]["processed"] >= 1 and second["removed"] == {"count": 1, "listed": ["day0/00.jpg"]}
+    assert second["units"]["processed"] >= 1
+    assert second["removed"] == {"count": 1, "listed": ["day0/00.jpg"], "kind": "files"}
     after = {p.name: p.stat().st_mtime_ns for p in (out / "features").iterdir()}
     assert {name: after[name] for name in before} == before, "committed units were rewritten"
     keys = pq.read_table(out / "features").column("key").to_pylist()
@@ -133,3 +134,44 @@ def test_dry_run_lists_units_and_what_resume_would_skip(numbered, reference, sma
     assert main(["run", *featurize_args(shards, done, small_weights), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "0 units to process" in out and f"{N_SHARDS} units already committed" in out
+
+
+def test_a_shard_missing_at_first_is_read_when_it_appears(numbered, small_weights, tmp_path):
+    """A missing shard is an error row, but its unit is marked for retry: a --resume reads it once it exists."""
+    import shutil
+
+    shards, _ = numbered
+    here = tmp_path / "shards"
+    here.mkdir()
+    for name in ("part-0000.tar", "part-0001.tar"):
+        shutil.copy(pathlib.Path(shards).parent / name, here / name)
+    args = featurize_args(here / "part-{0000..0002}.tar", tmp_path / "out", small_weights, "parquet",
+                          "--direct_running_mode=in_memory", "--resume")
+    first = run(args)
+    assert first["counts"]["errors_by_stage"]["read"] == 1 and first["counts"]["inputs"] == 21
+    shutil.copy(pathlib.Path(shards).parent / "part-0002.tar", here / "part-0002.tar")
+    second = run(args)
+    assert second["units"]["processed"] == 1 and second["counts"]["reused"] == 20
+    assert second["counts"]["inputs"] == 30 and second["counts"]["errors_by_stage"]["read"] == 0
+    assert len(read_store(tmp_path / "out", "parquet")) == 30 - 1  # the corrupt image is a decode error
+
+
+def test_resuming_a_finished_store_withdraws_its_manifest_until_the_new_work_is_done(small_weights, tmp_path,
+                                                                                       monkeypatch):
+    from pipeline.job import _start_over_or_resume, prepare
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "photos").mkdir()
+    for i in range(3):
+        (tmp_path / "photos" / f"{i}.jpg").write_bytes(_encode(_rgb(32, 32, i), "JPEG"))
+    run(featurize_args("photos", "out", small_weights, "hdf5", "--direct_running_mode=in_memory"))
+    (tmp_path / "photos" / "3.jpg").write_bytes(_encode(_rgb(32, 32, 3), "JPEG"))
+    # the same root spelled another way is the same store
+    job = prepare(featurize_args(f"{tmp_path}/photos", "out", small_weights, "hdf5", "--resume"))
+    assert len(job.plan.pending) == 1
+    _start_over_or_resume(job)
+    assert not (tmp_path / "out" / "manifest.json").exists() and not (tmp_path / "out" / "features.h5").exists()
+    done = run(featurize_args("./photos", "out", small_weights, "hdf5", "--direct_running_mode=in_memory",
+                              "--resume"))
+    assert done["counts"]["inputs"] == 4 and done["counts"]["reused"] == 3
+    assert sorted(read_store(tmp_path / "out", "hdf5")) == [f"{i}.jpg" for i in range(4)]

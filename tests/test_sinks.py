@@ -38,20 +38,22 @@ def write_unit(out, unit_id, rows, errors, fmt="parquet"):
 def test_a_unit_is_committed_with_its_rows_errors_and_journal_entry(tmp_path, monkeypatch):
     monkeypatch.setattr("pipeline.sinks.ROW_GROUP_BYTES", 100)  # several row groups in one unit file
     entry = write_unit(tmp_path, "files-a", range(70), ["bad1", "bad2"])
-    assert entry["files"] == {"features": "features/files-a.parquet", "errors": "errors/files-a.parquet"}
+    attempt = entry["files"]["features"].split(".")[1]  # final names are per attempt (pipeline.journal)
+    assert entry["files"] == {"features": f"features/files-a.{attempt}.parquet",
+                              "errors": f"errors/files-a.{attempt}.parquet"}
     assert (entry["inputs"], entry["rows"], entry["errors"]) == (72, 70, 2)
     assert entry["errors_by_stage"]["decode"] == 2
-    table = pq.read_table(tmp_path / "features" / "files-a.parquet")
-    assert pq.ParquetFile(tmp_path / "features" / "files-a.parquet").num_row_groups > 1
+    table = pq.read_table(tmp_path / entry["files"]["features"])
+    assert pq.ParquetFile(tmp_path / entry["files"]["features"]).num_row_groups > 1
     assert table.column("key").to_pylist() == [f"k{i}" for i in range(70)]
     assert np.array_equal(np.stack(table.column("embedding").to_numpy(zero_copy_only=False)),
                           np.stack([row(i)["embedding"] for i in range(70)]))
-    assert pq.read_table(tmp_path / "errors" / "files-a.parquet").column("key").to_pylist() == ["bad1", "bad2"]
+    assert pq.read_table(tmp_path / entry["files"]["errors"]).column("key").to_pylist() == ["bad1", "bad2"]
     assert journal.read_journal(str(tmp_path), "files-a") == entry
     assert not list((tmp_path / "_featurize" / "tmp").iterdir())
 
 
-def test_abort_leaves_nothing_and_a_retry_replaces_rather_than_duplicates(tmp_path):
+def test_abort_leaves_nothing_and_a_second_attempt_withdraws_rather_than_duplicates(tmp_path):
     import os
 
     writer = UnitWriter(str(tmp_path), "files-b", "hdf5", FINGERPRINT)
@@ -62,10 +64,23 @@ def test_abort_leaves_nothing_and_a_retry_replaces_rather_than_duplicates(tmp_pa
     assert not os.path.exists(local_shard)
     assert not (tmp_path / "_featurize" / "tmp").exists()
     assert journal.read_journal(str(tmp_path), "files-b") is None
-    write_unit(tmp_path, "files-b", [1, 2], [])
-    write_unit(tmp_path, "files-b", [1, 2], [])  # a second attempt of the same unit
-    assert [p.name for p in (tmp_path / "features").iterdir()] == ["files-b.parquet"]
+    first = write_unit(tmp_path, "files-b", [1, 2], [])
+    second = write_unit(tmp_path, "files-b", [1, 2], [])  # a second attempt (a retry, a speculative copy)
+    assert second == first  # the committed attempt wins; the other withdrew its files
+    assert [f"features/{p.name}" for p in (tmp_path / "features").iterdir()] == [first["files"]["features"]]
     assert pq.read_table(tmp_path / "features").num_rows == 2
+
+
+def test_a_unit_marked_retry_is_replaced_by_its_redo(tmp_path):
+    writer = UnitWriter(str(tmp_path), "tar-s", "parquet", FINGERPRINT)
+    writer.add_error(ErrorRecord("s.tar", "s.tar", "read", "FileNotFoundError", "missing"))
+    first = writer.commit({"layout": "tar", "source": "s.tar", "inputs": 1, "retry": True})
+    redo = UnitWriter(str(tmp_path), "tar-s", "parquet", FINGERPRINT)
+    redo.add_row(row(1))
+    second = redo.commit({"layout": "tar", "source": "s.tar", "inputs": 1})
+    assert journal.read_journal(str(tmp_path), "tar-s") == second and "retry" not in second
+    assert not (tmp_path / first["files"]["errors"]).exists()  # the replaced entry's files are gone
+    assert pq.read_table(tmp_path / "features").num_rows == 1
 
 
 def test_a_unit_whose_counts_do_not_add_up_is_never_committed(tmp_path):
@@ -87,9 +102,10 @@ def test_manifest_counts_every_committed_unit(tmp_path, fmt):
     assert json.loads((tmp_path / MANIFEST).read_text()) == document
     assert document["counts"] == {"inputs": 6, "rows": 5, "errors": 1, "reused": 4, "skipped": 1, "removed": 0,
                                   "errors_by_stage": {"read": 0, "decode": 1, "infer": 0, "write": 0}}
-    suffix = ".h5" if fmt == "hdf5" else ".parquet"
-    assert document["files"] == {"features": [f"features/files-1{suffix}", f"features/files-2{suffix}"],
-                                 "errors": ["errors/files-1.parquet"]}
+    entries = journal.committed_units(str(tmp_path))
+    assert document["files"] == {"features": [entries["files-1"]["files"]["features"],
+                                              entries["files-2"]["files"]["features"]],
+                                 "errors": [entries["files-1"]["files"]["errors"]]}
     assert document["units"] == {"committed": 2, "processed": 1}
     if fmt == "hdf5":
         with h5py.File(tmp_path / "features.h5") as store:
@@ -110,4 +126,4 @@ def test_error_schema_reads_back_with_pandas(tmp_path):
     write_unit(tmp_path, "files-1", [], ["a", "b"])
     errors = pd.read_parquet(tmp_path / "errors")
     assert list(errors.columns) == ERROR_SCHEMA.names and errors["key"].tolist() == ["a", "b"]
-    assert journal.read_journal(str(tmp_path), "files-1")["files"] == {"errors": "errors/files-1.parquet"}
+    assert list(journal.read_journal(str(tmp_path), "files-1")["files"]) == ["errors"]

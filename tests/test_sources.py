@@ -181,3 +181,45 @@ def test_read_uri_reads_files_and_tar_members(tmp_path):
     assert read_uri(f"{tmp_path}/odd#dir/s.tar#b#1.jpg") == b"B"
     with pytest.raises(FileNotFoundError):
         read_uri(f"{tmp_path}/odd#dir/s.tar#missing.jpg")
+
+
+def test_key_scan_sees_compressed_shards_whatever_their_name_and_reader_checks_the_count(tmp_path):
+    """A gzip stream named `.tar` is read by the reader (r|*): the scan must see its keys too, and a
+    reader that finds more image members than the scan saw refuses to go on."""
+    import gzip
+
+    from pipeline.sources import ScanMismatch, scan_tar_keys
+
+    _tar(tmp_path / "plain.tar", [("a.jpg", b"A"), ("b.json", b"{}"), ("c.png", b"C")])
+    (tmp_path / "zipped.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
+    assert scan_tar_keys(str(tmp_path / "zipped.tar")) == scan_tar_keys(str(tmp_path / "plain.tar")) == ["a", "c"]
+    assert [r.key for r in read_tar_records(str(tmp_path / "zipped.tar"), scanned=2)] == ["a", "c"]
+    with pytest.raises(ScanMismatch, match="saw 1 image members"):
+        list(read_tar_records(str(tmp_path / "zipped.tar"), scanned=1))
+
+
+def test_one_file_spelled_two_ways_is_listed_once(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _tar(tmp_path / "a.tar", [("x.jpg", b"X")])
+    tars = list_inputs(resolve_input(f"{{a.tar,{tmp_path}/a.tar,./a.tar}}"))
+    assert [uri for _, uri, _ in tars.inputs] == ["a.tar"]  # the first spelling given
+    (tmp_path / "p").mkdir()
+    (tmp_path / "p" / "x.jpg").write_bytes(b"X")
+    files = list_inputs(resolve_input(f"{{p/x.jpg,{tmp_path}/p/x.jpg}}"))
+    assert len(files.inputs) == 1 and not files.duplicates
+
+
+def test_transient_failures_are_told_apart_from_unreadable_inputs():
+    import errno
+
+    from apache_beam.io.filesystem import BeamIOError
+
+    from pipeline.sources import is_transient
+
+    assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
+    assert is_transient(TimeoutError("read timed out"))
+    assert is_transient(OSError(errno.EIO, "Input/output error"))
+    assert is_transient(BeamIOError("Match operation failed", {"gs://b/x": "HttpError 503 Service Unavailable"}))
+    assert not is_transient(FileNotFoundError(errno.ENOENT, "No such file"))
+    assert not is_transient(PermissionError(errno.EACCES, "denied"))
+    assert not is_transient(tarfile.ReadError("unexpected end of data"))

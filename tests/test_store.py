@@ -1,13 +1,16 @@
 """FeatureStore over real runs: both formats agree, search is exact, readers see the same numbers."""
+import re
 import shutil
 
 import h5py
 import numpy as np
 import pytest
 
+from pipeline.sinks import finalize_store
 from pipeline.store import FeatureStore, IncompleteStore
 from tests.conftest import TEST_MODEL, TEST_SIZE
 from tests.test_job import MODES, run_small
+from tests.test_sinks import FINGERPRINT, row, write_unit
 
 INTERMEDIATE = "expanded_conv_project_bn"
 
@@ -94,6 +97,36 @@ def test_hdf5_virtual_store_is_the_whole_matrix_for_plain_h5py(stores):
         np.testing.assert_array_equal(f["embedding"][:], store.embeddings())
         assert list(f["key"].asstr()[:]) == store.keys
         assert "featurize.fingerprint" in f.attrs
+
+
+def written_store(out, fmt):
+    """A finished store of 3 units (3, 2 and 1 rows) written with the project's writers, no model run;
+    returns the feature files its manifest lists, relative to `out`."""
+    for unit, rows in (("files-1", range(3)), ("files-2", range(3, 5)), ("files-3", range(5, 6))):
+        write_unit(out, unit, rows, [], fmt)
+    return finalize_store(str(out), {"format": fmt, "fingerprint": FINGERPRINT}, started_at=0.0)["files"]["features"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_a_store_whose_listed_feature_files_are_gone_is_refused_at_open(tmp_path, fmt):
+    features = written_store(tmp_path, fmt)
+    assert FeatureStore.open(str(tmp_path)).keys == [f"k{i}" for i in range(6)]
+    (tmp_path / features[2]).unlink()
+    (tmp_path / features[1]).unlink()
+    with pytest.raises(IncompleteStore, match=rf"missing 2 of the 3 feature files its manifest.json lists "
+                                              rf"\(first: {re.escape(features[1])}\); restore them or re-create"):
+        FeatureStore.open(str(tmp_path))
+
+
+def test_why_a_missing_hdf5_shard_is_refused_plain_h5py_reads_it_as_zeros(tmp_path):
+    features = written_store(tmp_path, "hdf5")
+    (tmp_path / features[1]).unlink()
+    # HDF5 fills the unmapped rows of the virtual dataset with the fill value, without an error.
+    with h5py.File(tmp_path / "features.h5", "r") as f:
+        assert list(f["key"].asstr()[:]) == ["k0", "k1", "k2", "", "", "k5"]
+        embeddings = f["embedding"][:]
+    np.testing.assert_array_equal(embeddings[3:5], np.zeros((2, 4), np.float32))
+    np.testing.assert_array_equal(embeddings[[0, 1, 2, 5]], np.stack([row(i)["embedding"] for i in (0, 1, 2, 5)]))
 
 
 def test_multi_layer_multi_pooling_in_one_pass_equals_single_runs(zoo_folder, small_weights, tmp_path):

@@ -83,3 +83,27 @@ def test_tar_plan_reuses_committed_shards_and_reports_removed_ones():
     assert [u.source for u in plan.pending] == ["s/0.tar", "s/2.tar", "s/3.tar"]
     assert plan.reused_units == [tar_unit_id("s/1.tar")] and plan.removed == ["s/gone.tar"]
     assert plan.reused_inputs == 12 and plan.pending_inputs is None
+
+
+def test_a_new_path_whose_key_is_already_committed_becomes_an_error_row_once():
+    keys = ["x.jpg", "y.jpg"]
+    plan = plan_units(files_listing(keys), {}, unit_size=1000, batch_size=8)
+    committed = {u.unit_id: dict(entry_for(u), rejected=[]) for u in plan.pending}
+    late = ErrorRecord("x.jpg", "elsewhere/x.jpg", "read", "DuplicateKey", "also from photos/x.jpg")
+    later = plan_units(files_listing(keys, duplicates=[late]), committed, unit_size=1000, batch_size=8)
+    [rejects] = later.pending
+    assert rejects.members == () and rejects.rejected == (late,) and later.pending_inputs == 1
+    committed[rejects.unit_id] = {"unit": rejects.unit_id, "inputs": 1, "keys": ["x.jpg"],
+                                  "rejected": [("x.jpg", "elsewhere/x.jpg")]}
+    assert plan_units(files_listing(keys, duplicates=[late]), committed, 1000, 8).pending == []
+
+
+def test_a_unit_marked_retry_runs_again_as_the_same_unit():
+    keys = [f"{i}.jpg" for i in range(20)]
+    plan = plan_units(files_listing(keys), {}, unit_size=8, batch_size=8)
+    committed = {u.unit_id: entry_for(u) for u in plan.pending}
+    first = plan.pending[0]
+    committed[first.unit_id]["retry"] = True  # one of its files could not be read
+    again = plan_units(files_listing(keys), committed, unit_size=8, batch_size=8)
+    assert [u.unit_id for u in again.pending] == [first.unit_id] and again.pending[0].members == first.members
+    assert first.unit_id not in again.committed and again.reused_inputs == 20 - len(first.members)
