@@ -80,8 +80,15 @@ def _print_dry_run(report: dict) -> None:
 
 def run_command(argv: Sequence[str]) -> int:
     from pipeline.job import run
+    from pipeline.logs import RunFailed
+    from pipeline.sinks import SUMMARY_ERROR_RATE
 
-    manifest = run(argv)
+    try:
+        manifest = run(argv)
+    except RunFailed as failure:
+        print(f"featurize: error: {failure.sentence}", file=sys.stderr)
+        print(f"featurize: the full log is in {failure.log_path}", file=sys.stderr)
+        return 1
     if manifest.get("dry_run"):
         _print_dry_run(manifest)
         return 0
@@ -89,6 +96,11 @@ def run_command(argv: Sequence[str]) -> int:
     reused = f", {counts['reused']} reused from earlier runs" if counts.get("reused") else ""
     print(f"featurize: {counts['rows']} feature rows, {counts['errors']} error rows from {counts['inputs']} "
           f"inputs{reused} in {manifest['wall_time_s']:.1f} s -> {manifest['config']['output']}")
+    if counts["errors"] > SUMMARY_ERROR_RATE * counts["inputs"] and manifest["errors_top"]:
+        top = manifest["errors_top"][0]
+        print(f"featurize: warning: {counts['errors'] / counts['inputs']:.0%} of the inputs are error rows; most "
+              f"common: {top['error']} ({top['count']:,}), e.g. {top['example']}; `featurize inspect` lists them "
+              f"(--max-error-rate stops a run early)", file=sys.stderr)
     if manifest["skipped"]["count"]:
         print(f"featurize: skipped {manifest['skipped']['count']} files that are not images "
               f"({', '.join(f'{e} {n}' for e, n in manifest['skipped']['by_extension'].items())}); "

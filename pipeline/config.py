@@ -91,6 +91,10 @@ class RunConfig:
                                        "--resume would skip), load no model, write nothing")
     unit_size: int = option(1000, help="plain files per work unit (the commit and resume granularity; "
                                        "tar shards are one unit each)")
+    max_error_rate: float | None = option(None, help="stop the run (exit 1, no manifest) once more than this "
+                                                     "fraction of at least min(1000, all) inputs are error rows")
+    verbose: bool = option(False, help="show TensorFlow's and Beam's own log lines on the terminal "
+                                       "(they always go to the run's log file)")
 
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
@@ -278,6 +282,9 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"max_pixels {config.max_pixels} must be positive, or none to disable the limit")
     if config.tf_threads is not None and config.tf_threads < 1:
         raise ConfigError(f"tf_threads {config.tf_threads} must be at least 1")
+    if config.max_error_rate is not None and not 0 <= config.max_error_rate < 1:
+        raise ConfigError(f"max_error_rate {config.max_error_rate} must be a fraction from 0 to below 1 "
+                          f"(0.05 stops a run once more than 5% of its inputs fail)")
     if config.unit_size < 1:
         raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
     if config.resume and config.overwrite:

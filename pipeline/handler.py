@@ -15,6 +15,8 @@ import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
 
+from pipeline import logs
+from pipeline.logs import VERBOSE_ENV
 from pipeline.records import METRICS_NAMESPACE, ImageMeta
 from pipeline.weights import cache_dir, machine_lock, stage_weights
 
@@ -60,8 +62,10 @@ class FeatureModel:
     __call__ = infer
 
 
-def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = False) -> FeatureModel:
-    """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
+def build_keras_model(spec: ModelSpec):
+    """The Keras feature model of `spec` (see backbones.build_feature_model), with its weights:
+    a weights file staged into this machine's cache, ImageNet weights downloaded by Keras under
+    a machine-wide lock, random weights seeded."""
     import keras
 
     from pipeline import backbones
@@ -85,6 +89,17 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
                 poolings=list(spec.poolings), gem_p=spec.gem_p, l2_normalize=spec.l2_normalize)
     finally:
         keras.mixed_precision.set_global_policy(previous_policy)
+    return model
+
+
+def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = False) -> FeatureModel:
+    """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
+    import keras
+
+    from pipeline import backbones
+
+    backbone = backbones.get_backbone(spec.backbone)
+    model = build_keras_model(spec)
     height, width = spec.input_size
 
     if keras.backend.backend() == "tensorflow":
@@ -133,9 +148,9 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def __init__(self, spec: ModelSpec, *, batch_size: int = 32, min_batch_size: int | None = None,
                  intra_op_threads: int | None = None,
                  keras_backend: str = "tensorflow", jit_compile: bool = False,
-                 share_across_processes: bool = False, env_vars: dict[str, str] | None = None):
+                 share_across_processes: bool = False, verbose: bool = False, env_vars: dict[str, str] | None = None):
         min_batch_size = min(min_batch_size or batch_size, batch_size)
-        environment = {"KERAS_BACKEND": keras_backend, "TF_CPP_MIN_LOG_LEVEL": "2", **(env_vars or {})}
+        environment = {"KERAS_BACKEND": keras_backend, **({VERBOSE_ENV: "1"} if verbose else {}), **(env_vars or {})}
         super().__init__(min_batch_size=min_batch_size, max_batch_size=batch_size,
                          large_model=share_across_processes, env_vars=environment)
         self.spec = spec
@@ -148,16 +163,26 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
         self._jit_compile = jit_compile
 
     def load_model(self) -> FeatureModel:
+        quiet = logs.quiet()
         self.set_environment_vars()
-        _limit_threads(self._intra_op_threads)
-        import keras
+        from pipeline.preflight import ModelLoadError, model_failure
 
-        wanted = self._env_vars["KERAS_BACKEND"]
-        if keras.backend.backend() != wanted:  # Keras was imported in this process before the handler ran
-            raise RuntimeError(f"keras_backend {wanted!r} was asked for, but Keras already runs on "
-                               f"{keras.backend.backend()!r} in this process; run on separate workers "
-                               f"(e.g. --direct_running_mode=multi_processing) or set KERAS_BACKEND")
-        return build_feature_model(self.spec, self._batch_size, self._jit_compile)
+        with logs.native_stderr_to_log(quiet):  # TensorFlow's import and start-up lines go to the log
+            _limit_threads(self._intra_op_threads)
+            import keras
+
+            wanted = self._env_vars["KERAS_BACKEND"]
+            if keras.backend.backend() != wanted:  # Keras was imported in this process before the handler ran
+                raise RuntimeError(f"keras_backend {wanted!r} was asked for, but Keras already runs on "
+                                   f"{keras.backend.backend()!r} in this process; run on separate workers "
+                                   f"(e.g. --direct_running_mode=multi_processing) or set KERAS_BACKEND")
+            try:
+                return build_feature_model(self.spec, self._batch_size, self._jit_compile)
+            except (ImportError, MemoryError):
+                raise
+            except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception for a failed download
+                # The job fails (a model that cannot load is never data), with one sentence on top of the error.
+                raise ModelLoadError(model_failure(self.spec, exc)) from exc
 
     def run_inference(self, batch: Sequence[Example], model: FeatureModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Prediction]:

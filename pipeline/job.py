@@ -26,6 +26,8 @@ from pipeline import backbones, progress
 from pipeline.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
+from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
+from pipeline.preflight import ModelLoadError, check_model
 from pipeline.journal import (STORE_STATE, committed_units, read_json, read_store_state, remove_orphans,
                               write_json_atomically, write_store_state)
 from pipeline.records import METRICS_NAMESPACE
@@ -262,6 +264,19 @@ class Job:
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
 
 
+def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> None:
+    """Build the model once here, so a download that fails or weights that do not fit are one
+    sentence before any worker starts: ImageNet on local runs (its download lands in the cache
+    the local workers use), a weights file on this machine always."""
+    local_file = spec.weights not in (None, "imagenet") and FileSystems.get_scheme(spec.weights) is None
+    if not (local_file or (spec.weights == "imagenet" and local_workers(options))):
+        return
+    try:
+        check_model(spec)
+    except ModelLoadError as exc:
+        raise ConfigError(exc.sentence) from None
+
+
 def _manifest_template(config: RunConfig, fp: dict[str, Any], options: PipelineOptions, plan: Plan,
                        started_at: float) -> dict[str, Any]:
     skipped = [key for key, _ in plan.listing.skipped]
@@ -295,7 +310,10 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
         intra_op_threads=tf_threads_per_worker(config, options), keras_backend=config.keras_backend,
-        jit_compile=config.jit_compile, share_across_processes=config.model_sharing == "machine")
+        jit_compile=config.jit_compile, share_across_processes=config.model_sharing == "machine",
+        verbose=config.verbose)
+    if not config.dry_run:
+        check_model_before_workers(spec, options)
     started_at = time.time()
     return Job(config, options, handler, _manifest_template(config, fp, options, plan, started_at), plan,
                identity, started_at)
@@ -307,7 +325,7 @@ def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
     units = p | "PendingUnits" >> PendingUnits(plan.pending, plan.committed, config.output)
     entries = units | "ProcessUnits" >> ProcessUnits(
         config.output, job.handler, decode_spec(config), config.format, job.manifest["fingerprint"],
-        config.batch_size, job.progress_dir)
+        config.batch_size, job.progress_dir, config.max_error_rate, plan.pending_inputs)
     return entries | "WriteManifest" >> WriteManifest(
         config.output, job.manifest, job.started_at, [unit.unit_id for unit in plan.pending])
 def metrics_summary(result: beam.runners.runner.PipelineResult) -> dict[str, Any]:
@@ -376,10 +394,36 @@ def _start_over_or_resume(job: Job) -> None:
             FileSystems.delete(stale)
 
 
+def _run_pipeline(job: Job, log: RunLog) -> beam.runners.runner.PipelineResult:
+    """Build, run and wait; raises unless the pipeline ended DONE and wrote its manifest."""
+    stop_progress = None
+    with terminal_stderr_to_log(log.path, enabled=quiet()) as terminal:
+        if job.config.progress and local_workers(job.options):
+            job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
+            stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending),
+                                           stream=terminal)
+        try:
+            p = beam.Pipeline(options=job.options)
+            build(p, job)
+            result = p.run()
+            state = result.wait_until_finish()
+        finally:
+            if stop_progress:
+                stop_progress()
+            if job.progress_dir:
+                shutil.rmtree(job.progress_dir, ignore_errors=True)
+    manifest_path = FileSystems.join(job.config.output, MANIFEST)
+    if state != PipelineState.DONE or not FileSystems.exists(manifest_path):
+        raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}; "
+                           f"run again with --resume to keep what was committed")
+    return result
+
+
 def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     """`featurize run ...` as a function: returns the manifest of the finished output.
 
-    Raises ConfigError (before any work starts) for a bad configuration. With --dry-run,
+    Raises ConfigError (before any work starts) for a bad configuration, RunFailed (one
+    sentence and the log file's path) when the run dies. With --dry-run,
     returns `dry_run_report` instead. When the runner reports metrics, the manifest gains
     `metrics` (counters, distributions, per-stage time and images/s; stage seconds are
     summed over workers).
@@ -390,26 +434,16 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         return dry_run_report(job)
     _start_over_or_resume(job)
     _write_skipped(config.output, job.plan.listing)
-    if not job.plan.pending:  # everything is committed already: only the manifest is left to write
-        return finalize_store(config.output, job.manifest, job.started_at)
-    stop_progress = None
-    if config.progress and local_workers(job.options):
-        job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
-        stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending))
+    log = RunLog(config.output, config.verbose)
     try:
-        p = beam.Pipeline(options=job.options)
-        build(p, job)
-        result = p.run()
-        state = result.wait_until_finish()
+        if not job.plan.pending:  # everything is committed already: only the manifest is left to write
+            return finalize_store(config.output, job.manifest, job.started_at)
+        result = _run_pipeline(job, log)
+    except Exception as exc:  # noqa: BLE001 - logged in full, raised again as one sentence (RunFailed)
+        raise log.failed(exc) from exc
     finally:
-        if stop_progress:
-            stop_progress()
-        if job.progress_dir:
-            shutil.rmtree(job.progress_dir, ignore_errors=True)
+        log.close()
     manifest_path = FileSystems.join(config.output, MANIFEST)
-    if state != PipelineState.DONE or not FileSystems.exists(manifest_path):
-        raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}; "
-                           f"run again with --resume to keep what was committed")
     manifest = read_json(manifest_path)
     summary = metrics_summary(result)
     if summary:

@@ -1,6 +1,7 @@
 """The element types that flow between stages, and the error-row contract."""
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -34,9 +35,13 @@ class ErrorRecord(NamedTuple):
     message: str
 
 
+_IN_MEMORY_FILE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
+
+
 def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> ErrorRecord:
     """An error row for `exc`; messages are capped so one pathological input cannot bloat the store."""
-    message = str(exc) or repr(exc)
+    # Pillow names its in-memory buffer, which tells a reader nothing: the row has the key and uri.
+    message = " ".join(_IN_MEMORY_FILE.sub("", str(exc) or repr(exc)).split())
     return ErrorRecord(key, uri, stage, type(exc).__name__, message[:2000])
 
 

@@ -30,6 +30,7 @@ from pipeline import journal
 from pipeline.dedupe import HASH_DTYPE
 from pipeline.hdf5 import VIRTUAL_STORE, ShardWriter, write_virtual_store
 from pipeline.journal import ERRORS_DIR, FEATURES_DIR, STATE_DIR, UNITS_DIR, join, write_json_atomically
+from pipeline.logs import JobError
 from pipeline.records import STAGES, ErrorRecord
 
 MANIFEST = "manifest.json"
@@ -159,9 +160,15 @@ class UnitWriter:
             journal.save_kept_keys(path, kept_keys.astype(HASH_DTYPE, copy=False))
             written["keys"] = (path, f"{UNITS_DIR}/{self._final_name}.keys.npy")
         by_stage = {stage: 0 for stage in STAGES}
+        by_type: dict[str, int] = {}
+        examples: dict[str, str] = {}
         for error in self.errors:
             by_stage[error.stage] += 1
-        entry = dict(entry, unit=self.unit_id, rows=self.row_count, errors=len(self.errors), errors_by_stage=by_stage)
+            kind = f"{error.stage} {error.error_type}"
+            by_type[kind] = by_type.get(kind, 0) + 1
+            examples.setdefault(kind, f"{error.key}: {' '.join(error.message.split())[:160]}")
+        entry = dict(entry, unit=self.unit_id, rows=self.row_count, errors=len(self.errors), errors_by_stage=by_stage,
+                     errors_by_type=by_type, error_examples=examples)
         if entry["inputs"] != entry["rows"] + entry["errors"]:
             raise RuntimeError(f"unit {self.unit_id} lost track of inputs: {entry['inputs']} read but "
                                f"{entry['rows']} rows + {entry['errors']} error rows")
@@ -173,6 +180,35 @@ class UnitWriter:
         leftovers = [path for path in self._temporaries if FileSystems.exists(path)]
         if leftovers:
             FileSystems.delete(leftovers)
+
+
+ERROR_RATE_SAMPLE = 1000  # --max-error-rate judges once min(this, all inputs) are done
+SUMMARY_ERROR_RATE = 0.10  # above this the run summary says so, even without --max-error-rate
+
+
+def most_common_errors(entries: Iterable[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
+    """[{"error": "decode UnidentifiedImageError", "count": 312, "example": "key: message"}, ...]."""
+    counts: dict[str, int] = {}
+    examples: dict[str, str] = {}
+    for entry in entries:
+        for kind, count in entry.get("errors_by_type", {}).items():
+            counts[kind] = counts.get(kind, 0) + count
+            examples.setdefault(kind, entry.get("error_examples", {}).get(kind, ""))
+    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return [{"error": kind, "count": count, "example": examples[kind]} for kind, count in ranked]
+
+
+def check_error_rate(inputs: int, errors: int, entries: Iterable[dict[str, Any]], limit: float | None,
+                     expected: int | None = None) -> None:
+    """Raise JobError when more than `limit` of at least min(1000, expected or all) inputs are error rows."""
+    if limit is None or not inputs or inputs < min(ERROR_RATE_SAMPLE, expected or inputs):
+        return
+    if errors / inputs > limit:
+        top = most_common_errors(entries, top=1)
+        common = f"; most common: {top[0]['error']} ({top[0]['count']:,}), e.g. {top[0]['example']}" if top else ""
+        raise JobError(f"{errors / inputs:.1%} of {inputs:,} inputs are error rows, more than --max-error-rate "
+                       f"{limit:g}{common}; the run stopped without a manifest: fix the inputs or raise the "
+                       f"rate, then run again with --resume")
 
 
 def _parquet_rows(path: str) -> int:
@@ -212,11 +248,15 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     if rows != counts["rows"]:  # the files must hold what the journal says, or nothing claims completeness
         raise RuntimeError(f"the feature files hold {rows} rows but the journal says {counts['rows']}; "
                            f"the output has no manifest")
+    this_run = [entry for entry in entries if entry["unit"] in set(expected_units)]
+    check_error_rate(sum(e["inputs"] for e in this_run), sum(e["errors"] for e in this_run), this_run,
+                     template.get("config", {}).get("max_error_rate"))
     journal.remove_orphans(output, entries)
     journal.failpoint("manifest")
     elapsed = time.time() - started_at
     processed = counts["inputs"] - counts.get("reused", 0)
     document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
+                    errors_top=most_common_errors(entries),
                     units={"committed": len(entries), "processed": len(set(expected_units))},
                     wall_time_s=round(elapsed, 3),
                     images_per_s=round(processed / elapsed, 3) if elapsed > 0 else None,

@@ -28,7 +28,7 @@ from pipeline.handler import KerasBackboneHandler
 from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
 from pipeline.progress import ProgressWriter
 from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
-from pipeline.sinks import UnitWriter
+from pipeline.sinks import UnitWriter, check_error_rate
 from pipeline.sources import list_inputs, resolve_input, retry_transient, unit_records
 from pipeline.units import plan_units
 
@@ -101,14 +101,17 @@ class _ProcessUnit(beam.DoFn):
     -> the unit's journal entry, once committed."""
 
     def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
-                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None):
+                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
+                 max_error_rate: float | None = None, expected_inputs: int | None = None):
         self._output, self._handler, self._decode, self._format = output, handler, decode, fmt
         self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
+        self._max_error_rate, self._expected_inputs = max_error_rate, expected_inputs
         self._model_tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one tag for every worker of the job
         self._dtype = np.dtype(fingerprint["dtype"])
 
     def setup(self):
         self._model = None
+        self._done: list[dict[str, Any]] = []  # this process's committed units, for --max-error-rate
         self._metrics = _StageMetrics()
         self._progress = (ProgressWriter(self._progress_dir)
                           if self._progress_dir and os.path.isdir(self._progress_dir) else None)
@@ -135,6 +138,10 @@ class _ProcessUnit(beam.DoFn):
         self._metrics.flush()
         if self._progress:
             self._progress.unit_done()
+        # Stop early on what this worker has seen; the manifest step judges the whole run.
+        self._done.append(committed)
+        check_error_rate(sum(e["inputs"] for e in self._done), sum(e["errors"] for e in self._done), self._done,
+                         self._max_error_rate, self._expected_inputs)
         yield committed
 
     def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> dict[str, Any]:
@@ -289,9 +296,11 @@ class ProcessUnits(beam.PTransform):
     """
 
     def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
-                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None):
+                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
+                 max_error_rate: float | None = None, expected_inputs: int | None = None):
         super().__init__()
-        self._dofn = _ProcessUnit(output, handler, decode, fmt, fingerprint, batch_size, progress_dir)
+        self._dofn = _ProcessUnit(output, handler, decode, fmt, fingerprint, batch_size, progress_dir,
+                                  max_error_rate, expected_inputs)
 
     def expand(self, units):
         return units | "ProcessUnit" >> beam.ParDo(self._dofn)

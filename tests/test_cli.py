@@ -106,3 +106,85 @@ def test_inspect_summarises_counts_errors_and_files(parquet_store, capsys):
     assert "DecompressionBombError" in out and "UnidentifiedImageError" in out
     assert "features/files-" in out and "manifest.json" in out
     assert "embedding" in out and "576" in out
+
+
+def quiet_env(tmp_path, **extra):
+    """The environment of a user who set nothing: no TF_CPP_MIN_LOG_LEVEL, empty Keras and featurize caches."""
+    import os
+
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "FEATURIZE_VERBOSE")}
+    env.update(KERAS_HOME=str(tmp_path / "keras-home"), FEATURIZE_CACHE=str(tmp_path / "featurize-cache"), **extra)
+    return env
+
+
+def featurize(tmp_path, *argv, timeout=300, **env):
+    return subprocess.run([sys.executable, "-m", "pipeline", "run", *map(str, argv)], capture_output=True, text=True,
+                          timeout=timeout, env=quiet_env(tmp_path, **env), stdin=subprocess.DEVNULL)
+
+
+def test_offline_imagenet_is_one_sentence_before_any_worker(zoo_folder, tmp_path):
+    """This machine has no internet: the README's first command must say so in one line, exit 2, write nothing."""
+    done = featurize(tmp_path, "--input", zoo_folder, "--output", tmp_path / "out", "--model", "MobileNetV3Small")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("featurize: error: weights imagenet for MobileNetV3Small could not be downloaded from "
+                           "https://storage.googleapis.com/"), line
+    assert "--weights FILE" in line and "--weights none" in line
+    assert not (tmp_path / "out").exists()
+
+
+def test_weights_that_do_not_fit_are_refused_naming_the_first_layer(zoo_folder, small_weights, tmp_path):
+    done = featurize(tmp_path, "--input", zoo_folder, "--output", tmp_path / "out", "--model", "ResNet50",
+                     "--weights", small_weights, "--image-size", 64)
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"featurize: error: weights '{small_weights}' do not fit ResNet50 at 64x64 (")
+    assert "conv1_conv" in line and "Traceback" not in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_worker_that_cannot_load_the_model_fails_the_run_with_the_same_sentence(zoo_folder, small_weights, tmp_path,
+                                                                                   monkeypatch):
+    """What a cluster worker says when the launcher could not check first (the check is skipped here)."""
+    from pipeline.job import run
+    from pipeline.logs import RunFailed
+
+    monkeypatch.setattr("pipeline.job.check_model_before_workers", lambda spec, options: None)
+    with pytest.raises(RunFailed) as failure:
+        run(["--input", str(zoo_folder), "--output", str(tmp_path / "out"), "--model", "ResNet50", "--weights",
+             small_weights, "--image-size", "64", "--direct_running_mode=in_memory", "--no-progress"])
+    assert failure.value.sentence.startswith(f"weights '{small_weights}' do not fit ResNet50 at 64x64 (")
+    assert "Traceback" in open(failure.value.log_path).read()
+    assert not (tmp_path / "out" / "manifest.json").exists()
+
+
+def test_a_run_is_quiet_unless_verbose(zoo_folder, small_weights, tmp_path):
+    args = ["--input", zoo_folder, "--model", "MobileNetV3Small", "--weights", small_weights, "--image-size", 48,
+            "--batch-size", 8, "--max-pixels", 1_000_000, "--direct_num_workers=2",
+            "--direct_running_mode=multi_processing"]
+    done = featurize(tmp_path, *args, "--output", tmp_path / "quiet")
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("featurize: ")]
+    assert not noise, "\n".join(noise)
+    assert done.stdout.startswith("featurize: 19 feature rows, 5 error rows from 24 inputs")
+    [log] = (tmp_path / "quiet" / "_featurize" / "logs").iterdir()
+    assert "oneDNN" in log.read_text() or "cuda" in log.read_text()  # TensorFlow's lines went to the log
+    loud = featurize(tmp_path, *args, "--output", tmp_path / "loud", "--verbose")
+    assert loud.returncode == 0 and ("oneDNN" in loud.stderr or "cuda" in loud.stderr), loud.stderr[-2000:]
+
+
+def test_error_rate_guard_stops_the_run_with_one_sentence_and_no_manifest(zoo_folder, small_weights, tmp_path, capsys):
+    code = main(["run", "--input", str(zoo_folder), "--output", str(tmp_path / "out"), "--model", "MobileNetV3Small",
+                 "--weights", small_weights, "--image-size", "48", "--batch-size", "8", "--max-pixels", "1000000",
+                 "--max-error-rate", "0.1", "--direct_running_mode=in_memory", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 1 and len(err) == 2, err
+    assert err[0].startswith("featurize: error: 20.8% of 24 inputs are error rows, more than --max-error-rate 0.1; "
+                             "most common: decode "), err[0]
+    assert err[1].startswith("featurize: the full log is in ") and err[1].endswith(".log")
+    assert not (tmp_path / "out" / "manifest.json").exists()
+    # the same errors under a generous rate: a manifest, and a warning in the summary (20.8% > 10%)
+    assert main(["run", "--input", str(zoo_folder), "--output", str(tmp_path / "out"), "--model", "MobileNetV3Small",
+                 "--weights", small_weights, "--image-size", "48", "--batch-size", "8", "--max-pixels", "1000000",
+                 "--max-error-rate", "0.5", "--resume", "--direct_running_mode=in_memory", "--no-progress"]) == 0
+    assert "featurize: warning: 21% of the inputs are error rows; most common: decode" in capsys.readouterr().err

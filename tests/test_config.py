@@ -86,6 +86,9 @@ def test_several_outputs_are_named_layer_slash_pooling():
     (["--unit-size", "0"], ["unit_size 0 must be at least 1"]),
     (["--unit-size", "many"], ["unit_size 'many' is not a whole number"]),
     (["--tf-threads", "0"], ["tf_threads 0"]),
+    (["--max-error-rate", "5"], ["max_error_rate 5.0 must be a fraction from 0 to below 1"]),
+    # a .keras file is a whole serialised model (it can carry code): featurize only loads weights
+    (["--weights", "model.keras"], ["weights 'model.keras' is not valid", ".h5 / .weights.h5"]),
 ])
 def test_invalid_values_name_field_value_and_what_is_valid(argv, fragments):
     with pytest.raises(ConfigError) as caught:
@@ -164,7 +167,7 @@ def test_resume_and_overwrite_are_refused_together(tmp_path):
 
 
 @pytest.mark.parametrize("argv, suggestion", [
-    (["--max-error-rat", "0.1"], None),
+    (["--max-error-rat", "0.1"], "--max-error-rate"),
     (["--batchsize", "8"], "--batch-size"),
     (["--batch", "8"], "--batch-size"),  # no abbreviations: only full names, as Beam
     (["--max-pixel=5"], "--max-pixels"),
