@@ -143,7 +143,7 @@ def save_kept_keys(path: str, hashes: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
-def _final(entry: dict[str, Any] | None) -> bool:
+def is_final(entry: dict[str, Any] | None) -> bool:
     """A committed entry that no later attempt may replace."""
     return entry is not None and not entry.get("retry")
 
@@ -157,14 +157,14 @@ def commit_unit(output: str, entry: dict[str, Any], written: dict[str, tuple[str
     """
     unit = entry["unit"]
     existing = read_journal(output, unit)
-    if _final(existing):
+    if is_final(existing):
         FileSystems.delete([temporary for temporary, _ in written.values()])
         return existing
     for temporary, final in written.values():
         replace(temporary, join(output, final))
     failpoint("unit-commit")
     existing = read_journal(output, unit)
-    if _final(existing):  # another attempt committed while this one renamed
+    if is_final(existing):  # another attempt committed while this one renamed
         FileSystems.delete([join(output, final) for _, final in written.values()])
         return existing
     entry = dict(entry, files={role: final for role, (_, final) in written.items()},

@@ -225,7 +225,8 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     to process, each of which must now be committed.
     """
     entries = journal.committed_units(output)
-    missing = sorted(set(expected_units) - set(entries))
+    expected_units = set(expected_units)
+    missing = sorted(expected_units - set(entries))
     if missing:
         raise RuntimeError(f"{len(missing)} work units were not committed (first: {missing[0]}); "
                            f"the output is incomplete and has no manifest: run again with --resume")
@@ -248,7 +249,7 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     if rows != counts["rows"]:  # the files must hold what the journal says, or nothing claims completeness
         raise RuntimeError(f"the feature files hold {rows} rows but the journal says {counts['rows']}; "
                            f"the output has no manifest")
-    this_run = [entry for entry in entries if entry["unit"] in set(expected_units)]
+    this_run = [entry for entry in entries if entry["unit"] in expected_units]
     check_error_rate(sum(e["inputs"] for e in this_run), sum(e["errors"] for e in this_run), this_run,
                      template.get("config", {}).get("max_error_rate"))
     journal.remove_orphans(output, entries)
@@ -257,7 +258,7 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     processed = counts["inputs"] - counts.get("reused", 0)
     document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
                     errors_top=most_common_errors(entries),
-                    units={"committed": len(entries), "processed": len(set(expected_units))},
+                    units={"committed": len(entries), "processed": len(expected_units)},
                     wall_time_s=round(elapsed, 3),
                     images_per_s=round(processed / elapsed, 3) if elapsed > 0 else None,
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))

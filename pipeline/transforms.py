@@ -130,7 +130,7 @@ class _ProcessUnit(beam.DoFn):
     def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
         unit, losers, scanned = element
         committed = journal.read_journal(self._output, unit.unit_id)
-        if committed is not None and not committed.get("retry"):  # an earlier attempt of this job committed it
+        if journal.is_final(committed):  # an earlier attempt of this job committed it
             yield committed
             return
         # A transient read failure (connection reset, timeout) redoes the whole unit: nothing of it is kept.
