@@ -41,9 +41,11 @@ def files_unit_id(keys: list[str]) -> str:
 
 
 def files_per_unit(listed: int, unit_size: int, batch_size: int) -> int:
-    """At most `unit_size`; fewer for small runs so there are about MIN_UNITS units, but never
-    less than one batch (each unit ends with a padded partial batch)."""
-    return max(1, min(unit_size, max(batch_size, math.ceil(listed / MIN_UNITS))))
+    """At most `unit_size`; fewer for small runs so there are about MIN_UNITS units; whole batches,
+    since a unit's last batch is padded to the compiled batch size (38 files at batch 32 would
+    compute 64 images)."""
+    wanted = max(batch_size, math.ceil(listed / MIN_UNITS))
+    return max(1, min(unit_size, math.ceil(wanted / batch_size) * batch_size))
 
 
 def kept(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:

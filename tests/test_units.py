@@ -33,7 +33,8 @@ def test_units_do_not_depend_on_listing_order():
 
 def test_unit_size_is_capped_and_small_runs_still_get_several_units():
     assert files_per_unit(1_000_000, unit_size=1000, batch_size=32) == 1000
-    assert files_per_unit(1000, unit_size=1000, batch_size=32) == 63  # ~16 units to share among workers
+    assert files_per_unit(1000, unit_size=1000, batch_size=32) == 64  # ~16 units of whole batches
+    assert files_per_unit(600, unit_size=1000, batch_size=32) == 64  # not 38: 6 files would cost a batch of 32
     assert files_per_unit(20, unit_size=1000, batch_size=8) == 8  # never less than one batch
     assert files_per_unit(20, unit_size=5, batch_size=8) == 5  # --unit-size wins
 
