@@ -55,6 +55,11 @@ def models_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _extensions(skipped: dict) -> str:
+    """`.txt 1001, .mov 1`: a manifest's skipped files by extension."""
+    return ", ".join(f"{extension} {count}" for extension, count in skipped["by_extension"].items())
+
+
 def _print_dry_run(report: dict) -> None:
     units, skipped = report["units"], report["skipped"]
     size = f"{report['bytes'] / 1e6:,.1f} MB"
@@ -66,7 +71,7 @@ def _print_dry_run(report: dict) -> None:
           f"({report['reused_inputs']:,} inputs) that --resume would skip")
     if skipped["count"]:
         print(f"featurize: {skipped['count']:,} files would be skipped (not images): "
-              + ", ".join(f"{ext} {n}" for ext, n in skipped["by_extension"].items()))
+              + _extensions(skipped))
     if report["removed"]["count"]:
         print(f"featurize: {report['removed']['count']:,} {report['removed']['kind']} of the store are no longer "
               f"in the input")
@@ -103,7 +108,7 @@ def run_command(argv: Sequence[str]) -> int:
               f"(--max-error-rate stops a run early)", file=sys.stderr)
     if manifest["skipped"]["count"]:
         print(f"featurize: skipped {manifest['skipped']['count']} files that are not images "
-              f"({', '.join(f'{e} {n}' for e, n in manifest['skipped']['by_extension'].items())}); "
+              f"({_extensions(manifest['skipped'])}); "
               f"`featurize inspect` lists them", file=sys.stderr)
     removed = manifest["removed"]
     if removed["count"]:
@@ -212,7 +217,7 @@ def inspect_command(argv: Sequence[str]) -> int:
     skipped, removed = manifest.get("skipped", {}), manifest.get("removed", {})
     if skipped.get("count"):
         print(f"\nskipped    {skipped['count']} files that are not images: "
-              + ", ".join(f"{ext} {n}" for ext, n in skipped["by_extension"].items()))
+              + _extensions(skipped))
         for key in skipped["keys"][:20]:
             print(f"           {key}")
         more = f" (all in {FileSystems.join(store.root, skipped['file'])})" if skipped.get("file") else ""

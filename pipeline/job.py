@@ -260,6 +260,7 @@ class Job:
     manifest: dict[str, Any]  # the manifest so far; finalize_store completes it
     plan: Plan
     identity: dict[str, Any]
+    journal: dict[str, dict[str, Any]]  # every committed entry of the store (retry ones too), read once
     started_at: float
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
 
@@ -305,8 +306,8 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     spec = model_spec(config, weights_digest(config))
     fp = fingerprint(config, outputs, spec)
     identity = store_identity(config, fp, listing)
-    committed = committed_for(config, identity)
-    plan = plan_units(listing, committed, config.unit_size, config.batch_size)
+    journal = committed_for(config, identity)
+    plan = plan_units(listing, journal, config.unit_size, config.batch_size)
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
         intra_op_threads=tf_threads_per_worker(config, options), keras_backend=config.keras_backend,
@@ -316,7 +317,7 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
         check_model_before_workers(spec, options)
     started_at = time.time()
     return Job(config, options, handler, _manifest_template(config, fp, options, plan, started_at), plan,
-               identity, started_at)
+               identity, journal, started_at)
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
@@ -386,7 +387,7 @@ def _start_over_or_resume(job: Job) -> None:
     if read_store_state(output) is None:
         write_store_state(output, job.identity)
         return
-    remove_orphans(output, committed_units(output).values())
+    remove_orphans(output, job.journal.values())
     if job.plan.pending:
         stale = [FileSystems.join(output, name) for name in (MANIFEST, VIRTUAL_STORE)
                  if FileSystems.exists(FileSystems.join(output, name))]

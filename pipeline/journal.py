@@ -71,7 +71,8 @@ def join(output: str, *parts: str) -> str:
     return FileSystems.join(output.rstrip("/"), *parts)
 
 
-def _list(pattern: str) -> list[str]:
+def list_paths(pattern: str) -> list[str]:
+    """Every path matching `pattern`, sorted (on any Beam filesystem)."""
     return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
 
 
@@ -115,7 +116,7 @@ def write_store_state(output: str, state: dict[str, Any]) -> None:
 
 def committed_units(output: str) -> dict[str, dict[str, Any]]:
     """Every committed unit's journal entry, by unit id."""
-    return {entry["unit"]: entry for entry in map(read_json, _list(join(output, UNITS_DIR, "*.json")))}
+    return {entry["unit"]: entry for entry in map(read_json, list_paths(join(output, UNITS_DIR, "*.json")))}
 
 
 def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
@@ -182,9 +183,9 @@ def remove_orphans(output: str, journals: Iterable[dict[str, Any]]) -> list[str]
     """Delete unit files that no journal entry names (a crash between rename and commit) and tmp/."""
     named = {join(output, path) for entry in journals for path in entry.get("files", {}).values()}
     found = [path for folder in (FEATURES_DIR, ERRORS_DIR, UNITS_DIR) for prefix in UNIT_PREFIXES
-             for path in _list(join(output, folder, prefix + "*"))
+             for path in list_paths(join(output, folder, prefix + "*"))
              if not path.endswith(".json")]  # journal entries are the commits themselves
-    found += _list(join(output, TMP_DIR, "*"))
+    found += list_paths(join(output, TMP_DIR, "*"))
     orphans = [path for path in found if path not in named]
     if orphans:
         FileSystems.delete(orphans)

@@ -72,20 +72,16 @@ def _fallback_log() -> str:
 
 
 @contextlib.contextmanager
-def native_stderr_to_log(enabled: bool | None = None) -> Iterator[None]:
-    """While TensorFlow loads: file descriptor 2 goes to the log (its C++ lines bypass Python).
-    `enabled` defaults to `quiet()`."""
-    if not (quiet() if enabled is None else enabled):
-        yield
-        return
-    path = os.environ.get(LOG_ENV) or _fallback_log()
+def _stderr_to(path: str) -> Iterator[int]:
+    """File descriptor 2 appends to `path` (C++ lines and child processes included); yields the saved
+    descriptor of the real stderr, restored on exit."""
     sys.stderr.flush()
     saved = os.dup(2)
     target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(target, 2)
     os.close(target)
     try:
-        yield
+        yield saved
     finally:
         sys.stderr.flush()
         os.dup2(saved, 2)
@@ -93,26 +89,26 @@ def native_stderr_to_log(enabled: bool | None = None) -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def native_stderr_to_log(enabled: bool | None = None) -> Iterator[None]:
+    """While TensorFlow loads: its C++ lines (they bypass Python) go to the log. `enabled`
+    defaults to `quiet()`."""
+    if not (quiet() if enabled is None else enabled):
+        yield
+        return
+    with _stderr_to(os.environ.get(LOG_ENV) or _fallback_log()):
+        yield
+
+
+@contextlib.contextmanager
 def terminal_stderr_to_log(path: str, enabled: bool) -> Iterator[TextIO]:
-    """While a pipeline runs: file descriptor 2 (this process's and the local workers' it starts,
-    their tracebacks and TensorFlow's lines included) goes to the log. Yields a stream on the
-    real terminal for featurize's own lines (the progress line)."""
+    """While a pipeline runs: this process's stderr and the local workers' it starts (their
+    tracebacks and TensorFlow's lines included) go to the log. Yields a stream on the real
+    terminal for featurize's own lines (the progress line)."""
     if not enabled:
         yield sys.stderr
         return
-    sys.stderr.flush()
-    saved = os.dup(2)
-    target = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    os.dup2(target, 2)
-    os.close(target)
-    terminal = os.fdopen(os.dup(saved), "w", buffering=1)
-    try:
+    with _stderr_to(path) as saved, os.fdopen(os.dup(saved), "w", buffering=1) as terminal:
         yield terminal
-    finally:
-        terminal.close()
-        sys.stderr.flush()
-        os.dup2(saved, 2)
-        os.close(saved)
 
 
 class RunLog:

@@ -26,7 +26,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.images import SNIFF_BYTES, extension_of, is_image_name, sniff_image_format
-from pipeline.records import ErrorRecord, ImageRecord, error_from_exception
+from pipeline.records import ErrorRecord, ImageRecord, error_from_exception, relative_path
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 _GLOB_CHARS = re.compile(r"[*?\[]")
@@ -205,8 +205,7 @@ def file_key(path: str, root: str) -> str:
     """The key of a plain file: its path below `root`; with no common root (`{cats,dogs}`,
     `{/data/a,/mnt/b}`) the whole path, without a leading slash, so keys stay distinct."""
     if root:
-        prefix = root.rstrip("/") + "/"
-        return path[len(prefix):] if path.startswith(prefix) else posixpath.basename(path)
+        return relative_path(path, root)
     return path.lstrip("/") if FileSystems.get_scheme(path) is None else path
 
 
@@ -258,8 +257,9 @@ def list_inputs(spec: InputSpec) -> Listing:
     spellings: set[str] = set()
     for pattern, _ in spec.patterns:
         for path, size in sorted(_match(pattern)):
-            if normalized_path(path) not in spellings:  # `shards/a.tar` and `/data/shards/a.tar`: one input
-                spellings.add(normalized_path(path))
+            spelling = normalized_path(path)
+            if spelling not in spellings:  # `shards/a.tar` and `/data/shards/a.tar`: one input
+                spellings.add(spelling)
                 found[path] = size
     # A missing literal shard stays in the listing: it becomes a read error row, not a silent gap.
     listing.missing = sorted(path for path, size in found.items() if size < 0)

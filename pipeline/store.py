@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.hdf5 import FINGERPRINT_ATTR, VIRTUAL_STORE
+from pipeline.journal import list_paths, read_json
 from pipeline.sinks import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_KEY, MANIFEST
 
 METRICS = ("cosine", "l2")
@@ -42,22 +43,13 @@ class SearchResult:
     keys: list[list[str]]
 
 
-def _list(pattern: str) -> list[str]:
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-
-
 def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
     """The feature files the manifest lists that are not there, relative to `root`."""
     # One listing instead of a request per shard; exists() only confirms what the listing lacks
     # (a path spelled differently, or a file in a subfolder).
-    present = set(_list(FileSystems.join(root, FEATURES_DIR, "*")))
+    present = set(list_paths(FileSystems.join(root, FEATURES_DIR, "*")))
     return [path for path in manifest["files"]["features"]
             if FileSystems.join(root, path) not in present and not FileSystems.exists(FileSystems.join(root, path))]
-
-
-def _read_json(path: str) -> dict[str, Any]:
-    with FileSystems.open(path) as handle:
-        return json.load(handle)
 
 
 def _as_matrix(column, dim: int) -> np.ndarray:
@@ -89,7 +81,7 @@ class FeatureStore:
         root = root.rstrip("/")
         manifest_path = FileSystems.join(root, MANIFEST)
         if FileSystems.exists(manifest_path):
-            manifest = _read_json(manifest_path)
+            manifest = read_json(manifest_path)
             # Checked here, not per read: features.h5 would read a missing shard's rows as zero
             # vectors with empty keys, without an error.
             missing = _missing_features(root, manifest)
@@ -102,12 +94,12 @@ class FeatureStore:
         if not allow_incomplete:
             raise IncompleteStore(f"{root!r} has no {MANIFEST}: the run did not finish, so the store may be "
                                   f"missing rows; pass allow_incomplete=True to open what is there")
-        parquet = _list(FileSystems.join(root, FEATURES_DIR, "*.parquet"))
+        parquet = list_paths(FileSystems.join(root, FEATURES_DIR, "*.parquet"))
         if parquet:
             with FileSystems.open(parquet[0]) as handle:
                 fingerprint = json.loads(pq.ParquetFile(handle).schema_arrow.metadata[FINGERPRINT_KEY])
             return cls(root, None, "parquet", fingerprint)
-        shards = _list(FileSystems.join(root, FEATURES_DIR, "*.h5"))
+        shards = list_paths(FileSystems.join(root, FEATURES_DIR, "*.h5"))
         if shards:
             import h5py
             with FileSystems.open(shards[0]) as handle, h5py.File(handle, "r") as shard:
@@ -130,7 +122,7 @@ class FeatureStore:
     def _parquet_files(self) -> list[str]:
         if self.manifest:
             return [FileSystems.join(self.root, p) for p in self.manifest["files"]["features"]]
-        return _list(FileSystems.join(self.root, FEATURES_DIR, "*.parquet"))
+        return list_paths(FileSystems.join(self.root, FEATURES_DIR, "*.parquet"))
 
     def _hdf5(self):
         """The virtual features.h5 (complete stores) or, for an incomplete one, nothing."""
@@ -303,7 +295,7 @@ class FeatureStore:
 
         from pipeline.sinks import ERROR_SCHEMA
         paths = ([FileSystems.join(self.root, p) for p in self.manifest["files"]["errors"]] if self.manifest
-                 else _list(FileSystems.join(self.root, ERRORS_DIR, "*.parquet")))
+                 else list_paths(FileSystems.join(self.root, ERRORS_DIR, "*.parquet")))
         tables = []
         for path in paths:
             with FileSystems.open(path) as handle:

@@ -17,6 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline.journal import is_final
 from pipeline.records import WorkUnit
 from pipeline.sources import TAR_SUFFIXES, Listing, normalized_path
 
@@ -50,7 +51,7 @@ def files_per_unit(listed: int, unit_size: int, batch_size: int) -> int:
 
 def kept(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     """The committed entries a run keeps: all but those marked `retry`, which it redoes."""
-    return {unit_id: entry for unit_id, entry in committed.items() if not entry.get("retry")}
+    return {unit_id: entry for unit_id, entry in committed.items() if is_final(entry)}
 
 
 @dataclass
