@@ -9,6 +9,7 @@ setup(
     description="Batch feature extraction for large image datasets on Apache Beam and Keras.",
     python_requires=">=3.10",
     packages=find_packages(include=["pipeline", "pipeline.*"]),
+    package_data={"pipeline": ["serve_page/*.html"]},
     install_requires=[
         "apache-beam>=2.77,<3",
         "tensorflow>=2.16",
@@ -18,12 +19,25 @@ setup(
         "pyarrow>=14",
         "pillow>=10",
         "pyyaml>=6",
+        "google-crc32c>=1.5",  # TFRecord checksums, read without TensorFlow
     ],
     extras_require={
         # Readers the tests prove the store works with, and the test runner.
         # apache-beam[gcp] lets the tests translate a Dataflow job (dry run, nothing uploaded).
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "pandas>=2", "duckdb>=1.1",
-                 "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<3"],
+                 "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<3",
+                 # featurize index / serve, the HTTP client that tests the API, LanceDB for the handoff recipe.
+                 "faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.30", "httpx>=0.27", "lancedb>=0.20",
+                 # --keras-backend jax, proven against TensorFlow's vectors (tests/test_backends.py).
+                 "jax>=0.4.30"],
+        # --keras-backend jax (CPU; on GPU workers install jax[cuda12] instead).
+        "jax": ["jax>=0.4.30"],
+        # bench/host_cost.py: real photos to cut ImageNet-like JPEGs from.
+        "bench": ["scikit-image>=0.22"],
+        # `featurize index` and `featurize search` through an index (imported only there).
+        "index": ["faiss-cpu>=1.8"],
+        # `featurize serve` (imported only there).
+        "serve": ["faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.30"],
     },
     entry_points={"console_scripts": ["featurize=pipeline.cli:main"]},
 )

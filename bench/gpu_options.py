@@ -1,12 +1,14 @@
 """GPU options on a GPU machine: precision, XLA and batch size, bare model and featurize end to end.
 
-    python bench/gpu_options.py [--model ResNet50] [--images 2000] [--batch-sizes 64,128]
+    python bench/gpu_options.py [--model ResNet50] [--images 2000] [--batch-sizes 64,128] [--keras-backend jax]
 
 For each (precision, jit_compile, batch size) prints images/s of the bare model on an
 in-memory uint8 batch and of featurize end to end (in-process local runner, one worker
 process owning the GPU, steady state by differencing N and 2N images), and the vectors'
 relative L2 error against float32 (mixed precision changes the numbers a little; the
-fingerprint records it). Exits early with a message when TensorFlow sees no GPU.
+fingerprint records it). `--keras-backend jax` measures the same on JAX (pip install -e '.[jax]',
+with jax[cuda12] on the GPU machine), where jit is always on, so only jit=True rows are printed.
+Exits early with a message when the backend sees no GPU.
 """
 from __future__ import annotations
 
@@ -32,19 +34,29 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--images", type=int, default=2000)
     parser.add_argument("--batch-sizes", default="64,128")
+    parser.add_argument("--keras-backend", choices=["tensorflow", "jax"], default="tensorflow")
     args = parser.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    os.environ["KERAS_BACKEND"] = args.keras_backend  # before Keras loads: one backend per process
     import keras
-    import tensorflow as tf
 
     from pipeline.handler import ModelSpec, build_feature_model
     from pipeline.job import run
 
-    gpus = tf.config.list_physical_devices("GPU")
+    if args.keras_backend == "jax":
+        import jax
+
+        gpus = [device for device in jax.devices() if device.platform == "gpu"]
+        versions = f"JAX {jax.__version__}"
+    else:
+        import tensorflow as tf
+
+        gpus = tf.config.list_physical_devices("GPU")
+        versions = f"TF {tf.__version__}"
     if not gpus:
-        print("no GPU visible to TensorFlow: this benchmark is for a GPU machine")
+        print(f"no GPU visible to {args.keras_backend}: this benchmark is for a GPU machine")
         return
-    print(f"GPUs: {[g.name for g in gpus]}; TF {tf.__version__}, Keras {keras.__version__}")
+    print(f"GPUs: {gpus}; {versions}, Keras {keras.__version__} on {keras.backend.backend()}")
     work = Path(tempfile.mkdtemp(prefix="featurize-gpu-bench-"))
     try:
         paths = make_jpegs(work / "all", 2 * args.images)
@@ -59,7 +71,7 @@ def main() -> None:
         print("| precision | jit | batch | bare img/s | featurize steady img/s | ratio | rel. L2 vs float32 |")
         print("| --- | --- | --- | --- | --- | --- | --- |")
         for precision in ("float32", "mixed_float16", "mixed_bfloat16"):
-            for jit in (False, True):
+            for jit in (True,) if args.keras_backend == "jax" else (False, True):
                 for batch in (int(b) for b in args.batch_sizes.split(",")):
                     spec = ModelSpec(args.model, (args.size, args.size), weights, precision=precision)
                     model = build_feature_model(spec, batch, jit_compile=jit)
@@ -78,6 +90,7 @@ def main() -> None:
                         run(["--input", str(work / source), "--output", str(work / "out"), "--model", args.model,
                              "--weights", weights, "--image-size", str(args.size), "--batch-size", str(batch),
                              "--precision", precision, *(["--jit-compile"] if jit else []),
+                             "--keras-backend", args.keras_backend,
                              "--direct_running_mode=multi_threading", "--direct_num_workers=4", "--no-progress"])
                         seconds.append(time.perf_counter() - start)
                     steady = args.images / (seconds[1] - seconds[0])

@@ -41,7 +41,8 @@ def manifest(fmt: str, rows: int, dim: int, files: list[str]) -> dict:
             "files": {"features": files, "errors": []}}
 
 
-def write_parquet(root: Path, rows: int, dim: int, shards: int = 4) -> None:
+def write_parquet(root: Path, rows: int, dim: int, shards: int = 4, make_blocks=blocks) -> None:
+    """A finished Parquet store of the (keys, matrix) blocks `make_blocks(rows, dim)` yields."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -52,7 +53,7 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4) -> None:
     (root / "features").mkdir(parents=True)
     per_shard = -(-rows // shards)
     files, writer, written = [], None, 0
-    for keys, matrix in blocks(rows, dim):
+    for keys, matrix in make_blocks(rows, dim):
         if writer is None or written >= per_shard:
             if writer:
                 writer.close()
@@ -67,7 +68,7 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4) -> None:
 
 
 def write_hdf5(root: Path, rows: int, dim: int, shards: int = 4) -> None:
-    from pipeline.hdf5 import _ShardWriter, write_virtual_store
+    from pipeline.hdf5 import ShardWriter, write_virtual_store
     from pipeline.journal import write_json_atomically
 
     (root / "features").mkdir(parents=True)
@@ -79,7 +80,7 @@ def write_hdf5(root: Path, rows: int, dim: int, shards: int = 4) -> None:
             if writer:
                 writer.close()
             files.append(f"features/features-{len(files):05d}-of-{shards:05d}.h5")
-            writer, written = _ShardWriter(str(root / files[-1]), {"embedding": dim}, "float32", "{}"), 0
+            writer, written = ShardWriter(str(root / files[-1]), {"embedding": dim}, "float32", fingerprint), 0
         for key, vector in zip(keys, matrix):
             writer.append({"key": key, "uri": key, "width": 0, "height": 0, "embedding": vector})
         written += len(keys)

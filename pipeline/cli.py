@@ -1,4 +1,4 @@
-"""The `featurize` command: `run`, `models`, `search`, `inspect`. Thin: the logic lives in the library."""
+"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library."""
 from __future__ import annotations
 
 import logging
@@ -13,6 +13,8 @@ commands:
   run      extract features: featurize run --input photos/ --output out/ --model ResNet50 --pooling avg
   models   list every backbone (featurize models [NAME --layers] to list a backbone's layers)
   search   nearest neighbours of an image or a key: featurize search out/ --query cat.jpg --k 10 --grid nn.png
+  index    build a store's nearest-neighbour index and exact-scan matrix: featurize index out/
+  serve    a search web page and JSON API over a store: featurize serve out/ --port 8000
   inspect  what a store holds: counts, dimensions, fingerprint, errors, files
 
 `featurize COMMAND --help` describes each command's options.
@@ -29,7 +31,7 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def models_command(argv: Sequence[str]) -> int:
     import argparse
 
-    from pipeline import backbones
+    from pipeline import backbones, keras_models
     from pipeline.config import parse_image_size
 
     parser = argparse.ArgumentParser(prog="featurize models", description="List backbones, or one backbone's layers.")
@@ -50,7 +52,7 @@ def models_command(argv: Sequence[str]) -> int:
         return 0
     size = parse_image_size(args.image_size) or (backbone.default_size, backbone.default_size)
     rows = [{"layer": name, "output_shape": "x".join(str(d) for d in shape[1:])}
-            for name, shape in backbones.list_layers(backbone, size)]
+            for name, shape in keras_models.list_layers(backbone, size)]
     print(_table(rows, ["layer", "output_shape"]))
     return 0
 
@@ -61,9 +63,11 @@ def _extensions(skipped: dict) -> str:
 
 
 def _print_dry_run(report: dict) -> None:
+    from pipeline.sources import LAYOUT_NAMES
+
     units, skipped = report["units"], report["skipped"]
-    size = f"{report['bytes'] / 1e6:,.1f} MB"
-    kind = "tar shards" if report["layout"] == "tar" else "image files"
+    size = "size not looked up" if report["bytes"] is None else f"{report['bytes'] / 1e6:,.1f} MB"
+    kind = LAYOUT_NAMES[report["layout"]]
     print(f"featurize: dry run, nothing written; {report['inputs']:,} {kind} ({size}), "
           f"key root {report['key_root']!r}")
     pending = "" if report["pending_inputs"] is None else f" ({report['pending_inputs']:,} inputs)"
@@ -131,25 +135,23 @@ def search_command(argv: Sequence[str]) -> int:
     import os
 
     from pipeline.contact_sheet import contact_sheet
+    from pipeline.index import StaleIndex
     from pipeline.sources import read_uri
 
-    parser = argparse.ArgumentParser(prog="featurize search", description="Exact nearest neighbours in a store.")
+    parser = argparse.ArgumentParser(prog="featurize search", description="Nearest neighbours in a store: through "
+                                     "its index when it has one (featurize index), else an exact scan.")
     parser.add_argument("store", help="a featurize output directory")
     parser.add_argument("--query", required=True, help="an image file (embedded with the store's model) or a key")
     parser.add_argument("--k", type=int, default=10, help="neighbours to return (default 10)")
     parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
-    parser.add_argument("--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--output-name", "--output", dest="output_name", help="which output, for stores with several")
     parser.add_argument("--grid", help="also draw the query and its neighbours into this PNG")
+    parser.add_argument("--exact", action="store_true", help="scan every row exactly, even when the store has an index")
     args = parser.parse_args(argv)
     if args.k < 1:
         raise ConfigError(f"k {args.k} must be at least 1")
     store = _open_store(args.store)
-    if args.output_name is not None and args.output_name not in store.outputs:
-        raise ConfigError(f"output-name {args.output_name!r} is not in the store; it has: {', '.join(store.outputs)}")
-    if args.output_name is None and len(store.outputs) > 1:
-        raise ConfigError(f"the store has {len(store.outputs)} outputs; pass --output-name, one of: "
-                          f"{', '.join(store.outputs)}")
-    name = store.output_name(args.output_name)
+    name = _store_output(store, args.output_name)
     if os.path.isfile(args.query):
         with open(args.query, "rb") as handle:
             query_bytes = handle.read()
@@ -159,17 +161,28 @@ def search_command(argv: Sequence[str]) -> int:
             raise ConfigError(f"query {args.query!r} cannot be embedded with the store's model "
                               f"({type(exc).__name__}: {exc})") from None
         query_label = os.path.basename(args.query)
-    elif args.query in set(store.keys):
+    elif args.query in store:
         vector, query_label = store.get(args.query, name), args.query
         query_bytes = None
     else:
         raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store")
-    result = store.search(vector, k=args.k, metric=args.metric, output=name)
+    try:
+        result = store.search(vector, k=args.k, metric=args.metric, output=name, exact=args.exact)
+    except StaleIndex as exc:
+        raise ConfigError(str(exc)) from None
     uris = store.uris
     rows = [{"rank": rank, "score": f"{score:.6f}", "key": key, "uri": uris[index]}
             for rank, (index, score, key) in enumerate(
                 zip(result.indices[0], result.scores[0], result.keys[0]), 1)]
-    print(_table(rows, ["rank", "score", "key", "uri"]))
+    columns = ["rank", "score", "key", "uri"]
+    if store.fingerprint.predictions:  # a store made with --predictions: each neighbour's top class
+        from pipeline.predictions import NAMES
+
+        names = store.reader.column(NAMES)
+        for row, index in zip(rows, result.indices[0]):
+            row["top class"] = names[index][0]
+        columns.insert(3, "top class")
+    print(_table(rows, columns))
     if args.grid:
         def fetch(uri):
             try:
@@ -183,6 +196,65 @@ def search_command(argv: Sequence[str]) -> int:
         with open(args.grid, "wb") as handle:
             handle.write(png)
         print(f"featurize: wrote {args.grid}")
+    return 0
+
+
+def _store_output(store, output_name: str | None) -> str:
+    """The output a command works on: the one named, or the store's only one."""
+    if output_name is not None and output_name not in store.outputs:
+        raise ConfigError(f"output {output_name!r} is not in the store; it has: {', '.join(store.outputs)}")
+    if output_name is None and len(store.outputs) > 1:
+        raise ConfigError(f"the store has {len(store.outputs)} outputs; pass --output, one of: "
+                          f"{', '.join(store.outputs)}")
+    return store.output_name(output_name)
+
+
+def index_command(argv: Sequence[str]) -> int:
+    import argparse
+
+    from pipeline.index import build_index, index_path, parse_bytes
+
+    parser = argparse.ArgumentParser(prog="featurize index", description="Build a finished store's nearest-neighbour "
+                                     "index and contiguous float32 matrix, inside the store's folder (index/).")
+    parser.add_argument("store", help="a finished featurize output directory, on a local disk")
+    parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="what the index ranks by")
+    parser.add_argument("--memory-budget", dest="memory_budget",
+                        help="most memory the index may take, like 800MB or 2GiB (default: no limit; the matrix "
+                             "is memory-mapped and not counted)")
+    parser.add_argument("--factory", help="a faiss index_factory string instead of the automatic choice, e.g. "
+                        "IVF1024,PQ32 (Flat: no faiss index, exact scans)")
+    args = parser.parse_args(argv)
+    store = _open_store(args.store)
+    name = _store_output(store, args.output_name)
+    try:
+        budget = parse_bytes(args.memory_budget) if args.memory_budget else None
+        info = build_index(store, name, metric=args.metric, memory_budget=budget, factory=args.factory)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    recall = "" if info.recall_at_10 is None else f", {info.search_parameter}={info.search_value} (recall@10 " \
+                                                  f"{info.recall_at_10:.3f} on sampled rows)"
+    print(f"featurize: indexed {info.rows:,} rows of {info.output!r} ({info.dim} dims, {info.metric}) as "
+          f"{info.factory}{recall} in {info.build_seconds:.1f} s -> {index_path(store.root, info.output)}")
+    return 0
+
+
+def serve_command(argv: Sequence[str]) -> int:
+    import argparse
+
+    from pipeline.serve import serve
+
+    parser = argparse.ArgumentParser(prog="featurize serve", description="A search page and JSON API over a store.")
+    parser.add_argument("store", help="a finished featurize output directory")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
+    parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    args = parser.parse_args(argv)
+    if not 0 <= args.port <= 65535:
+        raise ConfigError(f"port {args.port} is not a port number; give 0 to 65535")
+    store = _open_store(args.store)
+    serve(store, _store_output(store, args.output_name), host=args.host, port=args.port, metric=args.metric)
     return 0
 
 
@@ -208,6 +280,12 @@ def inspect_command(argv: Sequence[str]) -> int:
     print("\noutputs")
     print(_table([{"output": name, "dim": dim, "dtype": fp["dtype"]} for name, dim in store.outputs.items()],
                  ["output", "dim", "dtype"]))
+    if fp.predictions:
+        from pipeline.predictions import NAMES
+
+        top1 = Counter(names[0] for names in store.reader.column(NAMES))
+        print(f"\npredictions  top-{fp.predictions} classes per row; the most frequent top-1 classes:")
+        print(_table([{"class": name, "rows": count} for name, count in top1.most_common(10)], ["class", "rows"]))
     errors = store.errors()
     if errors.num_rows:
         by = Counter(zip(errors.column("stage").to_pylist(), errors.column("error_type").to_pylist()))
@@ -237,7 +315,8 @@ def inspect_command(argv: Sequence[str]) -> int:
     return 0
 
 
-COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "inspect": inspect_command}
+COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "index": index_command,
+            "serve": serve_command, "inspect": inspect_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

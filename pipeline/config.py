@@ -30,6 +30,7 @@ DTYPES = ("float32", "float16")
 KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_SHARING = ("process", "machine")
+WEIGHTS_ORDERINGS = ("auto", "th", "tf")
 
 
 class ConfigError(ValueError):
@@ -47,7 +48,8 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[s
 
 @dataclass(frozen=True)
 class RunConfig:
-    input: str = option(help="folder (recursive), glob of images, or tar shards: 'shards/train-{000000..000127}.tar'")
+    input: str = option(help="folder (recursive), glob of images, a path list (.txt, .csv, .tsv), or shards: "
+                             "'shards/train-{000000..000127}.tar' (WebDataset), '*.tfrecord[.gz]', '*.parquet'")
     output: str = option(help="output directory (any Beam filesystem)")
     model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50)")
     weights: str = option("imagenet",
@@ -78,6 +80,19 @@ class RunConfig:
     keras_backend: str = option("tensorflow", choices=KERAS_BACKENDS,
                                 help="tensorflow (default), jax or torch (where installed on the workers)")
     weights_sha256: str | None = option(None, help="expected sha256 of --weights; workers verify their copy")
+    weights_ordering: str = option("auto", choices=WEIGHTS_ORDERINGS,
+                                   help="kernel ordering of a legacy --weights file: auto (default: from the file "
+                                        "name and the shapes), th (Theano: transposed and flipped) or tf")
+    predictions: int = option(0, help="top-K ImageNet classes per image (predicted_ids, predicted_names, "
+                                      "predicted_scores) from the model's classifier (default 0: none)")
+    class_index: str | None = option(None, help="class index JSON for --predictions (default: ImageNet's, "
+                                                "shipped with featurize)")
+    image_field: str | None = option(None, help="TFRecord feature / Parquet column holding the image bytes "
+                                                "(default: the first of image/encoded, jpg, jpeg, png, webp, image)")
+    key_field: str | None = option(None, help="TFRecord feature / Parquet column holding the key "
+                                              "(default: key, else image/filename, else SHARD:INDEX)")
+    uri_column: str | None = option(None, help="column of a .csv / .tsv path list holding the paths or URLs "
+                                               "(default: the first column)")
     precision: str = option("float32", choices=PRECISIONS,
                             help="float32 (default), mixed_float16 (GPUs) or mixed_bfloat16 (TPUs, recent CPUs/GPUs)")
     jit_compile: bool = option(False, help="compile the model with XLA")
@@ -285,6 +300,28 @@ def validate(config: RunConfig) -> None:
     if config.max_error_rate is not None and not 0 <= config.max_error_rate < 1:
         raise ConfigError(f"max_error_rate {config.max_error_rate} must be a fraction from 0 to below 1 "
                           f"(0.05 stops a run once more than 5% of its inputs fail)")
+    if config.predictions < 0:
+        raise ConfigError(f"predictions {config.predictions} must be 0 (none) or a number of classes such as 5")
+    if config.class_index is not None and not config.predictions:
+        raise ConfigError(f"class_index {config.class_index!r} is used by --predictions only; add --predictions 5 "
+                          f"or drop --class-index")
+    if config.class_index is not None and not os.path.isfile(config.class_index):
+        raise ConfigError(f"class_index {config.class_index!r} does not exist; give the path of a JSON file "
+                          f"like Keras's imagenet_class_index.json")
+    if config.predictions > 0:  # the embedding is then the classifier's input: no layer or pooling to choose
+        if config.layers:
+            raise ConfigError(f"layers {','.join(config.layers)} cannot be combined with --predictions, whose "
+                              f"embedding is the classifier's input; drop --layers or --predictions")
+        if tuple(config.pooling) != ("avg",):
+            raise ConfigError(f"pooling {','.join(config.pooling)} cannot be combined with --predictions, whose "
+                              f"embedding is the classifier's input after the model's own pooling; use avg (the "
+                              f"default) or drop --predictions")
+        if backbone.flatten_head and (height, width) != (backbone.default_size,) * 2:
+            raise ConfigError(f"image_size {height}x{width} does not fit {config.model}'s classifier, which flattens "
+                              f"its feature map; use {backbone.default_size} (the default) with --predictions")
+    if config.weights_ordering != "auto" and (weights in (None, "imagenet") or weights.endswith(".weights.h5")):
+        raise ConfigError(f"weights_ordering {config.weights_ordering!r} applies to legacy .h5 weights files only, "
+                          f"not to weights {config.weights!r}; drop --weights-ordering")
     if config.unit_size < 1:
         raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
     if config.resume and config.overwrite:

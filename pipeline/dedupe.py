@@ -1,4 +1,4 @@
-"""Duplicate sample keys across tar shards, found without holding every key in one place.
+"""Duplicate keys across shards (tar, TFRecord, Parquet), found without holding every key in one place.
 
 Every shard is scanned for its sample keys (headers only where it can); each key becomes a
 128-bit hash, and the hashes travel in per-shard arrays split into `PARTITIONS` groups by
@@ -91,22 +91,23 @@ class _ScanKeys(beam.DoFn):
 
     def process(self, unit_entry: tuple[WorkUnit, dict | None]):
         from pipeline.journal import load_kept_keys  # the journal imports this module
-        from pipeline.sources import retry_transient, scan_tar_keys
+        from pipeline.retries import retry_transient
+        from pipeline.sources import scan_unit_keys
 
         unit, entry = unit_entry
         if entry is not None:
             hashes = load_kept_keys(self._output, entry)
         else:
-            keys = retry_transient(lambda: scan_tar_keys(unit.source), f"key scan of {unit.source}")
+            keys = retry_transient(lambda: scan_unit_keys(unit), f"key scan of {unit.source}")
             yield beam.pvalue.TaggedOutput("scanned", (unit.unit_id, len(keys)))
             hashes = key_hashes(keys)
         yield from partition_keys(unit.unit_id, unit.source, entry is not None, hashes)
 
 
 class FindDuplicateKeys(beam.PTransform):
-    """Sample keys that more than one tar member has, across every shard of the store.
+    """Keys that more than one shard input has, across every shard of the store.
 
-    Input: a PCollection of (WorkUnit, journal entry or None) for every tar unit of the store
+    Input: a PCollection of (WorkUnit, journal entry or None) for every shard unit of the store
     (committed ones with their entry, pending ones with None). Output: a dict with `losers`:
     (unit id, (member position, where the key is kept)) for every member that must give up
     its key, and `scanned`: (unit id, image members the scan saw) for every pending unit (the

@@ -11,7 +11,9 @@ any Beam filesystem works. After the last unit,
 Datasets (in shards and in features.h5): one per model output, named as the Parquet
 column (`embedding`, or `LAYER/POOLING`, which HDF5 shows as a group per layer), N x D,
 chunked along rows and gzip-compressed; `key`, `uri` (UTF-8 strings), `width`, `height`
-(int32). The model fingerprint is the JSON attribute `featurize.fingerprint`.
+(int32); with --predictions K also `predicted_ids` (N x K int32), `predicted_names` (N x K
+UTF-8 strings) and `predicted_scores` (N x K float32). The model fingerprint is the JSON
+attribute `featurize.fingerprint`.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import predictions
 from pipeline.journal import replace
 from pipeline.records import relative_path
 
@@ -34,6 +37,16 @@ VIRTUAL_STORE = "features.h5"
 _STRING = h5py.string_dtype("utf-8")
 _META = {"key": _STRING, "uri": _STRING, "width": np.int32, "height": np.int32}
 _CHUNK_ROWS = 1024
+
+
+def _matrices(outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]) -> dict[str, tuple[int, Any]]:
+    """{dataset: (columns, dtype)} of the N x D datasets: the outputs, and the top-K columns."""
+    matrices: dict[str, tuple[int, Any]] = {name: (dim, dtype) for name, dim in outputs.items()}
+    top = fingerprint.get("predictions") or 0
+    if top:
+        matrices.update({predictions.IDS: (top, np.int32), predictions.NAMES: (top, _STRING),
+                         predictions.SCORES: (top, np.float32)})
+    return matrices
 
 
 def _copy_to(local_path: str, destination: str) -> None:
@@ -52,10 +65,10 @@ class ShardWriter:
         os.close(handle)
         self.file = h5py.File(self.local_path, "w")
         self.file.attrs[FINGERPRINT_ATTR] = json.dumps(fingerprint, sort_keys=True)
-        self.outputs = outputs
-        self.buffers: dict[str, list] = {name: [] for name in [*_META, *outputs]}
-        for name, dim in outputs.items():
-            self.file.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=dtype,
+        self.matrices = _matrices(outputs, dtype, fingerprint)
+        self.buffers: dict[str, list] = {name: [] for name in [*_META, *self.matrices]}
+        for name, (dim, kind) in self.matrices.items():
+            self.file.create_dataset(name, shape=(0, dim), maxshape=(None, dim), dtype=kind,
                                      chunks=(_CHUNK_ROWS, dim), compression="gzip", compression_opts=1,
                                      shuffle=True)
         for name, kind in _META.items():
@@ -76,7 +89,8 @@ class ShardWriter:
             dataset = self.file[name]
             start = dataset.shape[0]
             dataset.resize(start + count, axis=0)
-            dataset[start:] = np.stack(values) if name in self.outputs else np.asarray(values, dtype=dataset.dtype)
+            dataset[start:] = (np.array(values, dtype=object if name == predictions.NAMES else None)
+                               if name in self.matrices else np.asarray(values, dtype=dataset.dtype))
             values.clear()
 
     def close(self) -> None:
@@ -104,7 +118,8 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
     counts = [shard_rows(path) for path in shard_paths]
     total = sum(counts)
     relative = [relative_path(path, output) for path in shard_paths]
-    layouts = {name: h5py.VirtualLayout(shape=(total, dim), dtype=dtype) for name, dim in outputs.items()}
+    layouts = {name: h5py.VirtualLayout(shape=(total, dim), dtype=kind)
+               for name, (dim, kind) in _matrices(outputs, dtype, fingerprint).items()}
     layouts.update({name: h5py.VirtualLayout(shape=(total,), dtype=kind) for name, kind in _META.items()})
     offset = 0
     for path, count in zip(relative, counts):

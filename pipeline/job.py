@@ -22,18 +22,21 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline import backbones, progress
+from pipeline import backbones, keras_models, progress
 from pipeline.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
+from pipeline.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
 from pipeline.preflight import ModelLoadError, check_model
 from pipeline.journal import (STORE_STATE, committed_units, read_json, read_store_state, remove_orphans,
                               write_json_atomically, write_store_state)
 from pipeline.records import METRICS_NAMESPACE
 from pipeline.sinks import LISTED_LIMIT, MANIFEST, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
 from pipeline.hdf5 import VIRTUAL_STORE
-from pipeline.sources import Listing, list_inputs, normalized_path, resolve_input
+from pipeline.record_shards import IMAGE_FIELDS, RECORD_READ_ERRORS, shard_fields
+from pipeline.records import RecordFields
+from pipeline.sources import LAYOUT_NAMES, Listing, list_inputs, normalized_path, resolve_input
 from pipeline.transforms import PendingUnits, ProcessUnits
 from pipeline.units import Plan, plan_units
 from pipeline.weights import sha256_of
@@ -45,7 +48,8 @@ _VERSIONED = ("featurize", "apache-beam", "keras", "tensorflow", "numpy", "pillo
 def model_spec(config: RunConfig, weights_sha256: str | None = None) -> ModelSpec:
     return ModelSpec(config.model, input_size(config), backbones.weights_argument(config.weights),
                      config.layers, config.pooling, config.gem_p, config.l2_normalize,
-                     weights_sha256=weights_sha256, precision=config.precision)
+                     weights_sha256=weights_sha256, precision=config.precision,
+                     weights_ordering=config.weights_ordering, predictions=config.predictions)
 
 
 def decode_spec(config: RunConfig) -> DecodeSpec:
@@ -69,17 +73,20 @@ def weights_digest(config: RunConfig) -> str | None:
 
 
 def output_dims(config: RunConfig) -> dict[str, int]:
-    """{output name: feature dimension}; building the model only when intermediate layers are asked for."""
+    """{output name: feature dimension}; building the model only when intermediate layers are asked for.
+    With --predictions the one vector is the classifier's input (see Backbone.classifier_dim)."""
     backbone = backbones.BACKBONES[config.model]
+    if config.predictions > 0:
+        return {keras_models.EMBEDDING: backbone.classifier_dim}
     count = len(config.pooling) * len(config.layers or [None])
     if not config.layers:
-        return {backbones.output_name(None, p, count, backbone=backbone): backbone.dim for p in config.pooling}
-    available = dict(backbones.list_layers(backbone, input_size(config)))
+        return {keras_models.output_name(None, p, count, backbone=backbone): backbone.dim for p in config.pooling}
+    available = dict(keras_models.list_layers(backbone, input_size(config)))
     for layer in config.layers:
         if layer not in available:
             raise ConfigError(f"layers {layer!r} is not a layer of {config.model} with a spatial output; "
                               f"valid: {', '.join(available)}")
-    return {backbones.output_name(layer, pooling, count): int(available[layer][-1])
+    return {keras_models.output_name(layer, pooling, count): int(available[layer][-1])
             for layer in config.layers for pooling in config.pooling}
 
 
@@ -91,42 +98,77 @@ def _version(package: str) -> str | None:
 
 
 def fingerprint(config: RunConfig, outputs: dict[str, int], spec: ModelSpec) -> dict[str, Any]:
-    """What decides the numbers: two stores with equal fingerprints are comparable vector for vector."""
-    return {
-        "backbone": config.model,
-        "weights": spec.weights or "none",
-        "weights_sha256": spec.weights_sha256,
-        "input_size": list(spec.input_size),
-        "resize": config.resize,
-        "interpolation": config.interpolation,
-        "jpeg_draft": config.jpeg_draft,
-        "exif_transpose": config.exif_transpose,
-        "preprocess": backbones.BACKBONES[config.model].preprocess,
-        "layers": list(config.layers) if config.layers else None,
-        "pooling": list(config.pooling),
-        "gem_p": config.gem_p if "gem" in config.pooling else None,
-        "l2_normalize": config.l2_normalize,
-        "outputs": outputs,
-        "dtype": config.dtype,
-        "precision": config.precision,
-        "keras_backend": config.keras_backend,
-        "versions": {name: _version(name) for name in _VERSIONED},
-    }
+    """What decides the numbers, as the JSON stores hold (see pipeline.fingerprint.Fingerprint)."""
+    from pipeline.fingerprint import Fingerprint
+
+    return Fingerprint(
+        backbone=config.model,
+        weights=spec.weights or "none",
+        weights_sha256=spec.weights_sha256,
+        weights_ordering=spec.weights_ordering if spec.weights_sha256 else None,
+        predictions=spec.predictions,
+        input_size=tuple(spec.input_size),
+        resize=config.resize,
+        interpolation=config.interpolation,
+        jpeg_draft=config.jpeg_draft,
+        exif_transpose=config.exif_transpose,
+        preprocess=backbones.BACKBONES[config.model].preprocess,
+        layers=tuple(config.layers) if config.layers else None,
+        pooling=tuple(config.pooling),
+        gem_p=config.gem_p if "gem" in config.pooling else None,
+        l2_normalize=config.l2_normalize,
+        outputs=outputs,
+        dtype=config.dtype,
+        precision=config.precision,
+        keras_backend=config.keras_backend,
+        versions={name: _version(name) for name in _VERSIONED},
+    ).to_json()
+
+
+def _check_layout_options(config: RunConfig, layout: str) -> None:
+    """Options that only one kind of input reads are refused for the others, not ignored."""
+    for name, layouts in (("image_field", ("tfrecord", "parquet")), ("key_field", ("tfrecord", "parquet")),
+                          ("uri_column", ("list",))):
+        if getattr(config, name) is not None and layout not in layouts:
+            raise ConfigError(f"{name} {getattr(config, name)!r} applies to {' and '.join(LAYOUT_NAMES[l] for l in layouts)} "
+                              f"only; input {config.input!r} is {LAYOUT_NAMES[layout]}")
+
+
+def _check_record_fields(config: RunConfig, listing: Listing) -> None:
+    """The first readable shard must have the image field (and a --key-field that was asked for)."""
+    shard = next((uri for _, uri, _ in listing.inputs if uri not in listing.missing), None)
+    if shard is None:
+        return
+    try:
+        names = shard_fields(listing.layout, shard)
+    except RECORD_READ_ERRORS:  # a broken shard is the run's to report, as an error row
+        return
+    wanted = [("image_field", config.image_field, IMAGE_FIELDS), ("key_field", config.key_field, ())]
+    for name, value, defaults in wanted:
+        if value is not None and value not in names:
+            raise ConfigError(f"{name} {value!r} is not a field of {shard}; its fields: {', '.join(names)}")
+        if value is None and defaults and not any(field in names for field in defaults):
+            raise ConfigError(f"{shard} has none of the default image fields {', '.join(defaults)}; its fields: "
+                              f"{', '.join(names)}; name the image's field with --image-field")
 
 
 def check_input(config: RunConfig) -> Listing:
     """List the input (once, on the launcher); it must hold something."""
     try:
-        listing = list_inputs(resolve_input(config.input))
+        spec = resolve_input(config.input)
+        _check_layout_options(config, spec.layout)
+        listing = list_inputs(spec, config.uri_column)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. a filesystem that is not installed: said in one sentence
         raise ConfigError(f"input {config.input!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if len(listing.inputs) == len(listing.missing) and not listing.duplicates:
-        kind = "tar shards" if listing.layout == "tar" else "image files"
         skipped = f" ({len(listing.skipped)} other files skipped)" if listing.skipped else ""
-        raise ConfigError(f"input {config.input!r} matches no {kind}{skipped}; give a folder of images, a glob, "
-                          f"or tar shards like 'shards/train-{{000000..000127}}.tar'")
+        raise ConfigError(f"input {config.input!r} matches no {LAYOUT_NAMES[listing.layout]}{skipped}; give a folder "
+                          f"of images, a glob, a path list (.txt/.csv/.tsv), or shards like "
+                          f"'shards/train-{{000000..000127}}.tar' (.tar, .tfrecord, .parquet)")
+    if listing.layout in ("tfrecord", "parquet"):
+        _check_record_fields(config, listing)
     return listing
 
 
@@ -142,7 +184,8 @@ _NOT_COMPARED = ("versions",)
 def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: Listing) -> dict[str, Any]:
     """What a store is, written before its first unit and checked by every --resume."""
     return {"fingerprint": fingerprint, "format": config.format, "layout": listing.layout,
-            "key_root": normalized_path(listing.root) if listing.root else "", "featurize": _version("featurize")}
+            "key_root": normalized_path(listing.root) if listing.root else "",
+            "record_fields": [config.image_field, config.key_field], "featurize": _version("featurize")}
 
 
 def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
@@ -152,8 +195,10 @@ def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any])
                    if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
     if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):
         differences = [d for d in differences if d[0] != "weights"]  # the same file at another path
-    differences += [(name, state.get(name), wanted[name]) for name in ("format", "layout", "key_root")
-                    if state.get(name) != wanted[name]]
+    differences += [(name, state.get(name, default), wanted[name])
+                    for name, default in (("format", None), ("layout", None), ("key_root", None),
+                                          ("record_fields", [None, None]))
+                    if state.get(name, default) != wanted[name]]
     if differences:
         name, before, now = differences[0]
         raise ConfigError(f"--resume: the store in {output!r} was made with {name} {before!r} but this run has "
@@ -263,6 +308,7 @@ class Job:
     journal: dict[str, dict[str, Any]]  # every committed entry of the store (retry ones too), read once
     started_at: float
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
+    class_names: list[str] | None = None  # --predictions: every class's name, handed to the workers
 
 
 def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> None:
@@ -292,7 +338,7 @@ def _manifest_template(config: RunConfig, fp: dict[str, Any], options: PipelineO
                     "keys": skipped[:LISTED_LIMIT],
                     "file": SKIPPED_FILE if len(skipped) > LISTED_LIMIT else None},
         "removed": {"count": len(plan.removed), "listed": plan.removed[:LISTED_LIMIT],
-                    "kind": "shards" if plan.listing.layout == "tar" else "files"},
+                    "kind": "files" if plan.listing.layout == "files" else "shards"},
     }
 
 
@@ -307,17 +353,24 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     fp = fingerprint(config, outputs, spec)
     identity = store_identity(config, fp, listing)
     journal = committed_for(config, identity)
-    plan = plan_units(listing, journal, config.unit_size, config.batch_size)
+    plan = plan_units(listing, journal, config.unit_size, config.batch_size,
+                      RecordFields(config.image_field, config.key_field))
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
         intra_op_threads=tf_threads_per_worker(config, options), keras_backend=config.keras_backend,
         jit_compile=config.jit_compile, share_across_processes=config.model_sharing == "machine",
         verbose=config.verbose)
+    class_names = None
+    if config.predictions and not config.dry_run:
+        try:
+            class_names = load_class_names(config.class_index, IMAGENET_CLASSES)
+        except ClassIndexError as exc:
+            raise ConfigError(str(exc)) from None
     if not config.dry_run:
         check_model_before_workers(spec, options)
     started_at = time.time()
     return Job(config, options, handler, _manifest_template(config, fp, options, plan, started_at), plan,
-               identity, journal, started_at)
+               identity, journal, started_at, class_names=class_names)
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
@@ -326,7 +379,7 @@ def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
     units = p | "PendingUnits" >> PendingUnits(plan.pending, plan.committed, config.output)
     entries = units | "ProcessUnits" >> ProcessUnits(
         config.output, job.handler, decode_spec(config), config.format, job.manifest["fingerprint"],
-        config.batch_size, job.progress_dir, config.max_error_rate, plan.pending_inputs)
+        config.batch_size, job.progress_dir, config.max_error_rate, plan.pending_inputs, job.class_names)
     return entries | "WriteManifest" >> WriteManifest(
         config.output, job.manifest, job.started_at, [unit.unit_id for unit in plan.pending])
 def metrics_summary(result: beam.runners.runner.PipelineResult) -> dict[str, Any]:

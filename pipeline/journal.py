@@ -33,6 +33,7 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.dedupe import HASH_DTYPE
+from pipeline.records import UNIT_LAYOUTS
 
 STATE_DIR = "_featurize"
 STORE_STATE = f"{STATE_DIR}/store.json"
@@ -40,7 +41,7 @@ UNITS_DIR = f"{STATE_DIR}/units"
 TMP_DIR = f"{STATE_DIR}/tmp"
 FEATURES_DIR = "features"
 ERRORS_DIR = "errors"
-UNIT_PREFIXES = ("tar-", "files-")  # every unit id starts with one: what featurize may delete
+UNIT_PREFIXES = tuple(f"{layout}-" for layout in UNIT_LAYOUTS)  # unit ids start so: what featurize may delete
 FAILPOINTS_ENV = "FEATURIZE_FAILPOINTS"
 FAILPOINT_DIR_ENV = "FEATURIZE_FAILPOINT_DIR"
 _failpoint_hits: dict[str, int] = {}

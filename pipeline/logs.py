@@ -61,8 +61,13 @@ def sentence_in(exc: BaseException) -> str | None:
     return None
 
 
+# Whether the user set TF_CPP_MIN_LOG_LEVEL, read when featurize loads: importing jax sets it (to 1),
+# and TensorFlow imports jax when it is installed, so a later look would find it set by a library.
+_USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
+
+
 def quiet() -> bool:
-    return not os.environ.get(VERBOSE_ENV) and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    return not os.environ.get(VERBOSE_ENV) and not _USER_SET_TF_LOG_LEVEL
 
 
 def _fallback_log() -> str:

@@ -15,8 +15,9 @@ import os
 import re
 from typing import Any
 
-from pipeline.handler import ModelSpec, build_keras_model
+from pipeline.handler import ModelSpec, build_keras_model, tensorflow_without_jax
 from pipeline.logs import JobError, native_stderr_to_log
+from pipeline.weight_files import NoClassifier, WeightsDoNotFit
 from pipeline.weights import cache_dir
 
 _URL = re.compile(r"https?://[^\s'\"]+?(?=[:;,]?\s|[:;,]?$|['\"])")
@@ -27,7 +28,7 @@ class ModelLoadError(JobError):
 
 
 def _first_reason(text: str) -> str:
-    """The first attempt's reason from backbones' "does not fit" error, on one line."""
+    """The first attempt's reason from keras_models' "does not fit" error (a Keras 3 file), on one line."""
     reasons = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("as an ")]
     reason = " ".join((reasons[0] if reasons else text).split())
     return reason.split(" List of objects", 1)[0][:300]  # Keras then lists every object: the first says enough
@@ -45,9 +46,12 @@ def model_failure(spec: ModelSpec, exc: BaseException) -> str:
             return (f"weights imagenet for {spec.backbone} could not be downloaded from {where} ({reason}); "
                     f"on a machine without internet pass --weights FILE with a local copy of that file, "
                     f"or --weights none for random weights")
+    if isinstance(exc, NoClassifier):
+        return text
     if spec.weights not in (None, "imagenet") and isinstance(exc, (ValueError, OSError)):
+        reason = exc.reason if isinstance(exc, WeightsDoNotFit) else _first_reason(text)
         return (f"weights {spec.weights!r} do not fit {spec.backbone} at {spec.input_size[0]}x{spec.input_size[1]} "
-                f"({_first_reason(text)}); give a weights file saved from {spec.backbone}, "
+                f"({reason}); give a weights file saved from {spec.backbone}, "
                 f"or --weights imagenet or none")
     return f"{spec.backbone} cannot be built ({type(exc).__name__}: {flat[:300]})"
 
@@ -55,7 +59,8 @@ def model_failure(spec: ModelSpec, exc: BaseException) -> str:
 def _marker(spec: ModelSpec) -> str:
     fields: dict[str, Any] = {"backbone": spec.backbone, "input_size": list(spec.input_size),
                               "weights": spec.weights if spec.weights in (None, "imagenet") else spec.weights_sha256,
-                              "layers": spec.layers, "precision": spec.precision}
+                              "layers": spec.layers, "precision": spec.precision,
+                              "weights_ordering": spec.weights_ordering, "predictions": spec.predictions > 0}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]
     return os.path.join(cache_dir(), "checked", digest)
 
@@ -67,7 +72,7 @@ def check_model(spec: ModelSpec) -> None:
     if spec.weights is None or os.path.exists(marker):
         return
     try:
-        with native_stderr_to_log():
+        with native_stderr_to_log(), tensorflow_without_jax():
             build_keras_model(spec)
     except (ImportError, MemoryError):
         raise

@@ -5,6 +5,8 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
+# What a work unit can be; every unit id starts with its layout and a dash (pipeline.units).
+UNIT_LAYOUTS = ("files", "tar", "tfrecord", "parquet")
 # Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
 STAGES = ("read", "decode", "infer", "write")
 # Beam metrics (counters, distributions) of every stage live under this namespace.
@@ -35,6 +37,10 @@ class ErrorRecord(NamedTuple):
     message: str
 
 
+class ScanMismatch(RuntimeError):
+    """Reading a shard found inputs its key scan did not see: duplicate keys could slip through."""
+
+
 _IN_MEMORY_FILE = re.compile(r"<_io\.BytesIO object at 0x[0-9a-f]+>")
 
 
@@ -46,19 +52,30 @@ def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> 
 
 
 @dataclass(frozen=True)
+class RecordFields:
+    """Which field of a TFRecord Example or Parquet row holds the image and which the key
+    (None: the default rules of `pipeline.record_shards`)."""
+    image: str | None = None
+    key: str | None = None
+
+
+@dataclass(frozen=True)
 class WorkUnit:
     """A deterministic piece of the input that is committed to the store whole or not at all.
 
-    A tar shard is one unit (`source` is the shard); plain files are grouped into units of
+    A shard (tar, TFRecord, Parquet) is one unit (`source` is the shard, `name` its path below
+    the key root, which default record keys start with); plain files are grouped into units of
     sorted keys (`members`: (key, uri) pairs). `rejected` are inputs of the unit refused while
     planning (a key that another file already has): they become its error rows.
     """
     unit_id: str
-    layout: str  # "tar" | "files"
+    layout: str  # one of UNIT_LAYOUTS
     source: str
     members: tuple[tuple[str, str], ...] = ()
     rejected: tuple[ErrorRecord, ...] = ()
     size_bytes: int = 0
+    name: str = ""
+    fields: RecordFields = RecordFields()
 
 
 def relative_path(path: str, root: str) -> str:

@@ -26,9 +26,10 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import journal
+from pipeline import journal, predictions
 from pipeline.dedupe import HASH_DTYPE
 from pipeline.hdf5 import VIRTUAL_STORE, ShardWriter, write_virtual_store
+from pipeline.index import INDEX_DIR
 from pipeline.journal import ERRORS_DIR, FEATURES_DIR, STATE_DIR, UNITS_DIR, join, write_json_atomically
 from pipeline.logs import JobError
 from pipeline.records import STAGES, ErrorRecord
@@ -39,7 +40,7 @@ SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
 LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
 # Everything this tool writes into an output directory (for --overwrite): only its own files.
 OWNED_PATTERNS = (*(f"{folder}/{prefix}*" for folder in (FEATURES_DIR, ERRORS_DIR) for prefix in journal.UNIT_PREFIXES),
-                  f"{STATE_DIR}/**", VIRTUAL_STORE, f"{VIRTUAL_STORE}.tmp", MANIFEST)
+                  f"{STATE_DIR}/**", VIRTUAL_STORE, f"{VIRTUAL_STORE}.tmp", MANIFEST, f"{INDEX_DIR}/**")
 # Parquet row groups: large enough for fast scans, small enough to bound a worker's buffer.
 ROW_GROUP_BYTES = 32 << 20
 
@@ -50,10 +51,16 @@ ERROR_SCHEMA = pa.schema([
 
 
 def feature_schema(outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]) -> pa.Schema:
-    """key, uri, width, height, then one fixed_size_list<dtype>[D] column per model output."""
+    """key, uri, width, height, then one fixed_size_list<dtype>[D] column per model output, then
+    with --predictions K: predicted_ids list<int32>[K], predicted_names list<string>[K],
+    predicted_scores list<float32>[K]."""
     value_type = pa.float16() if dtype == "float16" else pa.float32()
     fields = [("key", pa.string()), ("uri", pa.string()), ("width", pa.int32()), ("height", pa.int32())]
     fields += [(name, pa.list_(value_type, dim)) for name, dim in outputs.items()]
+    top = fingerprint.get("predictions") or 0
+    if top:
+        fields += [(predictions.IDS, pa.list_(pa.int32(), top)), (predictions.NAMES, pa.list_(pa.string(), top)),
+                   (predictions.SCORES, pa.list_(pa.float32(), top))]
     return pa.schema(fields, metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
 
 
@@ -62,7 +69,10 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     columns = []
     for field in schema:
         values = [row[field.name] for row in rows]
-        if pa.types.is_fixed_size_list(field.type):
+        if pa.types.is_fixed_size_list(field.type) and pa.types.is_string(field.type.value_type):
+            flat = pa.array([item for value in values for item in value], pa.string())
+            columns.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
+        elif pa.types.is_fixed_size_list(field.type):
             flat = np.stack(values).astype(field.type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
             columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
         else:
@@ -76,11 +86,14 @@ class _ParquetRows:
 
     def __init__(self, path: str, schema: pa.Schema):
         self._schema = schema
-        row_bytes = sum(f.type.list_size * f.type.value_type.bit_width // 8
+        row_bytes = sum(f.type.list_size * (32 if pa.types.is_string(f.type.value_type)
+                                            else f.type.value_type.bit_width // 8)
                         for f in schema if pa.types.is_fixed_size_list(f.type)) + 64
         self._group_rows = max(64, min(8192, ROW_GROUP_BYTES // row_bytes))
         self._handle = FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED)
-        self._writer = pq.ParquetWriter(self._handle, schema, compression="snappy")
+        # No dictionary encoding: vectors and keys never repeat, and building the dictionary before
+        # falling back tripled the write cost and grew the file (bench/host_cost.py).
+        self._writer = pq.ParquetWriter(self._handle, schema, compression="snappy", use_dictionary=False)
         self._buffer: list[dict[str, Any]] = []
 
     def append(self, row: dict[str, Any]) -> None:
@@ -256,6 +269,10 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     journal.failpoint("manifest")
     elapsed = time.time() - started_at
     processed = counts["inputs"] - counts.get("reused", 0)
+    if any("batch_size" in entry for entry in this_run):  # some worker ran out of accelerator memory
+        template = dict(template, out_of_memory={
+            "smallest_batch_size": min(e["batch_size"] for e in this_run if "batch_size" in e),
+            "units": sum("batch_size" in e for e in this_run)})
     document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
                     errors_top=most_common_errors(entries),
                     units={"committed": len(entries), "processed": len(expected_units)},

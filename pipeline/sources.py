@@ -1,34 +1,45 @@
 """Inputs: resolve --input, list what it holds, and read the records of one work unit.
 
+Layouts: plain image files (folders, globs, or the paths a `.txt`/`.csv`/`.tsv` list names),
+and shards, each one work unit: WebDataset tars, TFRecord files, Parquet files.
 Keys follow docs/design.md: plain files are keyed by their path relative to the input
 root (the common prefix of every folder or glob given, so `{cats,dogs}` keys
 `cats/001.jpg` and `dogs/001.jpg`); tar members by their WebDataset sample key (member
-path up to the first dot of its base name), with one image member per sample.
+path up to the first dot of its base name), with one image member per sample; TFRecord
+and Parquet records by their key field, else `SHARD:INDEX` (`pipeline.record_shards`).
 The readers are plain generators: the unit stage (`pipeline.transforms`) and the
 `ReadImages` transform both drive them.
 """
 from __future__ import annotations
 
-import errno
-import logging
+import http.client
 import lzma
 import os
 import posixpath
 import re
 import tarfile
-import time
+import urllib.error
+import urllib.request
 import zlib
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Mapping, TypeVar
+from typing import Iterable, Iterator, Mapping
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import record_shards
 from pipeline.images import SNIFF_BYTES, extension_of, is_image_name, sniff_image_format
-from pipeline.records import ErrorRecord, ImageRecord, error_from_exception, relative_path
+from pipeline.path_lists import is_path_list, read_path_list
+from pipeline.records import (ErrorRecord, ImageRecord, RecordFields, ScanMismatch, WorkUnit, error_from_exception,
+                              relative_path)
+from pipeline.retries import is_transient, retry_transient
 
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
+# Shard layouts by file name; every shard is one work unit.
+SHARD_SUFFIXES = {"tar": TAR_SUFFIXES, "tfrecord": record_shards.TFRECORD_SUFFIXES,
+                  "parquet": record_shards.PARQUET_SUFFIXES}
+HTTP_TIMEOUT_S = 60
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
@@ -37,7 +48,7 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 @dataclass(frozen=True)
 class InputSpec:
     """A resolved --input: its layout and (pattern, root) pairs to list."""
-    layout: str  # "files" | "tar"
+    layout: str  # "files" | "list" | "tar" | "tfrecord" | "parquet"
     patterns: tuple[tuple[str, str], ...]
 
 
@@ -61,10 +72,6 @@ def expand_braces(pattern: str) -> list[str]:
     return [expanded for choice in choices for expanded in expand_braces(head + choice + tail)]
 
 
-def is_tar_path(path: str) -> bool:
-    return path.lower().endswith(TAR_SUFFIXES)
-
-
 def has_glob(path: str) -> bool:
     return _GLOB_CHARS.search(path) is not None
 
@@ -85,19 +92,34 @@ def _is_single_file(path: str) -> bool:
     return not FileSystems.match([path.rstrip("/") + "/**"], limits=[1])[0].metadata_list
 
 
+def input_layout(path: str) -> str:
+    """What a path or pattern names, by its suffix: a shard format, a path "list", or image "files"."""
+    lowered = path.lower()
+    for layout, suffixes in SHARD_SUFFIXES.items():
+        if lowered.endswith(suffixes):
+            return layout
+    return "list" if is_path_list(path) else "files"
+
+
+LAYOUT_NAMES = {"tar": "tar shards", "tfrecord": "TFRecord shards", "parquet": "Parquet shards",
+                "list": "path lists", "files": "image files"}
+
+
 def resolve_input(spec: str) -> InputSpec:
     """Turn --input into patterns to list. Raises ValueError for a mix of layouts."""
     expanded = expand_braces(spec)
-    tars = [is_tar_path(p) for p in expanded]
-    if any(tars) and not all(tars):
-        raise ValueError(f"input {spec!r} mixes tar shards and plain files; give one layout per run")
-    if all(tars):
+    layouts = sorted({input_layout(p) for p in expanded})
+    if len(layouts) > 1:
+        raise ValueError(f"input {spec!r} mixes {' and '.join(LAYOUT_NAMES[name] for name in layouts)}; "
+                         f"give one layout per run")
+    layout = layouts[0]
+    if layout == "tar":  # tar keys are sample keys: no key root
         return InputSpec("tar", tuple((p, "") for p in expanded))
     pairs = []
     for pattern in expanded:
         if has_glob(pattern):
             pairs.append((pattern, _glob_root(pattern)))
-        elif _is_single_file(pattern):
+        elif layout != "files" or _is_single_file(pattern):
             pairs.append((pattern, posixpath.dirname(pattern)))
         else:  # a folder, listed recursively
             root = pattern.rstrip("/")
@@ -105,7 +127,7 @@ def resolve_input(spec: str) -> InputSpec:
     # One root for every pattern: `photos/{cats,dogs}` keys `cats/001.jpg` and `dogs/001.jpg`,
     # never two `001.jpg`; a file matched by two patterns is listed once.
     root = _common_root([r for _, r in pairs])
-    return InputSpec("files", tuple((pattern, root) for pattern, _ in pairs))
+    return InputSpec(layout, tuple((pattern, root) for pattern, _ in pairs))
 
 
 def _common_root(roots: list[str]) -> str:
@@ -131,16 +153,21 @@ def member_uri(shard: str, member_name: str) -> str:
     return f"{shard}#{member_name}"
 
 
-_MEMBER_URI = re.compile(r"^(.*?\.(?:tar|tar\.gz|tgz))#(.+)$", re.IGNORECASE)
+_SHARD_URI = re.compile(r"^(.*?\.(?:tar|tar\.gz|tgz|tfrecords?|tfrecords?\.gz|parquet))#(.+)$", re.IGNORECASE)
 
 
-def read_uri(uri: str) -> bytes:
-    """The bytes behind a row's uri: a file, or `shard.tar#member` (found by scanning the shard)."""
-    match = _MEMBER_URI.match(uri)
+def read_uri(uri: str, fields: RecordFields = RecordFields()) -> bytes:
+    """The bytes behind a row's uri: a file, `shard.tar#member` (found by scanning the shard), or
+    `shard.tfrecord#INDEX` / `shard.parquet#INDEX` (the image of that record)."""
+    match = _SHARD_URI.match(uri)
     if match is None:
-        with _open_raw(uri) as handle:
-            return handle.read()
+        return _read_bytes(uri)
     shard, member = match.groups()
+    layout = input_layout(shard)
+    if layout != "tar":
+        if not member.isdigit():
+            raise FileNotFoundError(f"{uri!r} does not name a record: {shard}#INDEX expected")
+        return record_shards.read_record_image(layout, shard, int(member), fields)
     with _open_raw(shard) as handle, tarfile.open(fileobj=handle, mode="r|*") as archive:
         for info in archive:
             if info.name == member:
@@ -152,53 +179,31 @@ def _open_raw(path: str):
     return FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
+def _is_http(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def _read_bytes(uri: str) -> bytes:
+    """A file's bytes through Beam's filesystems, or an http(s) URL's body (Beam has no http filesystem)."""
+    if _is_http(uri):
+        request = urllib.request.Request(uri, headers={"User-Agent": "featurize"})
+        with urllib.request.urlopen(request, timeout=HTTP_TIMEOUT_S) as response:
+            return response.read()
+    with _open_raw(uri) as handle:
+        return handle.read()
 
 
 # What a broken, truncated or missing shard raises while it is streamed. A transient OSError
 # among them (is_transient) is not data: it is retried, then fails the bundle. Anything else
 # (a bug, MemoryError) fails the bundle too, so Beam retries it.
 TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
-_TRANSIENT_ERRNOS = frozenset({errno.ECONNRESET, errno.ECONNABORTED, errno.ECONNREFUSED, errno.ETIMEDOUT,
-                               errno.EAGAIN, errno.EPIPE, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTUNREACH,
-                               errno.EIO})
-_TRANSIENT_TEXT = re.compile(r"\b(5\d\d|429)\b|timed? ?out|temporar|connection (reset|aborted|refused)"
-                             r"|service unavailable|too many requests|broken pipe", re.IGNORECASE)
-READ_ATTEMPTS = 5  # backoff 0.5, 1, 2, 4 s: rides out a short object-store hiccup
-RETRY_BACKOFF_S = 0.5
-T = TypeVar("T")
-
-
-def is_transient(exc: BaseException) -> bool:
-    """A failure worth trying again (connection reset, timeout, 5xx/429 from an object store, EIO),
-    never a reason to record an input as unreadable."""
-    if isinstance(exc, (ConnectionError, TimeoutError)):
-        return True
-    if isinstance(exc, OSError) and exc.errno in _TRANSIENT_ERRNOS:
-        return True
-    if isinstance(exc, (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)):
-        return False
-    # Object-store clients wrap HTTP failures in their own types (BeamIOError, HttpError, ...).
-    return bool(_TRANSIENT_TEXT.search(f"{type(exc).__name__}: {exc}"))
-
-
-def retry_transient(work: Callable[[], T], what: str, attempts: int | None = None) -> T:
-    """`work()`, tried again with exponential backoff while it fails transiently; the last failure raises."""
-    attempts = attempts or READ_ATTEMPTS
-    for attempt in range(attempts):
-        try:
-            return work()
-        except Exception as exc:  # noqa: BLE001 - only transient failures are retried; the rest re-raise
-            if attempt == attempts - 1 or not is_transient(exc):
-                raise
-            logging.getLogger(__name__).warning("featurize: %s failed (%s: %s); retry %d of %d",
-                                                what, type(exc).__name__, exc, attempt + 1, attempts - 1)
-            time.sleep(RETRY_BACKOFF_S * 2 ** attempt)
-    raise AssertionError("unreachable")
 
 
 def normalized_path(path: str) -> str:
     """One spelling per file: local paths absolute and normalised (`./a/../b` and `/x/b`), URIs as given."""
-    return os.path.normpath(os.path.abspath(path)) if path and FileSystems.get_scheme(path) is None else path.rstrip("/")
+    if path and FileSystems.get_scheme(path) is None and not _is_http(path):
+        return os.path.normpath(os.path.abspath(path))
+    return path.rstrip("/")
 
 
 def file_key(path: str, root: str) -> str:
@@ -206,7 +211,7 @@ def file_key(path: str, root: str) -> str:
     `{/data/a,/mnt/b}`) the whole path, without a leading slash, so keys stay distinct."""
     if root:
         return relative_path(path, root)
-    return path.lstrip("/") if FileSystems.get_scheme(path) is None else path
+    return path.lstrip("/") if FileSystems.get_scheme(path) is None and not _is_http(path) else path
 
 
 @dataclass
@@ -218,10 +223,11 @@ class Listing:
     duplicates: list[ErrorRecord] = field(default_factory=list)  # files whose key another file has
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, extension) of files not read
     missing: list[str] = field(default_factory=list)  # literal paths (a brace range) that do not exist
+    sized: bool = True  # False for a path list: its files are not statted
 
     @property
-    def bytes(self) -> int:
-        return sum(size for _, _, size in self.inputs)
+    def bytes(self) -> int | None:
+        return sum(size for _, _, size in self.inputs) if self.sized else None
 
     def skipped_by_extension(self) -> dict[str, int]:
         return dict(sorted(Counter(ext or "(none)" for _, ext in self.skipped).items()))
@@ -229,10 +235,15 @@ class Listing:
 
 def _match(pattern: str) -> list[tuple[str, int]]:
     """(path, bytes) of every match; a literal path that does not exist gives (path, -1)."""
+    # Beam's local filesystem matches nothing for a glob without a folder (`*.tar`): ask for `./*.tar`.
+    bare = FileSystems.get_scheme(pattern) is None and "/" not in pattern
+    query = f"./{pattern}" if bare else pattern
     if not has_glob(pattern) and not pattern.endswith("/**"):
-        found = FileSystems.match([pattern])[0].metadata_list if FileSystems.exists(pattern) else []
-        return [(m.path, m.size_in_bytes) for m in found] or [(pattern, -1)]
-    return [(m.path, m.size_in_bytes) for m in FileSystems.match([pattern])[0].metadata_list]
+        found = FileSystems.match([query])[0].metadata_list if FileSystems.exists(query) else []
+    else:
+        found = FileSystems.match([query])[0].metadata_list
+    paths = [(m.path[2:] if bare and m.path.startswith("./") else m.path, m.size_in_bytes) for m in found]
+    return paths or ([] if has_glob(pattern) or pattern.endswith("/**") else [(pattern, -1)])
 
 
 def _sniffs_as_image(path: str) -> bool:
@@ -243,16 +254,29 @@ def _sniffs_as_image(path: str) -> bool:
         return True
 
 
-def list_inputs(spec: InputSpec) -> Listing:
+def _listed_paths(lists: list[str], uri_column: str | None) -> tuple[str, list[str]]:
+    """The key root and every path the lists name, repeats included (sizes are not looked up: a
+    list of a million object-store paths would cost a million requests)."""
+    missing = [path for path in lists if not FileSystems.exists(path)]
+    if missing:
+        raise ValueError(f"input list {missing[0]!r} does not exist; give the path of a .txt, .csv or .tsv list")
+    paths = [path for listed in lists for path in read_path_list(listed, uri_column)]
+    if not paths:
+        raise ValueError(f"input {', '.join(lists)} names no paths; a list has one path or URL per row")
+    return _common_root([posixpath.dirname(path) for path in paths]), paths
+
+
+def list_inputs(spec: InputSpec, uri_column: str | None = None) -> Listing:
     """List every input of `spec` (on the launcher: units, totals and resume need the whole list).
 
     Files without an image extension are `skipped`, except files without any extension,
-    which are read when their first bytes are an image's. A path matched by two patterns
-    is listed once; two paths with one key (possible only without a common root) keep the
-    smallest path and make the others `DuplicateKey` error rows.
+    which are read when their first bytes are an image's (a path list's entries are all read:
+    the list names them). A path matched by two patterns is listed once; two paths with one
+    key (possible only without a common root, or a path listed twice) keep the smallest path
+    and make the others `DuplicateKey` error rows.
     """
     root = spec.patterns[0][1] if spec.patterns else ""
-    listing = Listing(spec.layout, root)
+    listing = Listing("files" if spec.layout == "list" else spec.layout, root)
     found: dict[str, int] = {}
     spellings: set[str] = set()
     for pattern, _ in spec.patterns:
@@ -264,13 +288,17 @@ def list_inputs(spec: InputSpec) -> Listing:
     # A missing literal shard stays in the listing: it becomes a read error row, not a silent gap.
     listing.missing = sorted(path for path, size in found.items() if size < 0)
     found = {path: max(size, 0) for path, size in found.items()}
-    if spec.layout == "tar":
+    if spec.layout in SHARD_SUFFIXES:
         listing.inputs = [(path, path, size) for path, size in sorted(found.items())]
         return listing
+    named = list(found.items())
+    if spec.layout == "list":
+        root, paths = _listed_paths(sorted(found), uri_column)
+        listing.root, listing.sized, named = root, False, [(path, 0) for path in paths]
     by_key: dict[str, tuple[str, int]] = {}
-    for path, size in sorted(found.items()):
+    for path, size in sorted(named):
         key, extension = file_key(path, root), extension_of(path)
-        if not (is_image_name(path) or (not extension and _sniffs_as_image(path))):
+        if spec.layout == "files" and not (is_image_name(path) or (not extension and _sniffs_as_image(path))):
             listing.skipped.append((key, extension))
         elif key in by_key:
             listing.duplicates.append(ErrorRecord(key, path, "read", "DuplicateKey",
@@ -281,19 +309,25 @@ def list_inputs(spec: InputSpec) -> Listing:
     return listing
 
 
+def _read_member(key: str, uri: str) -> ImageRecord | ErrorRecord:
+    """One listed file. An http(s) URL that keeps failing transiently becomes an error row (its
+    unit is marked for --resume to retry): one dead web server must not stop the run."""
+    try:
+        if _is_http(uri):
+            return ImageRecord(key, uri, retry_transient(lambda: _read_bytes(uri), f"download of {uri}"))
+        return ImageRecord(key, uri, _read_bytes(uri))
+    except (OSError, http.client.HTTPException) as exc:  # URLError and HTTPError are OSErrors too
+        if is_transient(exc) and not _is_http(uri):
+            raise
+        return error_from_exception(key, uri, "read", exc)
+
+
 def read_file_records(members: Iterable[tuple[str, str]]) -> Iterator[ImageRecord | ErrorRecord]:
     """(key, uri) -> the file's bytes as an ImageRecord, or a read ErrorRecord when it cannot be read
-    (missing, permissions, a directory); a transient failure raises (the unit is retried)."""
+    (missing, permissions, a directory, an http 404); a transient failure of a filesystem raises
+    (the unit is retried)."""
     for key, uri in members:
-        try:
-            with _open_raw(uri) as handle:
-                data = handle.read()
-        except OSError as exc:
-            if is_transient(exc):
-                raise
-            yield error_from_exception(key, uri, "read", exc)
-            continue
-        yield ImageRecord(key, uri, data)
+        yield _read_member(key, uri)
 
 
 def _image_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:
@@ -320,10 +354,6 @@ def scan_tar_keys(shard: str) -> list[str]:
         if is_transient(exc):
             raise
     return keys
-
-
-class ScanMismatch(RuntimeError):
-    """Reading a shard found image members its key scan did not see: duplicates could slip through."""
 
 
 def read_tar_records(shard: str, losers: Mapping[int, str] | None = None,
@@ -360,11 +390,20 @@ def read_tar_records(shard: str, losers: Mapping[int, str] | None = None,
         yield error_from_exception(*(current or (posixpath.basename(shard), shard)), "read", exc)
 
 
-def unit_records(unit, losers: Mapping[int, str] | None = None,
+def scan_unit_keys(unit: WorkUnit) -> list[str]:
+    """The keys of a shard unit's inputs, in reading order (for duplicate keys across shards)."""
+    if unit.layout == "tar":
+        return scan_tar_keys(unit.source)
+    return record_shards.scan_record_keys(unit.layout, unit.source, unit.fields, unit.name)
+
+
+def unit_records(unit: WorkUnit, losers: Mapping[int, str] | None = None,
                  scanned: int | None = None) -> Iterator[ImageRecord | ErrorRecord]:
     """Every input of a WorkUnit, in a fixed order: its planning rejects, then its records."""
     yield from unit.rejected
-    if unit.layout == "tar":
+    if unit.layout == "files":
+        yield from read_file_records(unit.members)
+    elif unit.layout == "tar":
         yield from read_tar_records(unit.source, losers, scanned)
     else:
-        yield from read_file_records(unit.members)
+        yield from record_shards.read_record_shard(unit.layout, unit.source, unit.fields, unit.name, losers, scanned)

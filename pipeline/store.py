@@ -1,46 +1,34 @@
-"""FeatureStore: a finished featurize output (Parquet or HDF5) as keys + matrices, with exact search.
+"""FeatureStore: a finished featurize output (Parquet or HDF5) as keys + matrices, with search.
 
     store = FeatureStore.open("out/")
-    len(store), store.keys[:3], store.dim, store.fingerprint["backbone"]
+    len(store), store.keys[:3], store.dim, store.fingerprint.backbone
     matrix = store.embeddings()                    # N x D numpy array
     for start, block in store.iter_embeddings(chunk_rows=65536): ...   # bounded memory
     vector = store.get("cat/001.jpg")
-    result = store.search(vectors, k=10)           # exact cosine (or metric="l2") top-k
+    result = store.search(vectors, k=10)           # cosine (or metric="l2") top-k; exact=True to scan
 
 Rows are in shard order (shards sorted by name, rows in file order) for both formats, so
-row i of `embeddings()` belongs to `keys[i]`.
+row i of `embeddings()` belongs to `keys[i]`. Reading is the format's reader's job
+(pipeline.readers), ranking is pipeline.search's, the index is pipeline.index's.
 """
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow.parquet as pq
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.hdf5 import FINGERPRINT_ATTR, VIRTUAL_STORE
+from pipeline.fingerprint import Fingerprint
+from pipeline.hdf5 import FINGERPRINT_ATTR
 from pipeline.journal import list_paths, read_json
+from pipeline.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
+from pipeline.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
 from pipeline.sinks import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_KEY, MANIFEST
 
-METRICS = ("cosine", "l2")
+__all__ = ["FeatureStore", "IncompleteStore", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
-
-
-class IncompleteStore(FileNotFoundError):
-    """The output has no manifest.json (the run did not finish, or is still running), or a feature
-    file its manifest lists is gone."""
-
-
-@dataclass(frozen=True)
-class SearchResult:
-    """Top-k per query: `indices` into the store's rows, `scores` (cosine similarity, higher is
-    closer; or L2 distance, lower is closer) and the matching `keys`, best first."""
-    indices: np.ndarray  # (queries, k) int64
-    scores: np.ndarray  # (queries, k) float32
-    keys: list[list[str]]
 
 
 def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
@@ -52,13 +40,6 @@ def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
             if FileSystems.join(root, path) not in present and not FileSystems.exists(FileSystems.join(root, path))]
 
 
-def _as_matrix(column, dim: int) -> np.ndarray:
-    """A fixed_size_list Arrow column -> (rows, dim) float32 without a Python loop."""
-    values = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    flat = values.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, dim).astype(np.float32, copy=False)
-
-
 class FeatureStore:
     """A finished featurize output directory, opened read-only."""
 
@@ -66,12 +47,14 @@ class FeatureStore:
         self.root = root.rstrip("/")
         self.manifest = manifest
         self.format = fmt
-        self.fingerprint = fingerprint
-        self.outputs: dict[str, int] = dict(fingerprint["outputs"])
+        self.fingerprint = Fingerprint.from_json(fingerprint)
+        self.outputs: dict[str, int] = dict(self.fingerprint.outputs)
         self._keys: list[str] | None = None
         self._uris: list[str] | None = None
-        self._index: dict[str, int] | None = None
-        self._h5 = None
+        self._row_of: dict[str, int] | None = None
+        self._reader: StoreReader | None = None
+        self._indexes: dict[str, Any] = {}
+        self._models: dict[int, Any] = {}
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -108,9 +91,9 @@ class FeatureStore:
         raise IncompleteStore(f"{root!r} holds no featurize feature shards")
 
     def close(self) -> None:
-        if self._h5 is not None:
-            self._h5.close()
-            self._h5 = None
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
 
     def __enter__(self) -> "FeatureStore":
         return self
@@ -119,43 +102,31 @@ class FeatureStore:
         self.close()
 
     # ------------------------------------------------------------------ layout
-    def _parquet_files(self) -> list[str]:
-        if self.manifest:
-            return [FileSystems.join(self.root, p) for p in self.manifest["files"]["features"]]
-        return list_paths(FileSystems.join(self.root, FEATURES_DIR, "*.parquet"))
-
-    def _hdf5(self):
-        """The virtual features.h5 (complete stores) or, for an incomplete one, nothing."""
-        if self._h5 is None:
-            import h5py
-            path = FileSystems.join(self.root, VIRTUAL_STORE)
-            if not (FileSystems.get_scheme(path) is None and os.path.exists(path)):
-                raise IncompleteStore(f"{path!r} is missing or not on a local disk; h5py reads the "
-                                      f"virtual store from a local folder (copy the store locally)")
-            self._h5 = h5py.File(path, "r")
-        return self._h5
-
-    def _column(self, name: str) -> list:
-        if self.format == "hdf5":
-            dataset = self._hdf5()[name]
-            return list(dataset.asstr()[:]) if dataset.dtype.kind == "O" else dataset[:].tolist()
-        values: list = []
-        for path in self._parquet_files():
-            with FileSystems.open(path) as handle:
-                values += pq.read_table(handle, columns=[name]).column(name).to_pylist()
-        return values
+    @property
+    def reader(self) -> StoreReader:
+        """The format's reader (pipeline.readers), opened on first use."""
+        if self._reader is None:
+            if self.format == "hdf5":
+                self._reader = HDF5Reader(self.root)
+            elif self.manifest:
+                self._reader = ParquetReader([FileSystems.join(self.root, p) for p in self.manifest["files"]["features"]],
+                                             self.outputs)
+            else:
+                self._reader = ParquetReader(list_paths(FileSystems.join(self.root, FEATURES_DIR, "*.parquet")),
+                                             self.outputs)
+        return self._reader
 
     # ------------------------------------------------------------------ metadata
     @property
     def keys(self) -> list[str]:
         if self._keys is None:
-            self._keys = self._column("key")
+            self._keys = self.reader.column("key")
         return self._keys
 
     @property
     def uris(self) -> list[str]:
         if self._uris is None:
-            self._uris = self._column("uri")
+            self._uris = self.reader.column("uri")
         return self._uris
 
     def __len__(self) -> int:
@@ -183,20 +154,7 @@ class FeatureStore:
     def iter_embeddings(self, output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS
                         ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield (first row index, float32 block of at most chunk_rows x D), in row order."""
-        name = self.output_name(output)
-        dim = self.outputs[name]
-        start = 0
-        if self.format == "hdf5":
-            dataset = self._hdf5()[name]
-            for start in range(0, dataset.shape[0], chunk_rows):
-                yield start, dataset[start:start + chunk_rows].astype(np.float32, copy=False)
-            return
-        for path in self._parquet_files():
-            with FileSystems.open(path) as handle:
-                for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=[name]):
-                    block = _as_matrix(batch.column(0), dim)
-                    yield start, block
-                    start += len(block)
+        return self.reader.blocks(self.output_name(output), chunk_rows)
 
     def embeddings(self, output: str | None = None) -> np.ndarray:
         """The whole N x D matrix in memory (use iter_embeddings for stores larger than memory)."""
@@ -208,85 +166,85 @@ class FeatureStore:
         """HDF5 only: the lazily read h5py dataset (slice it like an array; nothing loads until then)."""
         if self.format != "hdf5":
             raise TypeError("dataset() is for HDF5 stores; use iter_embeddings() to stream Parquet")
-        return self._hdf5()[self.output_name(output)]
+        return self.reader.dataset(self.output_name(output))
+
+    def __contains__(self, key: str) -> bool:
+        try:
+            self.index_of(key)
+        except KeyError:
+            return False
+        return True
 
     def index_of(self, key: str) -> int:
-        if self._index is None:
-            self._index = {k: i for i, k in enumerate(self.keys)}
-        if key not in self._index:
+        if self._row_of is None:
+            self._row_of = {k: i for i, k in enumerate(self.keys)}
+        if key not in self._row_of:
             raise KeyError(f"key {key!r} is not in the store")
-        return self._index[key]
+        return self._row_of[key]
 
     def get(self, key: str, output: str | None = None) -> np.ndarray:
-        """The vector of one key."""
+        """The vector of one key (from the index's matrix when there is a current one)."""
         row = self.index_of(key)
         name = self.output_name(output)
-        if self.format == "hdf5":
-            return self._hdf5()[name][row].astype(np.float32)
-        for start, block in self.iter_embeddings(name):
-            if start <= row < start + len(block):
-                return block[row - start].copy()
-        raise KeyError(key)
+        index = self._current_index(name)
+        if index is not None:
+            return np.array(index.matrix[row], np.float32)
+        return self.reader.row(name, row)
 
     # ------------------------------------------------------------------ search
-    def search(self, vectors: np.ndarray | Sequence[float], k: int = 10, *, metric: str = "cosine",
-               output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS) -> SearchResult:
-        """Exact top-k over the whole store, streaming it in blocks of chunk_rows rows.
+    def index(self, output: str | None = None):
+        """The `pipeline.index.StoreIndex` of an output, or None when it was never indexed; raises
+        `pipeline.index.StaleIndex` when the store changed since."""
+        from pipeline.index import StoreIndex
 
-        Memory is O(chunk_rows x (D + queries)) whatever the store's size.
-        """
-        if metric not in METRICS:
-            raise ValueError(f"metric {metric!r} is not one of {', '.join(METRICS)}")
-        queries = np.atleast_2d(np.asarray(vectors, dtype=np.float32))
         name = self.output_name(output)
-        if queries.shape[1] != self.outputs[name]:
-            raise ValueError(f"queries have dimension {queries.shape[1]}, the store's {name!r} has {self.outputs[name]}")
-        if metric == "cosine":
-            queries = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
-        best_scores = np.full((len(queries), 0), np.nan, np.float32)
-        best_index = np.zeros((len(queries), 0), np.int64)
-        sign = -1.0 if metric == "cosine" else 1.0  # rank ascending on sign * score
-        for start, block in self.iter_embeddings(name, chunk_rows):
-            if metric == "cosine":
-                block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-                scores = queries @ block.T
-            else:
-                squared = (np.sum(queries ** 2, axis=1)[:, None] - 2 * queries @ block.T
-                           + np.sum(block ** 2, axis=1)[None, :])
-                scores = np.sqrt(np.maximum(squared, 0))
-            candidates = np.concatenate([best_scores, scores.astype(np.float32)], axis=1)
-            indices = np.concatenate([best_index, np.broadcast_to(
-                np.arange(start, start + block.shape[0]), scores.shape)], axis=1)
-            keep = min(k, candidates.shape[1])
-            part = np.argpartition(sign * candidates, keep - 1, axis=1)[:, :keep]
-            best_scores = np.take_along_axis(candidates, part, axis=1)
-            best_index = np.take_along_axis(indices, part, axis=1)
-        order = np.argsort(sign * best_scores, axis=1, kind="stable")
-        best_scores = np.take_along_axis(best_scores, order, axis=1)
-        best_index = np.take_along_axis(best_index, order, axis=1)
+        if name not in self._indexes:
+            self._indexes[name] = StoreIndex.open(self, name)
+        return self._indexes[name]
+
+    def _current_index(self, name: str):
+        """The index, or None when there is none or it is stale: for reads that the shards can answer."""
+        from pipeline.index import StaleIndex
+
+        try:
+            return self.index(name)
+        except StaleIndex:
+            return None
+
+    def search(self, vectors: np.ndarray | Sequence[float], k: int = 10, *, metric: str = "cosine",
+               output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, exact: bool = False) -> SearchResult:
+        """Top-k of each query. Through the output's index when it has one (`featurize index`; a stale
+        one raises `pipeline.index.StaleIndex`); with exact=True or without an index, an exact scan:
+        of the index's memory-mapped matrix when there is a current one, else of the store's shards in
+        blocks of chunk_rows (memory O(chunk_rows x (D + queries)))."""
+        check_metric(metric)
+        if k < 1:
+            raise ValueError(f"k {k} must be at least 1")
+        name = self.output_name(output)
+        queries = as_queries(vectors, self.outputs[name])
+        index = self._current_index(name) if exact else self.index(name)
+        if index is not None:
+            indices, scores = index.search(queries, k, metric, exact=exact)
+        else:
+            blocks = (Block(start, block) for start, block in self.iter_embeddings(name, chunk_rows))
+            indices, scores = exact_search(blocks, queries, k, metric)
         keys = self.keys
-        return SearchResult(best_index, best_scores, [[keys[i] for i in row] for row in best_index])
+        return SearchResult(indices, scores, [[keys[i] for i in row] for row in indices])
 
     # ------------------------------------------------------------------ queries
     def embed(self, images: Sequence[bytes], output: str | None = None) -> np.ndarray:
         """Vectors for new images with this store's fingerprint: same backbone, weights, sizes,
         resize, preprocessing, layers and pooling, so they are comparable with the stored rows."""
-        from pipeline.handler import ModelSpec, build_feature_model
-        from pipeline.images import DEFAULT_MAX_PIXELS, DecodeSpec, decode_image
+        from pipeline.handler import build_feature_model
+        from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
 
-        fp = self.fingerprint
-        weights = None if fp["weights"] == "none" else fp["weights"]
-        height, width = fp["input_size"]
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
-        decode = DecodeSpec(height, width, fp["resize"], fp["interpolation"], max_pixels,
-                            fp["jpeg_draft"], fp["exif_transpose"])
-        # weights_sha256 makes the worker-side staging verify the file is the one the store was made with.
-        spec = ModelSpec(fp["backbone"], (height, width), weights, tuple(fp["layers"]) if fp["layers"] else None,
-                         tuple(fp["pooling"]), fp.get("gem_p") or 3.0, fp["l2_normalize"],
-                         weights_sha256=fp.get("weights_sha256"), precision=fp.get("precision", "float32"))
+        decode = self.fingerprint.decode_spec(max_pixels)
         pixels = np.stack([decode_image(data, decode)[0] for data in images])
-        model = build_feature_model(spec, batch_size=len(pixels))
-        return model(pixels)[self.output_name(output)].astype(fp["dtype"]).astype(np.float32)
+        # Kept per batch size (the compiled shape is fixed): a server embeds one upload after another.
+        if len(pixels) not in self._models:
+            self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(), batch_size=len(pixels))
+        return self._models[len(pixels)](pixels)[self.output_name(output)].astype(self.fingerprint.dtype).astype(np.float32)
 
     # ------------------------------------------------------------------ errors
     def errors(self):

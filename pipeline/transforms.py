@@ -14,7 +14,7 @@ import os
 import time
 import uuid
 from collections import Counter
-from typing import Any, Iterator
+from typing import Any, Iterator, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -23,13 +23,17 @@ from apache_beam.ml.inference.base import RunInference
 from apache_beam.utils import multi_process_shared, shared
 
 from pipeline import journal
+from pipeline.batches import isolate_failures
+from pipeline.devices import pin_process_to_gpu
 from pipeline.dedupe import FindDuplicateKeys, key_hashes
 from pipeline.handler import KerasBackboneHandler
 from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
+from pipeline.predictions import CLASSIFIER_OUTPUT, top_classes
 from pipeline.progress import ProgressWriter
 from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
 from pipeline.sinks import UnitWriter, check_error_rate
-from pipeline.sources import list_inputs, resolve_input, retry_transient, unit_records
+from pipeline.retries import retry_transient
+from pipeline.sources import list_inputs, resolve_input, unit_records
 from pipeline.units import plan_units
 
 # One model per worker process, whatever the number of DoFn instances (threads) in it.
@@ -102,8 +106,10 @@ class _ProcessUnit(beam.DoFn):
 
     def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
                  fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
-                 max_error_rate: float | None = None, expected_inputs: int | None = None):
+                 max_error_rate: float | None = None, expected_inputs: int | None = None,
+                 class_names: list[str] | None = None):
         self._output, self._handler, self._decode, self._format = output, handler, decode, fmt
+        self._top = TopClasses(fingerprint.get("predictions") or 0, class_names)
         self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
         self._max_error_rate, self._expected_inputs = max_error_rate, expected_inputs
         self._model_tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one tag for every worker of the job
@@ -120,11 +126,13 @@ class _ProcessUnit(beam.DoFn):
         # Loaded on the first batch, not in setup(): a resumed run with nothing left loads no model.
         # A model that cannot load fails the bundle (Beam retries it); it is never an error row.
         if self._model is None:
+            gpu = pin_process_to_gpu()  # before the backend loads; one shared model per GPU
+            tag = self._model_tag if gpu is None else f"{self._model_tag}-gpu{gpu}"
             if self._handler.share_model_across_processes():
                 self._model = multi_process_shared.MultiProcessShared(
-                    self._handler.load_model, tag=self._model_tag, always_proxy=True).acquire()
+                    self._handler.load_model, tag=tag, always_proxy=True).acquire()
             else:
-                self._model = _MODELS.acquire(self._handler.load_model, tag=self._model_tag)
+                self._model = _MODELS.acquire(self._handler.load_model, tag=tag)
         return self._model
 
     def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
@@ -185,6 +193,8 @@ class _ProcessUnit(beam.DoFn):
         if batch:
             self._infer(batch, writer)
         entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs}
+        if self._model is not None and self._model.current_batch_size() < self._batch_size:
+            entry["batch_size"] = self._model.current_batch_size()  # halved after running out of memory
         if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again
             entry["retry"] = True
         if unit.layout == "files":
@@ -195,22 +205,34 @@ class _ProcessUnit(beam.DoFn):
 
     def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
         model = self._loaded_model()
-        try:
-            predictions = self._handler.run_inference(batch, model)
-        except Exception as exc:  # noqa: BLE001 - as RunInference's dead letters: the batch's images become error rows
-            self._metrics.pending["infer_errors"] += len(batch)
-            for meta, _ in batch:
-                writer.add_error(error_from_exception(meta.key, meta.uri, "infer", exc))
-            return
-        for meta, outputs in predictions:
-            writer.add_row(feature_row(meta, outputs, self._dtype))
-            self._metrics.pending["rows"] += 1
+        # A batch that fails is bisected: only inputs that fail alone become error rows (pipeline.batches).
+        predictions, failures = isolate_failures(lambda part: self._handler.run_inference(part, model), batch)
+        for position, exc in failures:
+            meta = batch[position][0]
+            writer.add_error(error_from_exception(meta.key, meta.uri, "infer", exc))
+        self._metrics.pending["infer_errors"] += len(failures)
+        for prediction in predictions:
+            if prediction is not None:
+                meta, outputs = prediction
+                writer.add_row(feature_row(meta, outputs, self._dtype, self._top))
+                self._metrics.pending["rows"] += 1
 
 
-def feature_row(meta: ImageMeta, outputs: dict[str, np.ndarray], dtype: np.dtype) -> dict[str, Any]:
+class TopClasses(NamedTuple):
+    """--predictions: how many classes a row keeps (0: none) and their names."""
+    k: int = 0
+    names: list[str] | None = None
+
+
+def feature_row(meta: ImageMeta, outputs: dict[str, np.ndarray], dtype: np.dtype,
+                top: TopClasses = TopClasses()) -> dict[str, Any]:
+    """A store row; the classifier's probabilities (output `predictions`) become the top-K columns."""
     row = {"key": meta.key, "uri": meta.uri, "width": meta.width, "height": meta.height}
     for name, vector in outputs.items():
-        row[name] = np.asarray(vector, dtype=dtype)
+        if name == CLASSIFIER_OUTPUT:
+            row.update(top_classes(np.asarray(vector), top.k, top.names))
+        else:
+            row[name] = np.asarray(vector, dtype=dtype)
     return row
 
 
@@ -224,8 +246,8 @@ class PendingUnits(beam.PTransform):
     """The units a run processes, each with the members that must give up a duplicate key.
 
     Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept},
-    image members the key scan saw (tar) or None), spread over the workers by a shuffle of
-    units (never of images). For tar units, keys are checked across every shard of the store
+    inputs the key scan saw (shards) or None), spread over the workers by a shuffle of
+    units (never of images). For shard units, keys are checked across every shard of the store
     (`pipeline.dedupe`), including `committed` units (their journal entries, by unit id) read
     from `output`.
     """
@@ -237,11 +259,12 @@ class PendingUnits(beam.PTransform):
 
     def expand(self, pbegin):
         keyed = pbegin | "Units" >> beam.Create([(unit.unit_id, unit) for unit in self._pending])
-        if not any(unit.layout == "tar" for unit in self._pending):
+        if all(unit.layout == "files" for unit in self._pending):
             return (keyed | "Spread" >> beam.Reshuffle()
                     | "NoLosers" >> beam.Map(lambda item: (item[1], {}, None)))
         everything = [(unit, None) for unit in self._pending] + [
-            (WorkUnit(unit_id, "tar", entry["source"]), entry) for unit_id, entry in self._committed.items()]
+            (WorkUnit(unit_id, entry.get("layout", "tar"), entry["source"]), entry)
+            for unit_id, entry in self._committed.items()]
         found = (pbegin | "StoreUnits" >> beam.Create(everything)
                  | "DuplicateKeys" >> FindDuplicateKeys(self._output))
         return ({"unit": keyed, "losers": found["losers"], "scanned": found["scanned"]}
@@ -297,10 +320,11 @@ class ProcessUnits(beam.PTransform):
 
     def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
                  fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
-                 max_error_rate: float | None = None, expected_inputs: int | None = None):
+                 max_error_rate: float | None = None, expected_inputs: int | None = None,
+                 class_names: list[str] | None = None):
         super().__init__()
         self._dofn = _ProcessUnit(output, handler, decode, fmt, fingerprint, batch_size, progress_dir,
-                                  max_error_rate, expected_inputs)
+                                  max_error_rate, expected_inputs, class_names)
 
     def expand(self, units):
         return units | "ProcessUnit" >> beam.ParDo(self._dofn)

@@ -1,6 +1,6 @@
 """Work units: the input split into deterministic pieces, and what a (resumed) run must process.
 
-A tar shard is one unit. Plain files are sorted by key and cut into runs of consecutive
+A shard (tar, TFRecord, Parquet) is one unit. Plain files are sorted by key and cut into runs of consecutive
 keys; a unit's id is a digest of its keys, so the same pending files always give the same
 units, whatever the listing order or the number of workers. The launcher plans: it lists
 the input once, reads the store's journal and splits the listing into units already
@@ -18,23 +18,24 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pipeline.journal import is_final
-from pipeline.records import WorkUnit
-from pipeline.sources import TAR_SUFFIXES, Listing, normalized_path
+from pipeline.records import RecordFields, WorkUnit
+from pipeline.sources import SHARD_SUFFIXES, Listing, file_key, normalized_path
 
 # Files per unit for small runs: enough units that every worker gets some.
 MIN_UNITS = 16
 
 
-def tar_unit_id(shard: str) -> str:
-    """`tar-<shard name>-<digest of its absolute uri>`: readable, and distinct for equal names in two folders."""
+def shard_unit_id(layout: str, shard: str) -> str:
+    """`<layout>-<shard name>-<digest of its absolute uri>` (`tar-train-0001-3f2a...`): readable, and
+    distinct for equal names in two folders."""
     absolute = normalized_path(shard)
     name = posixpath.basename(shard)
-    for suffix in TAR_SUFFIXES:
+    for suffix in sorted(SHARD_SUFFIXES[layout], key=len, reverse=True):
         if name.lower().endswith(suffix):
             name = name[:-len(suffix)]
             break
     name = re.sub(r"[^A-Za-z0-9_.-]+", "_", name)[:64]
-    return f"tar-{name}-{hashlib.sha1(absolute.encode('utf-8')).hexdigest()[:10]}"
+    return f"{layout}-{name}-{hashlib.sha1(absolute.encode('utf-8')).hexdigest()[:10]}"
 
 
 def files_unit_id(keys: list[str]) -> str:
@@ -69,30 +70,32 @@ class Plan:
 
     @property
     def pending_inputs(self) -> int | None:
-        """Inputs to process when known before reading (files); None for tar shards."""
-        if self.listing.layout == "tar":
+        """Inputs to process when known before reading (files); None for shards."""
+        if self.listing.layout != "files":
             return None
         return sum(len(unit.members) + len(unit.rejected) for unit in self.pending)
 
 
 def plan_units(listing: Listing, committed: dict[str, dict[str, Any]], unit_size: int,
-               batch_size: int) -> Plan:
-    """Split a listing into pending units, given the journal entries of committed ones."""
+               batch_size: int, fields: RecordFields = RecordFields()) -> Plan:
+    """Split a listing into pending units, given the journal entries of committed ones.
+    `fields`: where TFRecord and Parquet records hold their image and key."""
     retry = {unit_id: entry for unit_id, entry in committed.items() if entry.get("retry")}
-    if listing.layout == "tar":  # a shard's unit id does not change: a retry unit is simply pending again
-        return _plan_shards(listing, kept(committed))
+    if listing.layout != "files":  # a shard's unit id does not change: a retry unit is simply pending again
+        return _plan_shards(listing, kept(committed), fields)
     return _plan_files(listing, kept(committed), retry, unit_size, batch_size)
 
 
-def _plan_shards(listing: Listing, committed: dict[str, dict[str, Any]]) -> Plan:
+def _plan_shards(listing: Listing, committed: dict[str, dict[str, Any]], fields: RecordFields) -> Plan:
     pending, reused, listed = [], [], set()
     for shard, _, size in listing.inputs:
-        unit_id = tar_unit_id(shard)
+        unit_id = shard_unit_id(listing.layout, shard)
         listed.add(unit_id)
         if unit_id in committed:
             reused.append(unit_id)
         else:
-            pending.append(WorkUnit(unit_id, "tar", shard, size_bytes=size))
+            pending.append(WorkUnit(unit_id, listing.layout, shard, size_bytes=size,
+                                    name=file_key(shard, listing.root), fields=fields))
     removed = sorted(entry["source"] for unit_id, entry in committed.items() if unit_id not in listed)
     return Plan(listing, pending, committed, reused, removed)
 

@@ -75,3 +75,13 @@ def numbered(tmp_path_factory):
     return str(root / "shards" / "part-*.tar"), folder
 
 
+@pytest.fixture
+def fresh_keras():
+    """Free each big model after its test: all 40 kept alive would need many GiB."""
+    yield
+    import gc
+
+    import keras
+
+    keras.backend.clear_session()
+    gc.collect()

@@ -173,7 +173,7 @@ def test_resume_and_overwrite_are_refused_together(tmp_path):
     (["--max-pixel=5"], "--max-pixels"),
     (["--inptu", "x"], "--input"),
     (["--direct-num-workers", "2"], "--direct_num_workers"),  # Beam's own flags are suggested too
-    (["--runner=FnApiRunner", "--predictions", "5"], None),
+    (["--runner=FnApiRunner", "--zebra", "5"], None),
 ])
 def test_unknown_flags_are_refused_with_did_you_mean(argv, suggestion):
     with pytest.raises(ConfigError) as caught:
@@ -228,3 +228,40 @@ def test_beam_options_are_read_from_beam_itself():
         parse_run_args(["--input", "in", "--output", "out", "--featurize_test_knb", "3"])
     with pytest.raises(ConfigError, match="^Apache Beam argument --featurize_test_knob: invalid int value: 'x'$"):
         parse_run_args(["--input", "in", "--output", "out", "--featurize_test_knob", "x"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--layers", "block4_pool"], "layers block4_pool cannot be combined with --predictions, whose embedding is the "
+                                  "classifier's input; drop --layers or --predictions"),
+    (["--pooling", "max"], "pooling max cannot be combined with --predictions, whose embedding is the classifier's "
+                           "input after the model's own pooling; use avg (the default) or drop --predictions"),
+    (["--image-size", "160"], "image_size 160x160 does not fit VGG16's classifier, which flattens its feature map; "
+                              "use 224 (the default) with --predictions"),
+])
+def test_predictions_refuse_what_the_classifier_cannot_give(argv, message):
+    with pytest.raises(ConfigError) as caught:
+        parse("--input", "in", "--output", "out", "--model", "VGG16", "--predictions", "5", *argv)
+    assert str(caught.value) == message
+
+
+def test_predictions_embedding_is_the_classifier_input():
+    assert output_dims(parse("--input", "in", "--output", "out", "--model", "VGG16", "--predictions", "5")) == \
+        {"embedding": 4096}
+    # a global-pooling head runs at any size, L2 normalisation applies to the embedding
+    config = parse("--input", "in", "--output", "out", "--model", "MobileNetV3Small", "--predictions", "3",
+                   "--image-size", "96", "--l2-normalize")
+    assert output_dims(config) == {"embedding": 1024}
+
+
+def test_weights_ordering_is_for_legacy_files_only(tmp_path):
+    keras3 = tmp_path / "model.weights.h5"
+    keras3.write_bytes(b"x")
+    for weights in ("imagenet", str(keras3)):
+        with pytest.raises(ConfigError) as caught:
+            parse("--input", "in", "--output", "out", "--weights", weights, "--weights-ordering", "th")
+        assert str(caught.value) == (f"weights_ordering 'th' applies to legacy .h5 weights files only, not to "
+                                     f"weights {weights!r}; drop --weights-ordering")
+    legacy = tmp_path / "vgg16_weights.h5"
+    legacy.write_bytes(b"x")
+    assert parse("--input", "in", "--output", "out", "--weights", str(legacy), "--weights-ordering", "th"
+                 ).weights_ordering == "th"

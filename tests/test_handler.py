@@ -107,3 +107,89 @@ def test_model_shared_across_processes_is_requested_through_beam():
     handler = KerasBackboneHandler(SPEC, share_across_processes=True)
     assert handler.share_model_across_processes() is True
     assert KerasBackboneHandler(SPEC).share_model_across_processes() is False
+
+
+def test_predictions_spec_gives_the_full_models_embedding_and_probabilities():
+    """With `predictions`, the compiled model returns the classifier's input and the softmax of one
+    full model (seeded random weights, as every worker builds them)."""
+    import keras
+
+    from pipeline.backbones import preprocess_batch
+    from pipeline.handler import RANDOM_INIT_SEED
+
+    pixels = np.random.default_rng(4).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
+    got = build_feature_model(ModelSpec("MobileNetV3Small", (96, 96), None, predictions=5), batch_size=2)(pixels)
+    assert sorted(got) == ["embedding", "predictions"]
+    assert got["embedding"].shape == (3, 1024) and got["predictions"].shape == (3, 1000)
+    assert got["embedding"].dtype == got["predictions"].dtype == np.float32
+
+    keras.utils.set_random_seed(RANDOM_INIT_SEED)
+    full = keras.applications.MobileNetV3Small(include_top=True, weights=None, input_shape=(96, 96, 3))
+    probe = keras.Model(full.input, [full.get_layer("logits").input, full.output])
+    embedding, predictions = probe.predict(preprocess_batch("MobileNetV3Small", pixels), verbose=0)
+    np.testing.assert_allclose(got["predictions"], predictions, rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(got["embedding"], embedding.reshape(3, -1), rtol=1e-5, atol=1e-6)
+
+
+def oom_model(batch_size, limit, shapes):
+    """A fake backbone that runs out of (accelerator) memory above `limit` images a call, as a
+    GPU does; its vectors are the first three pixel values."""
+    import tensorflow as tf
+
+    def predict_for(size):
+        def predict(pixels):
+            shapes.append(pixels.shape[0])
+            if len(pixels) > limit:
+                raise tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating tensor of {size} images")
+            return {"embedding": pixels.reshape(len(pixels), -1)[:, :3].astype(np.float32)}
+        return predict
+    return FeatureModel(batch_size, predict_for(batch_size), predict_for)
+
+
+def test_out_of_memory_halves_the_batch_keeps_it_and_loses_nothing():
+    shapes = []
+    handler = KerasBackboneHandler(SPEC, batch_size=16)
+    model = oom_model(16, limit=5, shapes=shapes)
+    results = handler.run_inference([example(i) for i in range(11)], model)
+    assert [float(outputs["embedding"][0]) for _, outputs in results] == list(range(11))
+    assert model.current_batch_size() == 4 and model.backoffs == 2  # 16 -> 8 -> 4
+    assert shapes == [16, 8, 4, 4, 4]  # 11 images at 4: three padded calls after two failed ones
+    shapes.clear()
+    handler.run_inference([example(i) for i in range(3)], model)
+    assert shapes == [4]  # remembered: no second try at 16
+
+
+def test_out_of_memory_at_batch_size_one_and_other_errors_raise():
+    import tensorflow as tf
+
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        KerasBackboneHandler(SPEC, batch_size=2).run_inference([example(0)], oom_model(2, limit=0, shapes=[]))
+    shapes = []
+
+    def broken(pixels):
+        shapes.append(len(pixels))
+        raise ValueError("not an out-of-memory error")
+    model = FeatureModel(8, broken, lambda size: broken)
+    with pytest.raises(ValueError):
+        KerasBackboneHandler(SPEC, batch_size=8).run_inference([example(0)], model)
+    assert shapes == [8] and model.batch_size == 8
+
+
+def test_tensorflow_loads_without_importing_jax_and_jax_still_imports_after():
+    """tf.lite imports jax whenever it is installed (the test extra installs it): featurize hides it
+    while TensorFlow loads, so a TensorFlow worker pays no jax import and keeps the user's log level."""
+    import os
+    import subprocess
+    import sys
+
+    script = ("import os, sys\n"
+              "from pipeline.handler import tensorflow_without_jax\n"
+              "with tensorflow_without_jax():\n"
+              "    import tensorflow\n"
+              "print('jax' in sys.modules, 'TF_CPP_MIN_LOG_LEVEL' in os.environ)\n"
+              "import jax\n"
+              "print(jax.numpy.add(1, 2))\n")
+    env = {k: v for k, v in os.environ.items() if k not in ("TF_CPP_MIN_LOG_LEVEL", "KERAS_BACKEND")}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["False", "False", "3"]

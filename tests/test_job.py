@@ -176,7 +176,7 @@ def test_transient_read_faults_are_retried_not_recorded(layout, numbered, small_
     store equals a run without faults (no read error rows)."""
     from tests import flaky
 
-    monkeypatch.setattr("pipeline.sources.RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr("pipeline.retries.RETRY_BACKOFF_S", 0.01)
     shards, folder = numbered
     source = f"{flaky.PREFIX}{folder}" if layout == "folder" else f"{flaky.PREFIX}{shards}"
     flaky.arm()  # no faults: count the opens a clean run makes
@@ -197,7 +197,7 @@ def test_a_fault_that_persists_fails_the_run_and_commits_nothing_of_that_unit(nu
                                                                                 monkeypatch):
     from tests import flaky
 
-    monkeypatch.setattr("pipeline.sources.RETRY_BACKOFF_S", 0.01)
+    monkeypatch.setattr("pipeline.retries.RETRY_BACKOFF_S", 0.01)
     _, folder = numbered
     flaky.arm(failing_opens=10_000)
     with pytest.raises(Exception, match="Connection reset by peer"):

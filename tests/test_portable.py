@@ -79,7 +79,7 @@ def feature_rows(out: pathlib.Path, fmt: str):
     return rows, stored
 
 
-def check_every_row(out: pathlib.Path, fmt: str, zoo_samples, expected):
+def check_every_row(out: pathlib.Path, fmt: str, zoo_samples, expected, tolerance: float = 1e-5):
     """The checks of tests/test_job.py: each input in exactly one place, right sizes, right vectors."""
     valid = {s.name: s for s in zoo_samples if s.valid}
     invalid = {s.name: s for s in zoo_samples if not s.valid}
@@ -104,7 +104,7 @@ def check_every_row(out: pathlib.Path, fmt: str, zoo_samples, expected):
     got = np.stack([r["embedding"] for r in rows])
     want = np.stack([expected[k] for k in keys])
     assert got.shape == (len(valid), 576)
-    assert relative_l2(got, want).max() <= 1e-5
+    assert relative_l2(got, want).max() <= tolerance
     assert stored == manifest["fingerprint"] and stored["backbone"] == TEST_MODEL
     check_metrics_match_counts(manifest)  # the portable runner's committed metrics tell the same story
 
@@ -158,6 +158,20 @@ def test_cluster_run_installs_staged_code_and_writes_every_row(
         check_every_row(tmp_path / "out", fmt, zoo_samples, expected)
     except AssertionError as exc:
         raise AssertionError(f"{exc}\n{diagnostics}") from None
+
+
+def test_the_jax_backend_runs_on_the_cluster(cluster, zoo_samples, zoo_folder, small_weights, expected, tmp_path):
+    """--keras-backend jax through the job service: the workers build the model on JAX and give the
+    vectors TensorFlow gives in this process (relative L2 <= 1e-4)."""
+    done = cluster.submit(featurize_args(zoo_folder, tmp_path / "out", small_weights, "parquet")
+                          + ["--keras-backend", "jax"], timeout=SUBMIT_TIMEOUT_S)
+    diagnostics = cluster.diagnostics(done.stdout, done.stderr)
+    assert done.returncode == 0, diagnostics
+    try:
+        check_every_row(tmp_path / "out", "parquet", zoo_samples, expected, tolerance=1e-4)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}\n{diagnostics}") from None
+    assert json.loads((tmp_path / "out" / "manifest.json").read_text())["fingerprint"]["keras_backend"] == "jax"
 
 
 def test_job_endpoint_not_listening_fails_fast_naming_it(zoo_folder, small_weights, tmp_path):

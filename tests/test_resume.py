@@ -58,9 +58,8 @@ def check_resumed(out, fmt, layout, manifest, reference):
 
 @pytest.mark.parametrize("layout, fmt, failpoint", [
     ("tar", "parquet", "unit-read@3"),      # killed mid-unit, while reading and inferring
-    ("tar", "parquet", "unit-commit@2"),    # killed with a unit's files in place but not journaled
     ("tar", "hdf5", "manifest"),            # killed in the final manifest step
-    ("files", "hdf5", "unit-commit@2"),
+    ("files", "hdf5", "unit-commit@2"),     # killed with a unit's files in place but not journaled
     ("files", "parquet", "unit-read@2"),
 ])
 def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, failpoint, numbered, reference,

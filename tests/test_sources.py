@@ -188,7 +188,8 @@ def test_key_scan_sees_compressed_shards_whatever_their_name_and_reader_checks_t
     reader that finds more image members than the scan saw refuses to go on."""
     import gzip
 
-    from pipeline.sources import ScanMismatch, scan_tar_keys
+    from pipeline.records import ScanMismatch
+    from pipeline.sources import scan_tar_keys
 
     _tar(tmp_path / "plain.tar", [("a.jpg", b"A"), ("b.json", b"{}"), ("c.png", b"C")])
     (tmp_path / "zipped.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
@@ -214,7 +215,7 @@ def test_transient_failures_are_told_apart_from_unreadable_inputs():
 
     from apache_beam.io.filesystem import BeamIOError
 
-    from pipeline.sources import is_transient
+    from pipeline.retries import is_transient
 
     assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
     assert is_transient(TimeoutError("read timed out"))
@@ -223,3 +224,14 @@ def test_transient_failures_are_told_apart_from_unreadable_inputs():
     assert not is_transient(FileNotFoundError(errno.ENOENT, "No such file"))
     assert not is_transient(PermissionError(errno.EACCES, "denied"))
     assert not is_transient(tarfile.ReadError("unexpected end of data"))
+
+
+@pytest.mark.parametrize("pattern, layout, keys", [("*.jpg", "files", ["a.jpg", "b.jpg"]),
+                                                   ("*.tar", "tar", ["s.tar"])])
+def test_a_glob_without_a_folder_matches_in_the_current_directory(pattern, layout, keys, tmp_path, monkeypatch):
+    """Beam's local filesystem matches nothing for `*.tar`; featurize asks for `./*.tar`."""
+    for name in ("a.jpg", "b.jpg", "s.tar", "notes.txt"):
+        (tmp_path / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    listing = list_inputs(resolve_input(pattern))
+    assert listing.layout == layout and [key for key, _, _ in listing.inputs] == keys

@@ -16,9 +16,9 @@ INTERMEDIATE = "expanded_conv_project_bn"
 
 
 def layer_dims():
-    from pipeline import backbones
+    from pipeline import keras_models
 
-    return dict(backbones.list_layers(TEST_MODEL, (TEST_SIZE, TEST_SIZE))), backbones.default_layer(TEST_MODEL)
+    return dict(keras_models.list_layers(TEST_MODEL, (TEST_SIZE, TEST_SIZE))), keras_models.default_layer(TEST_MODEL)
 
 
 def featurize(source, out, weights, *extra):
@@ -154,3 +154,33 @@ def test_float16_and_l2_normalised_store(zoo_folder, small_weights, tmp_path):
     table = pq.read_table(f"{tmp_path}/half/features")
     assert table.schema.field("embedding").type == pa.list_(pa.float16(), 576)
     np.testing.assert_allclose(np.linalg.norm(store.embeddings(), axis=1), 1.0, atol=2e-3)
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_columns_the_reader_does_not_know_are_ignored(tmp_path, fmt, monkeypatch):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    monkeypatch.setattr("pipeline.sinks.ROW_GROUP_BYTES", 100)  # several row groups per file: get() finds its group
+    features = written_store(tmp_path, fmt)
+    # What a store made with predictions holds beside the vectors (K = 2 classes per row).
+    if fmt == "parquet":
+        for path in features:
+            table = pq.read_table(tmp_path / path)
+            rows = table.num_rows
+            table = (table.append_column("predicted_ids", pa.array([[1, 2]] * rows, pa.list_(pa.int32())))
+                     .append_column("predicted_names", pa.array([["a", "b"]] * rows, pa.list_(pa.string())))
+                     .append_column("predicted_scores", pa.array([[0.5, 0.25]] * rows, pa.list_(pa.float32()))))
+            pq.write_table(table, tmp_path / path, row_group_size=2)
+        assert pq.ParquetFile(tmp_path / features[0]).num_row_groups == 2
+    else:
+        with h5py.File(tmp_path / "features.h5", "r+") as f:
+            f.create_dataset("predicted_ids", data=np.ones((6, 2), np.int32))
+            f.create_dataset("predicted_scores", data=np.ones((6, 2), np.float32))
+    store = FeatureStore.open(str(tmp_path))
+    expected = np.stack([row(i)["embedding"] for i in range(6)])
+    np.testing.assert_array_equal(store.embeddings(), expected)
+    assert store.keys == [f"k{i}" for i in range(6)] and store.uris == [f"u{i}" for i in range(6)]
+    for i in range(6):
+        np.testing.assert_array_equal(store.get(f"k{i}"), expected[i])
+    assert store.search(expected[4], k=1, metric="l2").keys == [["k4"]]

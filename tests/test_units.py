@@ -5,7 +5,7 @@ import pytest
 
 from pipeline.records import ErrorRecord
 from pipeline.sources import Listing
-from pipeline.units import files_per_unit, plan_units, tar_unit_id
+from pipeline.units import files_per_unit, plan_units, shard_unit_id
 
 
 def files_listing(keys, root="photos", duplicates=()):
@@ -71,18 +71,18 @@ def test_a_key_listed_twice_is_one_input_and_one_error_row_in_its_unit():
 @pytest.mark.parametrize("shard, other", [("a/train-0001.tar", "b/train-0001.tar"),
                                           ("gs://bucket/x.tar.gz", "gs://bucket/y/x.tar.gz")])
 def test_tar_unit_ids_are_readable_and_distinct_for_equal_names(shard, other):
-    unit_id = tar_unit_id(shard)
+    unit_id = shard_unit_id("tar", shard)
     assert unit_id.startswith("tar-" + shard.rsplit("/", 1)[-1].split(".tar")[0] + "-")
-    assert unit_id != tar_unit_id(other) and unit_id == tar_unit_id(shard)
+    assert unit_id != shard_unit_id("tar", other) and unit_id == shard_unit_id("tar", shard)
 
 
 def test_tar_plan_reuses_committed_shards_and_reports_removed_ones():
     listing = Listing("tar", "", [(f"s/{i}.tar", f"s/{i}.tar", 100) for i in range(4)])
-    committed = {tar_unit_id("s/1.tar"): {"unit": tar_unit_id("s/1.tar"), "source": "s/1.tar", "inputs": 9},
-                 tar_unit_id("s/gone.tar"): {"unit": tar_unit_id("s/gone.tar"), "source": "s/gone.tar", "inputs": 3}}
+    committed = {shard_unit_id("tar", "s/1.tar"): {"unit": shard_unit_id("tar", "s/1.tar"), "source": "s/1.tar", "inputs": 9},
+                 shard_unit_id("tar", "s/gone.tar"): {"unit": shard_unit_id("tar", "s/gone.tar"), "source": "s/gone.tar", "inputs": 3}}
     plan = plan_units(listing, committed, unit_size=1000, batch_size=8)
     assert [u.source for u in plan.pending] == ["s/0.tar", "s/2.tar", "s/3.tar"]
-    assert plan.reused_units == [tar_unit_id("s/1.tar")] and plan.removed == ["s/gone.tar"]
+    assert plan.reused_units == [shard_unit_id("tar", "s/1.tar")] and plan.removed == ["s/gone.tar"]
     assert plan.reused_inputs == 12 and plan.pending_inputs is None
 
 

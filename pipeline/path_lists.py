@@ -1,0 +1,80 @@
+"""Path lists: `--input list.txt | list.csv | list.tsv` names the images to read, one per row.
+
+A `.txt` list has one path or URL per line (blank lines and lines starting with `#` are
+skipped). A `.csv` / `.tsv` list has a header row; the paths are in the `--uri-column`, by
+default the first of `URI_COLUMNS` present. Relative paths are relative to the list's own
+folder; absolute paths and URIs (`gs://...`, `https://...`) are taken as they are.
+"""
+from __future__ import annotations
+
+import csv
+import io
+import posixpath
+
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
+
+LIST_SUFFIXES = (".txt", ".csv", ".tsv")
+URI_COLUMNS = ("uri", "url", "path", "filepath", "file", "filename", "image_path")
+
+
+class PathListError(ValueError):
+    """A list that cannot be read as paths: one sentence naming the list and what would be valid."""
+
+
+def is_path_list(path: str) -> bool:
+    return path.lower().endswith(LIST_SUFFIXES)
+
+
+def _is_absolute(entry: str) -> bool:
+    return entry.startswith("/") or FileSystems.get_scheme(entry) is not None
+
+
+def _text_of(path: str) -> str:
+    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+        data = handle.read()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise PathListError(f"input {path!r} is not UTF-8 text ({exc}); a path list has one path or URL per line")
+
+
+def _column(path: str, header: list[str], uri_column: str | None) -> int:
+    if uri_column is not None:
+        if uri_column not in header:
+            raise PathListError(f"uri_column {uri_column!r} is not a column of {path!r}; its columns: "
+                                f"{', '.join(header)}")
+        return header.index(uri_column)
+    lowered = [name.strip().lower() for name in header]
+    for name in URI_COLUMNS:
+        if name in lowered:
+            return lowered.index(name)
+    raise PathListError(f"input {path!r} has no column named {', '.join(URI_COLUMNS)}; its columns: "
+                        f"{', '.join(header)}; name the column of paths with --uri-column")
+
+
+def read_path_list(path: str, uri_column: str | None = None) -> list[str]:
+    """The paths or URIs a list names, in list order, relative ones joined to the list's folder."""
+    text = _text_of(path)
+    if path.lower().endswith(".txt"):
+        if uri_column is not None:
+            raise PathListError(f"uri_column {uri_column!r} applies to .csv and .tsv lists; {path!r} is a .txt "
+                                f"list with one path per line")
+        entries = [line.strip() for line in text.splitlines()]
+        entries = [entry for entry in entries if entry and not entry.startswith("#")]
+    else:
+        rows = csv.reader(io.StringIO(text), delimiter="\t" if path.lower().endswith(".tsv") else ",")
+        header = next(rows, None)
+        if not header:
+            raise PathListError(f"input {path!r} is empty; a .csv / .tsv list starts with a header row")
+        column = _column(path, header, uri_column)
+        entries = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+    folder = posixpath.dirname(path)
+    return [entry if _is_absolute(entry) else _below(folder, entry) for entry in entries]
+
+
+def _below(folder: str, entry: str) -> str:
+    """`entry` relative to the list's folder; local paths normalised (`lists/../a.jpg` -> `a.jpg`)."""
+    if FileSystems.get_scheme(folder) is not None:
+        return posixpath.join(folder, entry)
+    return posixpath.normpath(posixpath.join(folder, entry))

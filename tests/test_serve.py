@@ -1,0 +1,143 @@
+"""`featurize serve`: the JSON API through a real HTTP client, the page in real headless Chromium.
+
+The server is `python -m pipeline serve` in its own process on a free 127.0.0.1 port, over a store
+of tar shards (so thumbnails are read from tar members), stopped by its PID at the end.
+"""
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pipeline.index import build_index
+from pipeline.sources import read_uri
+from pipeline.store import FeatureStore
+from tests.test_job import MODES, run_small
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# As root on a closed network Chromium needs these (no sandbox, nothing fetched from Google).
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--disable-dev-shm-usage"]
+
+
+def free_port():
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store(tmp_path_factory, zoo_shards, small_weights):
+    out = tmp_path_factory.mktemp("served")
+    run_small(f"{zoo_shards}/shard-{{000000..000002}}.tar", out, small_weights, *MODES["in_process"])
+    build_index(FeatureStore.open(str(out)))
+    return FeatureStore.open(str(out))
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    port = free_port()
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", store.root, "--port", str(port)],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    base = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            try:
+                if httpx.get(base + "/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"the server did not start: {process.stdout.read() if process.poll() is not None else 'timeout'}")
+            time.sleep(0.3)
+        yield base
+    finally:
+        os.kill(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.kill(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+def test_search_by_key_returns_the_stores_exact_neighbours(server, store):
+    key = store.keys[3]
+    response = httpx.get(f"{server}/api/search", params={"key": key, "k": 5}, timeout=30)
+    assert response.status_code == 200
+    results = response.json()["results"]
+    expected = store.search(store.get(key), k=5, exact=True)
+    assert [r["key"] for r in results] == expected.keys[0]
+    assert [r["rank"] for r in results] == [1, 2, 3, 4, 5]
+    np.testing.assert_allclose([r["score"] for r in results], expected.scores[0], rtol=1e-5, atol=1e-6)
+    assert results[0]["key"] == key and results[0]["uri"] == store.uris[store.index_of(key)]
+    assert "#" in results[0]["uri"]  # a tar member
+
+
+def test_search_by_uploaded_image_embeds_it_with_the_stores_model(server, store):
+    key = store.keys[5]
+    image = read_uri(store.uris[5])
+    response = httpx.post(f"{server}/api/search", params={"k": 3}, content=image, timeout=120)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3 and results[0]["key"] == key
+    assert results[0]["score"] == pytest.approx(1.0, abs=1e-4)  # the same image gives the same vector
+
+
+def test_thumbnails_are_read_from_tar_members(server, store):
+    response = httpx.get(f"{server}/api/thumbnail", params={"key": store.keys[0]}, timeout=30)
+    assert response.status_code == 200 and response.headers["content-type"] == "image/jpeg"
+    thumbnail = Image.open(io.BytesIO(response.content))
+    original = Image.open(io.BytesIO(read_uri(store.uris[0])))
+    assert thumbnail.format == "JPEG" and max(thumbnail.size) == 192
+    assert thumbnail.size[0] / thumbnail.size[1] == pytest.approx(original.size[0] / original.size[1], rel=0.05)
+
+
+@pytest.mark.parametrize("method, path, params, body, status, sentence", [
+    ("GET", "/api/search", {"k": 3}, None, 400, "key is missing; give ?key= one of the store's keys"),
+    ("GET", "/api/search", {"key": "nope", "k": 3}, None, 404, "key 'nope' is not in the store"),
+    ("GET", "/api/search", {"key": "x", "k": 0}, None, 400, "k '0' is not a whole number from 1 to 1000"),
+    ("GET", "/api/search", {"key": "x", "k": "ten"}, None, 400, "k 'ten' is not a whole number from 1 to 1000"),
+    ("POST", "/api/search", {"k": 3}, b"", 400, "the request body is empty; POST an image's bytes"),
+    ("POST", "/api/search", {"k": 3}, b"not an image at all", 422, "the request body is not an image featurize can decode"),
+    ("GET", "/api/thumbnail", {"key": "nope"}, None, 404, "key 'nope' is not in the store"),
+    ("GET", "/nothing-here", {}, None, 404, "GET /nothing-here: Not Found"),
+    ("DELETE", "/api/search", {}, None, 405, "DELETE /api/search: Method Not Allowed"),
+])
+def test_bad_requests_get_a_4xx_and_one_json_sentence(server, method, path, params, body, status, sentence):
+    response = httpx.request(method, server + path, params=params, content=body, timeout=60)
+    assert response.status_code == status
+    error = response.json()["error"]
+    assert error.startswith(sentence) and "\n" not in error and "Traceback" not in response.text
+
+
+def chromium(*args, timeout=90):
+    with tempfile.TemporaryDirectory() as profile:
+        return subprocess.run([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", *args],
+                              capture_output=True, text=True, timeout=timeout)
+
+
+def test_the_page_shows_the_neighbours_and_their_thumbnails_in_chromium(server, store):
+    assert CHROMIUM, "this test needs Debian's chromium package (.ci/run installs it)"
+    key = store.keys[2]
+    expected = httpx.get(f"{server}/api/search", params={"key": key, "k": 4}, timeout=30).json()["results"]
+    # The page fetches the results, then every thumbnail; virtual time waits for them before the dump.
+    done = chromium("--virtual-time-budget=20000", "--dump-dom", f"{server}/?key={key}&k=4")
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert f"4 neighbours of {key}" in dom
+    for result in expected:
+        assert f'data-key="{result["key"]}"' in dom and f"#{result['rank']} {result['key']}" in dom
+    assert dom.count('class="result"') == 4
+    # Each thumbnail, query included, arrived and decoded (the page marks img.dataset.loaded on load).
+    assert dom.count('data-loaded="true"') == 5 and 'data-loaded="false"' not in dom
