@@ -10,6 +10,8 @@ launcher hands them the names.
 """
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from typing import Any, Sequence
 
@@ -30,17 +32,23 @@ class ClassIndexError(ValueError):
 
 
 def _keras_class_index() -> str:
-    """Keras's cached class index, fetched into Keras's cache first when it is not there."""
-    import keras
+    """Keras's cached class index, fetched into Keras's cache first when it is not there. Quietly:
+    TensorFlow's start-up lines go to the log and Keras's "Downloading data from" line nowhere."""
+    from pipeline.handler import tensorflow_without_jax
+    from pipeline.logs import native_stderr_to_log
 
-    try:
-        return keras.utils.get_file(CLASS_INDEX_NAME, CLASS_INDEX_URL, cache_subdir="models",
-                                    file_hash=CLASS_INDEX_MD5)
-    except Exception as exc:  # noqa: BLE001 - get_file raises bare Exception for a failed download
-        reason = " ".join(str(exc).split())[:300]
-        raise ClassIndexError(f"predictions need ImageNet's class names, and {CLASS_INDEX_NAME} is not in Keras's "
-                              f"cache and could not be downloaded from {CLASS_INDEX_URL} ({reason}); on a machine "
-                              f"without internet pass --class-index FILE with a copy of that file") from None
+    with native_stderr_to_log(), tensorflow_without_jax(), contextlib.redirect_stdout(io.StringIO()):
+        import keras
+
+        try:
+            return keras.utils.get_file(CLASS_INDEX_NAME, CLASS_INDEX_URL, cache_subdir="models",
+                                        file_hash=CLASS_INDEX_MD5)
+        except Exception as exc:  # noqa: BLE001 - get_file raises bare Exception for a failed download
+            reason = " ".join(str(exc).split())[:300]
+            raise ClassIndexError(f"predictions need ImageNet's class names, and {CLASS_INDEX_NAME} is not in "
+                                  f"Keras's cache and could not be downloaded from {CLASS_INDEX_URL} ({reason}); on "
+                                  f"a machine without internet pass --class-index FILE with a copy of that file"
+                                  ) from None
 
 
 def load_class_names(class_index: str | None, classes: int) -> list[str]:

@@ -133,6 +133,17 @@ def test_offline_imagenet_is_one_sentence_before_any_worker(zoo_folder, tmp_path
     assert not (tmp_path / "out").exists()
 
 
+def test_offline_predictions_without_a_class_index_are_one_sentence(zoo_folder, tmp_path):
+    done = featurize(tmp_path, "--input", zoo_folder, "--output", tmp_path / "out", "--model", "MobileNetV3Small",
+                     "--predictions", "5")
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("featurize: error: predictions need ImageNet's class names, and imagenet_class_index.json "
+                           "is not in Keras's cache and could not be downloaded"), line
+    assert line.endswith("pass --class-index FILE with a copy of that file") and not done.stdout
+    assert not (tmp_path / "out").exists()
+
+
 def test_weights_that_do_not_fit_are_refused_naming_the_first_layer(zoo_folder, small_weights, tmp_path):
     done = featurize(tmp_path, "--input", zoo_folder, "--output", tmp_path / "out", "--model", "ResNet50",
                      "--weights", small_weights, "--image-size", 64)
