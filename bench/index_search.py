@@ -11,7 +11,9 @@ processes, so each peak RSS (ru_maxrss) is that step's own:
   against the exact cosine top-10 of the same queries, which are new points of the mixture,
   not rows of the store;
 - exact (matrix): `search(..., exact=True)` of a batch of 10 queries over the memory-mapped matrix;
-- exact (parquet): the same batch with no index, decoding the store's Parquet shards.
+- exact (parquet): the same batch with no index, decoding the store's Parquet shards;
+- cli: `featurize search OUT --query KEY` as a user types it, a fresh process each time (Python
+  start-up and imports included), wall time, fastest of CLI_REPEATS.
 """
 from __future__ import annotations
 
@@ -33,6 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.search_memory import BLOCK, write_parquet  # noqa: E402
 
 CLUSTERS = 1000
+CLI_REPEATS = 5
 SPREAD = 1.0  # noise scale against unit-variance cluster centres (--spread; 1.5: clusters overlap more)
 
 
@@ -117,6 +120,17 @@ def step_exact(root: str, use_index: bool) -> dict:
     return {"rows_per_s": len(store) / seconds, "seconds": seconds, "peak_rss_mib": peak_rss_mib()}
 
 
+def cli_search_seconds(root: str, rows: int) -> float:
+    """Wall time of the whole `featurize search` command for a key in the middle of the store."""
+    command = [sys.executable, "-m", "pipeline", "search", root, "--query", f"img{rows // 2:08d}.jpg", "--k", "10"]
+    times = []
+    for _ in range(CLI_REPEATS):
+        started = time.perf_counter()
+        subprocess.run(command, capture_output=True, timeout=600, check=True)
+        times.append(time.perf_counter() - started)
+    return min(times)
+
+
 def run_step(*args: str) -> dict:
     done = subprocess.run([sys.executable, __file__, "--step", *args], capture_output=True, text=True,
                           timeout=1800, check=True)
@@ -143,8 +157,8 @@ def main() -> None:
           f"exact: one batch of 10 queries\n")
     print("| rows | index | build s | index MiB | matrix+index MiB | build peak RSS MiB | ann p50 ms | ann p99 ms "
           "| recall@10 | ann peak RSS MiB | exact (matrix) rows/s | exact (matrix) peak RSS MiB "
-          "| exact (parquet) rows/s | exact (parquet) peak RSS MiB |")
-    print("| " + " | ".join(["---"] * 14) + " |")
+          "| exact (parquet) rows/s | exact (parquet) peak RSS MiB | featurize search s |")
+    print("| " + " | ".join(["---"] * 15) + " |")
     for rows in args.rows:
         work = Path(tempfile.mkdtemp(prefix="featurize-index-bench-"))
         try:
@@ -154,11 +168,12 @@ def main() -> None:
             ann = run_step("ann", root, str(args.queries))
             matrix = run_step("exact-matrix", root)
             parquet = run_step("exact-parquet", root)
+            cli = cli_search_seconds(root, rows)
             print(f"| {rows:,} | {build['factory']} nprobe={build['nprobe']} | {build['seconds']:.1f} "
                   f"| {build['index_mib']:.0f} | {build['folder_mib']:.0f} | {build['peak_rss_mib']:.0f} "
                   f"| {ann['p50_ms']:.2f} | {ann['p99_ms']:.2f} | {ann['recall_at_10']:.3f} | {ann['peak_rss_mib']:.0f} "
                   f"| {matrix['rows_per_s']:,.0f} | {matrix['peak_rss_mib']:.0f} "
-                  f"| {parquet['rows_per_s']:,.0f} | {parquet['peak_rss_mib']:.0f} |", flush=True)
+                  f"| {parquet['rows_per_s']:,.0f} | {parquet['peak_rss_mib']:.0f} | {cli:.2f} |", flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
 

@@ -5,7 +5,7 @@ import logging
 import sys
 from typing import Sequence
 
-from pipeline.config import ConfigError
+from pipeline.errors import ConfigError
 
 USAGE = """usage: featurize COMMAND [options]
 
@@ -134,9 +134,7 @@ def search_command(argv: Sequence[str]) -> int:
     import argparse
     import os
 
-    from pipeline.contact_sheet import contact_sheet
     from pipeline.index import StaleIndex
-    from pipeline.sources import read_uri
 
     parser = argparse.ArgumentParser(prog="featurize search", description="Nearest neighbours in a store: through "
                                      "its index when it has one (featurize index), else an exact scan.")
@@ -161,36 +159,39 @@ def search_command(argv: Sequence[str]) -> int:
             raise ConfigError(f"query {args.query!r} cannot be embedded with the store's model "
                               f"({type(exc).__name__}: {exc})") from None
         query_label = os.path.basename(args.query)
-    elif args.query in store:
-        vector, query_label = store.get(args.query, name), args.query
-        query_bytes = None
     else:
-        raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store")
+        try:
+            vector, query_label = store.get(args.query, name), args.query
+        except KeyError:
+            raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store") from None
+        query_bytes = None
     try:
         result = store.search(vector, k=args.k, metric=args.metric, output=name, exact=args.exact)
     except StaleIndex as exc:
         raise ConfigError(str(exc)) from None
-    uris = store.uris
-    rows = [{"rank": rank, "score": f"{score:.6f}", "key": key, "uri": uris[index]}
+    rows = [{"rank": rank, "score": f"{score:.6f}", "key": key, "uri": store.uri_of(index)}
             for rank, (index, score, key) in enumerate(
                 zip(result.indices[0], result.scores[0], result.keys[0]), 1)]
     columns = ["rank", "score", "key", "uri"]
     if store.fingerprint.predictions:  # a store made with --predictions: each neighbour's top class
         from pipeline.predictions import NAMES
 
-        names = store.reader.column(NAMES)
+        names = store.rows[NAMES]
         for row, index in zip(rows, result.indices[0]):
-            row["top class"] = names[index][0]
+            row["top class"] = names[int(index)][0].as_py()
         columns.insert(3, "top class")
     print(_table(rows, columns))
     if args.grid:
+        from pipeline.contact_sheet import contact_sheet
+        from pipeline.sources import URI_READ_ERRORS, read_uri
+
         def fetch(uri):
             try:
                 return read_uri(uri)
-            except Exception:  # noqa: BLE001 - a moved image becomes an 'unreadable' tile
+            except URI_READ_ERRORS:  # a moved or unreadable image becomes an 'unreadable' tile
                 return None
         if query_bytes is None:
-            query_bytes = fetch(uris[store.index_of(args.query)])
+            query_bytes = fetch(store.uri_of(store.index_of(args.query)))
         png = contact_sheet((query_label, query_bytes),
                             [(row["key"], fetch(row["uri"]), float(row["score"])) for row in rows])
         with open(args.grid, "wb") as handle:
@@ -283,7 +284,7 @@ def inspect_command(argv: Sequence[str]) -> int:
     if fp.predictions:
         from pipeline.predictions import NAMES
 
-        top1 = Counter(names[0] for names in store.reader.column(NAMES))
+        top1 = Counter(names[0] for names in store.rows[NAMES].to_pylist())
         print(f"\npredictions  top-{fp.predictions} classes per row; the most frequent top-1 classes:")
         print(_table([{"class": name, "rows": count} for name, count in top1.most_common(10)], ["class", "rows"]))
     errors = store.errors()

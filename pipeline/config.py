@@ -23,6 +23,7 @@ from typing import Any, Callable, NoReturn, Sequence
 import yaml
 
 from pipeline import backbones
+from pipeline.errors import ConfigError
 from pipeline.images import DEFAULT_MAX_PIXELS, INTERPOLATIONS, RESIZE_POLICIES
 
 FORMATS = ("parquet", "hdf5")
@@ -31,10 +32,6 @@ KERAS_BACKENDS = ("tensorflow", "jax", "torch")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 MODEL_SHARING = ("process", "machine")
 WEIGHTS_ORDERINGS = ("auto", "th", "tf")
-
-
-class ConfigError(ValueError):
-    """A configuration problem, phrased as one sentence for the user."""
 
 
 def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[str] = ()) -> Any:
@@ -217,19 +214,32 @@ def load_preset(path: str) -> dict[str, Any]:
     return preset
 
 
+class _GivenOnce(argparse.Action):
+    """A flag that takes one value. argparse keeps the last of two silently, so `--input a/ --input b/`
+    would drop a/ without a word: two different values are refused instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            fix = ("featurize reads one input, so give one glob over several folders ('{a,b}/' or 'data/*/') "
+                   "or a path list" if self.dest == "input" else "it takes one value")
+            raise ConfigError(f"{option_string} is given twice ({previous!r} and {values!r}); {fix}")
+        setattr(namespace, self.dest, values)
+
+
 def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     """The `featurize run` flags, one per RunConfig field, plus --config.
 
     Defaults are None so a preset's values survive unless a flag is given; values stay
     strings here so that flags and presets share one conversion (and its messages) in resolve().
     """
-    parser.add_argument("--config", help="YAML preset; flags override its values")
+    parser.add_argument("--config", action=_GivenOnce, help="YAML preset; flags override its values")
     for f in dataclasses.fields(RunConfig):
         if _kind(f.name)[0] is bool:
             parser.add_argument(flag_name(f), dest=f.name, action="store_false" if f.default else "store_true",
                                 default=None, help=f.metadata["help"])
         else:
-            parser.add_argument(flag_name(f), dest=f.name, help=f.metadata["help"])
+            parser.add_argument(flag_name(f), dest=f.name, action=_GivenOnce, help=f.metadata["help"])
 
 
 def _convert(name: str, value: Any) -> Any:

@@ -30,10 +30,9 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import predictions
 from pipeline.journal import replace
+from pipeline.layout import FINGERPRINT_ATTR, VIRTUAL_STORE
 from pipeline.records import relative_path
 
-FINGERPRINT_ATTR = "featurize.fingerprint"
-VIRTUAL_STORE = "features.h5"
 _STRING = h5py.string_dtype("utf-8")
 _META = {"key": _STRING, "uri": _STRING, "width": np.int32, "height": np.int32}
 _CHUNK_ROWS = 1024

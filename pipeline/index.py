@@ -5,6 +5,9 @@ Layout, one folder per indexed output (`OUT/index/embedding/`, `OUT/index/LAYER/
 
     vectors.npy    N x D float32 in row order (NumPy .npy, memory-mapped for exact scans)
     sqnorms.npy    N float32 squared L2 norms of those rows (cosine and L2 scans skip recomputing them)
+    rows.arrow     every per-row column but the vectors (key, uri, ...; `FeatureStore.rows`), an
+                   uncompressed Arrow IPC file: memory-mapped, so a search names its results and
+                   finds a key's row without decoding 1M keys from Parquet
     index.faiss    the faiss index (absent for `Flat`: a small store is scanned exactly)
     index.json     written last: what was indexed (the store's fingerprint, row count and feature
                    files), the faiss factory string, metric, search parameter and measured recall
@@ -31,13 +34,15 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
-from apache_beam.io.filesystems import FileSystems
+import pyarrow as pa
 
+from pipeline import files
+from pipeline.layout import INDEX_DIR
 from pipeline.search import Block, METRICS, ann_search, exact_search, normalize, rerank
 
-INDEX_DIR = "index"
 INFO_FILE = "index.json"
 MATRIX_FILE = "vectors.npy"
+ROWS_FILE = "rows.arrow"
 SQNORMS_FILE = "sqnorms.npy"
 FAISS_FILE = "index.faiss"
 FLAT = "Flat"
@@ -134,6 +139,18 @@ def _write_matrix(store, output: str, folder: str) -> tuple[np.ndarray, np.ndarr
     return matrix, sqnorms
 
 
+def _write_rows(store, folder: str) -> None:
+    """The store's per-row metadata as an Arrow IPC file (no compression: it is memory-mapped)."""
+    import pyarrow.ipc as ipc
+
+    rows = store.reader.metadata()
+    if rows.num_rows != len(store):
+        raise ValueError(f"the store's shards hold {rows.num_rows} rows but its manifest counts {len(store)}; "
+                         f"the store is damaged, re-create it")
+    with ipc.new_file(os.path.join(folder, ROWS_FILE), rows.schema) as writer:
+        writer.write_table(rows, max_chunksize=1 << 20)
+
+
 def _prepared(block: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(normalize(block) if metric == "cosine" else block, np.float32)
 
@@ -211,14 +228,14 @@ def matrix_blocks(matrix: np.ndarray, sqnorms: np.ndarray, rows: int = SCAN_ROWS
 
 
 def _remove(folder: str) -> None:
-    for name in (INFO_FILE, FAISS_FILE, MATRIX_FILE, SQNORMS_FILE):
+    for name in (INFO_FILE, FAISS_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE):
         path = os.path.join(folder, name)
         if os.path.exists(path):
             os.remove(path)
 
 
 def _local_root(store) -> str:
-    if FileSystems.get_scheme(store.root) is not None:
+    if not files.is_local(store.root):
         raise ValueError(f"store {store.root!r} is not on a local disk; the index is memory-mapped, so copy "
                          f"the store to a local folder and index that")
     if store.manifest is None:
@@ -240,6 +257,7 @@ def build_index(store, output: str | None = None, *, metric: str = "cosine", mem
     _remove(folder)  # index.json goes first: a half-written folder is never taken for an index
     started = time.perf_counter()
     matrix, sqnorms = _write_matrix(store, output, folder)
+    _write_rows(store, folder)
     parameter = value = recall = None
     faiss_version = None
     if index is not None:
@@ -270,12 +288,13 @@ class StoreIndex:
         self.matrix = np.load(os.path.join(folder, MATRIX_FILE), mmap_mode="r")
         self.sqnorms = np.load(os.path.join(folder, SQNORMS_FILE), mmap_mode="r")
         self._faiss = None
+        self._rows: pa.Table | None = None
 
     @classmethod
     def open(cls, store, output: str) -> "StoreIndex | None":
         """The store's index of `output`, or None when there is none; StaleIndex when the store changed
         since it was built."""
-        if FileSystems.get_scheme(store.root) is not None or store.manifest is None:
+        if not files.is_local(store.root) or store.manifest is None:
             return None
         folder = index_path(store.root, output)
         path = os.path.join(folder, INFO_FILE)
@@ -287,11 +306,22 @@ class StoreIndex:
             ("row count", info.rows, len(store)),
             ("fingerprint", info.fingerprint, store.fingerprint.to_json()),
             ("feature files", info.features, store.manifest["files"]["features"])) if ours != theirs]
+        if not os.path.exists(os.path.join(folder, ROWS_FILE)):  # built before rows.arrow was part of an index
+            changed.append(f"index format (it has no {ROWS_FILE})")
         if changed:
             raise StaleIndex(f"the index in {folder!r} was built for another state of the store (its "
                              f"{' and '.join(changed)} changed); rebuild it with `featurize index {store.root}`, "
                              f"or search with exact=True (--exact)")
         return cls(folder, info)
+
+    @property
+    def rows(self) -> pa.Table:
+        """rows.arrow, memory-mapped: nothing is read until a column is used."""
+        if self._rows is None:
+            import pyarrow.ipc as ipc
+
+            self._rows = ipc.open_file(pa.memory_map(os.path.join(self.folder, ROWS_FILE))).read_all()
+        return self._rows
 
     @property
     def faiss_index(self):

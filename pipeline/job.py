@@ -12,7 +12,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
 from typing import Any, Sequence
 
@@ -22,18 +22,19 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
 from apache_beam.runners.runner import PipelineState
 
-from pipeline import backbones, keras_models, progress
+from pipeline import backbones, files, keras_models, progress
 from pipeline.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
 from pipeline.preflight import ModelLoadError, check_model
-from pipeline.journal import (STORE_STATE, committed_units, read_json, read_store_state, remove_orphans,
-                              write_json_atomically, write_store_state)
+from pipeline.files import read_json
+from pipeline.journal import (committed_units, read_store_state, remove_orphans, write_json_atomically,
+                              write_store_state)
+from pipeline.layout import MANIFEST, STORE_STATE, VIRTUAL_STORE
 from pipeline.records import METRICS_NAMESPACE
-from pipeline.sinks import LISTED_LIMIT, MANIFEST, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
-from pipeline.hdf5 import VIRTUAL_STORE
+from pipeline.sinks import LISTED_LIMIT, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
 from pipeline.record_shards import IMAGE_FIELDS, RECORD_READ_ERRORS, shard_fields
 from pipeline.records import RecordFields
 from pipeline.sources import LAYOUT_NAMES, Listing, list_inputs, normalized_path, resolve_input
@@ -342,9 +343,21 @@ def _manifest_template(config: RunConfig, fp: dict[str, Any], options: PipelineO
     }
 
 
+def with_absolute_paths(config: RunConfig) -> RunConfig:
+    """Local --output and --weights made absolute (the input is, when listed): the workers of a
+    portable runner do not run in the launcher's folder, and a store outlives the folder it was
+    made from."""
+    changes = {"output": os.path.abspath(config.output)} if files.is_local(config.output) else {}
+    weights = backbones.weights_argument(config.weights)
+    if weights not in (None, "imagenet") and files.is_local(weights):
+        changes["weights"] = os.path.abspath(weights)
+    return replace(config, **changes)
+
+
 def prepare(argv: Sequence[str] | None = None) -> Job:
     """Parse and validate everything, list the input and plan the units; raises ConfigError before any work."""
     config, beam_args = parse_run_args(list(argv) if argv is not None else sys.argv[1:])
+    config = with_absolute_paths(config)
     listing = check_input(config)
     outputs = output_dims(config)
     options = pipeline_options(beam_args)

@@ -33,14 +33,10 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline.dedupe import HASH_DTYPE
+from pipeline.files import list_paths, read_json
+from pipeline.layout import ERRORS_DIR, FEATURES_DIR, STORE_STATE, TMP_DIR, UNITS_DIR
 from pipeline.records import UNIT_LAYOUTS
 
-STATE_DIR = "_featurize"
-STORE_STATE = f"{STATE_DIR}/store.json"
-UNITS_DIR = f"{STATE_DIR}/units"
-TMP_DIR = f"{STATE_DIR}/tmp"
-FEATURES_DIR = "features"
-ERRORS_DIR = "errors"
 UNIT_PREFIXES = tuple(f"{layout}-" for layout in UNIT_LAYOUTS)  # unit ids start so: what featurize may delete
 FAILPOINTS_ENV = "FEATURIZE_FAILPOINTS"
 FAILPOINT_DIR_ENV = "FEATURIZE_FAILPOINT_DIR"
@@ -70,16 +66,6 @@ def failpoint(name: str) -> None:
 
 def join(output: str, *parts: str) -> str:
     return FileSystems.join(output.rstrip("/"), *parts)
-
-
-def list_paths(pattern: str) -> list[str]:
-    """Every path matching `pattern`, sorted (on any Beam filesystem)."""
-    return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
-
-
-def read_json(path: str) -> dict[str, Any]:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return json.load(handle)
 
 
 def replace(source: str, destination: str) -> None:

@@ -64,8 +64,7 @@ class SearchService:
         self.store = store
         self.output = output
         self.metric = metric
-        self.uris = store.uris  # read (with the keys) before the first request, not during it
-        self.rows = len(store.keys)
+        self.rows = store.rows.num_rows  # keys and uris read (or mapped) before the first request
         self._lock = threading.Lock()
 
     def _results(self, vector: np.ndarray, k: int) -> dict[str, Any]:
@@ -76,7 +75,7 @@ class SearchService:
                 result = self.store.search(vector, k=k, metric=self.metric, output=self.output)
         except StaleIndex as exc:
             raise BadRequest(409, str(exc)) from None
-        return {"results": [{"rank": rank, "key": key, "uri": self.uris[index], "score": float(score)}
+        return {"results": [{"rank": rank, "key": key, "uri": self.store.uri_of(index), "score": float(score)}
                             for rank, (index, score, key) in enumerate(
                                 zip(result.indices[0], result.scores[0], result.keys[0]), 1)]}
 
@@ -111,7 +110,7 @@ class SearchService:
         from pipeline.images import DECODE_ERRORS
         from pipeline.sources import read_uri
 
-        uri = self.uris[self._row(key)]
+        uri = self.store.uri_of(self._row(key))
         try:
             data = read_uri(uri)
         except FileNotFoundError:

@@ -29,13 +29,11 @@ from apache_beam.io.filesystems import FileSystems
 from pipeline import journal, predictions
 from pipeline.dedupe import HASH_DTYPE
 from pipeline.hdf5 import VIRTUAL_STORE, ShardWriter, write_virtual_store
-from pipeline.index import INDEX_DIR
-from pipeline.journal import ERRORS_DIR, FEATURES_DIR, STATE_DIR, UNITS_DIR, join, write_json_atomically
+from pipeline.journal import join, write_json_atomically
+from pipeline.layout import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_KEY, INDEX_DIR, MANIFEST, STATE_DIR, UNITS_DIR
 from pipeline.logs import JobError
 from pipeline.records import STAGES, ErrorRecord
 
-MANIFEST = "manifest.json"
-FINGERPRINT_KEY = b"featurize.fingerprint"
 SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
 LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
 # Everything this tool writes into an output directory (for --overwrite): only its own files.

@@ -28,7 +28,7 @@ from typing import Iterable, Iterator, Mapping
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline import record_shards
+from pipeline import files, record_shards
 from pipeline.images import SNIFF_BYTES, extension_of, is_image_name, sniff_image_format
 from pipeline.path_lists import is_path_list, read_path_list
 from pipeline.records import (ErrorRecord, ImageRecord, RecordFields, ScanMismatch, WorkUnit, error_from_exception,
@@ -106,8 +106,11 @@ LAYOUT_NAMES = {"tar": "tar shards", "tfrecord": "TFRecord shards", "parquet": "
 
 
 def resolve_input(spec: str) -> InputSpec:
-    """Turn --input into patterns to list. Raises ValueError for a mix of layouts."""
-    expanded = expand_braces(spec)
+    """Turn --input into patterns to list. Raises ValueError for a mix of layouts.
+
+    Local paths become absolute, so each row's uri names its image from any folder (`featurize
+    serve` and `search --grid` read it later) and on workers whose folder is not the launcher's."""
+    expanded = [os.path.abspath(p) if files.is_local(p) else p for p in expand_braces(spec)]
     layouts = sorted({input_layout(p) for p in expanded})
     if len(layouts) > 1:
         raise ValueError(f"input {spec!r} mixes {' and '.join(LAYOUT_NAMES[name] for name in layouts)}; "
@@ -197,6 +200,7 @@ def _read_bytes(uri: str) -> bytes:
 # among them (is_transient) is not data: it is retried, then fails the bundle. Anything else
 # (a bug, MemoryError) fails the bundle too, so Beam retries it.
 TAR_READ_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError)
+URI_READ_ERRORS = (*TAR_READ_ERRORS, *record_shards.RECORD_READ_ERRORS)  # what read_uri raises for a bad uri
 
 
 def normalized_path(path: str) -> str:
@@ -235,14 +239,11 @@ class Listing:
 
 def _match(pattern: str) -> list[tuple[str, int]]:
     """(path, bytes) of every match; a literal path that does not exist gives (path, -1)."""
-    # Beam's local filesystem matches nothing for a glob without a folder (`*.tar`): ask for `./*.tar`.
-    bare = FileSystems.get_scheme(pattern) is None and "/" not in pattern
-    query = f"./{pattern}" if bare else pattern
     if not has_glob(pattern) and not pattern.endswith("/**"):
-        found = FileSystems.match([query])[0].metadata_list if FileSystems.exists(query) else []
+        found = FileSystems.match([pattern])[0].metadata_list if FileSystems.exists(pattern) else []
     else:
-        found = FileSystems.match([query])[0].metadata_list
-    paths = [(m.path[2:] if bare and m.path.startswith("./") else m.path, m.size_in_bytes) for m in found]
+        found = FileSystems.match([pattern])[0].metadata_list
+    paths = [(m.path, m.size_in_bytes) for m in found]
     return paths or ([] if has_glob(pattern) or pattern.endswith("/**") else [(pattern, -1)])
 
 

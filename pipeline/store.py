@@ -2,6 +2,7 @@
 
     store = FeatureStore.open("out/")
     len(store), store.keys[:3], store.dim, store.fingerprint.backbone
+    store.rows                                     # key, uri, width, height (, predicted_*) as an Arrow table
     matrix = store.embeddings()                    # N x D numpy array
     for start, block in store.iter_embeddings(chunk_rows=65536): ...   # bounded memory
     vector = store.get("cat/001.jpg")
@@ -9,7 +10,9 @@
 
 Rows are in shard order (shards sorted by name, rows in file order) for both formats, so
 row i of `embeddings()` belongs to `keys[i]`. Reading is the format's reader's job
-(pipeline.readers), ranking is pipeline.search's, the index is pipeline.index's.
+(pipeline.readers), ranking is pipeline.search's, the index is pipeline.index's. An indexed store
+answers from its index folder (memory-mapped) without decoding a shard, and a local store is read
+without importing Apache Beam (pipeline.files), so a search answers in well under a second.
 """
 from __future__ import annotations
 
@@ -17,15 +20,14 @@ import json
 from typing import Any, Iterator, Sequence
 
 import numpy as np
-import pyarrow.parquet as pq
-from apache_beam.io.filesystems import FileSystems
+import pyarrow as pa
 
+from pipeline import files
+from pipeline.files import list_paths, read_json
 from pipeline.fingerprint import Fingerprint
-from pipeline.hdf5 import FINGERPRINT_ATTR
-from pipeline.journal import list_paths, read_json
+from pipeline.layout import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST
 from pipeline.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
 from pipeline.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
-from pipeline.sinks import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_KEY, MANIFEST
 
 __all__ = ["FeatureStore", "IncompleteStore", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
@@ -35,9 +37,17 @@ def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
     """The feature files the manifest lists that are not there, relative to `root`."""
     # One listing instead of a request per shard; exists() only confirms what the listing lacks
     # (a path spelled differently, or a file in a subfolder).
-    present = set(list_paths(FileSystems.join(root, FEATURES_DIR, "*")))
+    present = set(list_paths(files.join(root, FEATURES_DIR, "*")))
     return [path for path in manifest["files"]["features"]
-            if FileSystems.join(root, path) not in present and not FileSystems.exists(FileSystems.join(root, path))]
+            if files.join(root, path) not in present and not files.exists(files.join(root, path))]
+
+
+def _string_scalar(text: str) -> pa.Scalar:
+    """An Arrow string scalar built from its buffers: pyarrow imports pandas (a second) on the first
+    conversion of a Python object, which a one-query command should not pay."""
+    data = text.encode("utf-8")
+    offsets = np.array([0, len(data)], np.int32)
+    return pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])[0]
 
 
 class FeatureStore:
@@ -49,9 +59,9 @@ class FeatureStore:
         self.format = fmt
         self.fingerprint = Fingerprint.from_json(fingerprint)
         self.outputs: dict[str, int] = dict(self.fingerprint.outputs)
+        self._rows: pa.Table | None = None
         self._keys: list[str] | None = None
         self._uris: list[str] | None = None
-        self._row_of: dict[str, int] | None = None
         self._reader: StoreReader | None = None
         self._indexes: dict[str, Any] = {}
         self._models: dict[int, Any] = {}
@@ -62,8 +72,8 @@ class FeatureStore:
         """Open a featurize output; refuses one without manifest.json unless allow_incomplete, and
         one whose manifest lists a feature file that is gone."""
         root = root.rstrip("/")
-        manifest_path = FileSystems.join(root, MANIFEST)
-        if FileSystems.exists(manifest_path):
+        manifest_path = files.join(root, MANIFEST)
+        if files.exists(manifest_path):
             manifest = read_json(manifest_path)
             # Checked here, not per read: features.h5 would read a missing shard's rows as zero
             # vectors with empty keys, without an error.
@@ -77,15 +87,17 @@ class FeatureStore:
         if not allow_incomplete:
             raise IncompleteStore(f"{root!r} has no {MANIFEST}: the run did not finish, so the store may be "
                                   f"missing rows; pass allow_incomplete=True to open what is there")
-        parquet = list_paths(FileSystems.join(root, FEATURES_DIR, "*.parquet"))
+        parquet = list_paths(files.join(root, FEATURES_DIR, "*.parquet"))
         if parquet:
-            with FileSystems.open(parquet[0]) as handle:
+            import pyarrow.parquet as pq
+
+            with files.open_read(parquet[0]) as handle:
                 fingerprint = json.loads(pq.ParquetFile(handle).schema_arrow.metadata[FINGERPRINT_KEY])
             return cls(root, None, "parquet", fingerprint)
-        shards = list_paths(FileSystems.join(root, FEATURES_DIR, "*.h5"))
+        shards = list_paths(files.join(root, FEATURES_DIR, "*.h5"))
         if shards:
             import h5py
-            with FileSystems.open(shards[0]) as handle, h5py.File(handle, "r") as shard:
+            with files.open_read(shards[0]) as handle, h5py.File(handle, "r") as shard:
                 fingerprint = json.loads(shard.attrs[FINGERPRINT_ATTR])
             return cls(root, None, "hdf5", fingerprint)
         raise IncompleteStore(f"{root!r} holds no featurize feature shards")
@@ -107,27 +119,42 @@ class FeatureStore:
         """The format's reader (pipeline.readers), opened on first use."""
         if self._reader is None:
             if self.format == "hdf5":
-                self._reader = HDF5Reader(self.root)
+                self._reader = HDF5Reader(self.root, self.outputs)
             elif self.manifest:
-                self._reader = ParquetReader([FileSystems.join(self.root, p) for p in self.manifest["files"]["features"]],
+                self._reader = ParquetReader([files.join(self.root, p) for p in self.manifest["files"]["features"]],
                                              self.outputs)
             else:
-                self._reader = ParquetReader(list_paths(FileSystems.join(self.root, FEATURES_DIR, "*.parquet")),
+                self._reader = ParquetReader(list_paths(files.join(self.root, FEATURES_DIR, "*.parquet")),
                                              self.outputs)
         return self._reader
 
     # ------------------------------------------------------------------ metadata
     @property
+    def rows(self) -> pa.Table:
+        """Every per-row column but the vectors (key, uri, width, height, and predicted_* when the
+        store has predictions), in row order: memory-mapped from a current index (pipeline.index),
+        else read from the shards once."""
+        if self._rows is None:
+            indexed = (self._current_index(name) for name in self.outputs)
+            index = next((index for index in indexed if index is not None), None)
+            self._rows = index.rows if index is not None else self.reader.metadata()
+        return self._rows
+
+    @property
     def keys(self) -> list[str]:
+        """Every key as a Python list (`rows["key"]` is the Arrow column, without the conversion)."""
         if self._keys is None:
-            self._keys = self.reader.column("key")
+            self._keys = self.rows["key"].to_pylist()
         return self._keys
 
     @property
     def uris(self) -> list[str]:
         if self._uris is None:
-            self._uris = self.reader.column("uri")
+            self._uris = self.rows["uri"].to_pylist()
         return self._uris
+
+    def uri_of(self, row: int) -> str:
+        return self.rows["uri"][row].as_py()
 
     def __len__(self) -> int:
         if self.manifest:
@@ -176,11 +203,13 @@ class FeatureStore:
         return True
 
     def index_of(self, key: str) -> int:
-        if self._row_of is None:
-            self._row_of = {k: i for i, k in enumerate(self.keys)}
-        if key not in self._row_of:
+        """The row of `key`: one vectorised scan of the key column (about 10 ms per million rows)."""
+        import pyarrow.compute as pc
+
+        row = pc.index(self.rows["key"], _string_scalar(key)).as_py()
+        if row < 0:
             raise KeyError(f"key {key!r} is not in the store")
-        return self._row_of[key]
+        return row
 
     def get(self, key: str, output: str | None = None) -> np.ndarray:
         """The vector of one key (from the index's matrix when there is a current one)."""
@@ -228,14 +257,15 @@ class FeatureStore:
         else:
             blocks = (Block(start, block) for start, block in self.iter_embeddings(name, chunk_rows))
             indices, scores = exact_search(blocks, queries, k, metric)
-        keys = self.keys
-        return SearchResult(indices, scores, [[keys[i] for i in row] for row in indices])
+        keys = self.rows["key"]
+        return SearchResult(indices, scores, [[keys[int(i)].as_py() for i in row] for row in indices])
 
     # ------------------------------------------------------------------ queries
     def embed(self, images: Sequence[bytes], output: str | None = None) -> np.ndarray:
         """Vectors for new images with this store's fingerprint: same backbone, weights, sizes,
         resize, preprocessing, layers and pooling, so they are comparable with the stored rows."""
-        from pipeline.handler import build_feature_model
+        from pipeline import logs
+        from pipeline.handler import build_feature_model, tensorflow_without_jax
         from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
 
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
@@ -243,19 +273,21 @@ class FeatureStore:
         pixels = np.stack([decode_image(data, decode)[0] for data in images])
         # Kept per batch size (the compiled shape is fixed): a server embeds one upload after another.
         if len(pixels) not in self._models:
-            self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(), batch_size=len(pixels))
+            # TensorFlow's start-up lines (C++, past Python's stderr) go to featurize's log, as in a run.
+            with logs.native_stderr_to_log(), tensorflow_without_jax():
+                self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(), batch_size=len(pixels))
         return self._models[len(pixels)](pixels)[self.output_name(output)].astype(self.fingerprint.dtype).astype(np.float32)
 
     # ------------------------------------------------------------------ errors
     def errors(self):
         """The error rows as a pyarrow Table (key, uri, stage, error_type, message)."""
-        import pyarrow as pa
+        import pyarrow.parquet as pq
 
         from pipeline.sinks import ERROR_SCHEMA
-        paths = ([FileSystems.join(self.root, p) for p in self.manifest["files"]["errors"]] if self.manifest
-                 else list_paths(FileSystems.join(self.root, ERRORS_DIR, "*.parquet")))
+        paths = ([files.join(self.root, p) for p in self.manifest["files"]["errors"]] if self.manifest
+                 else list_paths(files.join(self.root, ERRORS_DIR, "*.parquet")))
         tables = []
         for path in paths:
-            with FileSystems.open(path) as handle:
+            with files.open_read(path) as handle:
                 tables.append(pq.read_table(handle))
         return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()

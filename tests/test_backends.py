@@ -30,7 +30,9 @@ def vectors(out):
     return table.column("key").to_pylist(), np.stack(table.column("embedding").to_numpy(zero_copy_only=False))
 
 
-@pytest.mark.parametrize("model, size", [("MobileNetV3Small", 48), ("ResNet50", 32)])
+# MobileNetV3Small at 48 on JAX against TensorFlow (same tolerance, same fingerprint checks) runs on the
+# portable runner: tests/test_portable.py::test_the_jax_backend_runs_on_the_cluster.
+@pytest.mark.parametrize("model, size", [("ResNet50", 32)])
 def test_jax_vectors_equal_tensorflow_vectors(model, size, photos, tmp_path):
     import keras
 

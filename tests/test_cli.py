@@ -88,9 +88,12 @@ def test_search_by_key_prints_table_and_draws_grid(parquet_store, tmp_path, caps
     assert Image.open(grid).format == "PNG"
 
 
-def test_search_by_image_embeds_it_with_the_store_model(parquet_store, zoo_folder, capsys):
-    assert main(["search", str(parquet_store), "--query", str(zoo_folder / "a.b.c.jpg"), "--k", "1"]) == 0
-    row = capsys.readouterr().out.splitlines()[2].split()
+def test_search_by_image_embeds_it_with_the_store_model_quietly(parquet_store, zoo_folder, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "search", str(parquet_store), "--query",
+                           str(zoo_folder / "a.b.c.jpg"), "--k", "1"], capture_output=True, text=True, timeout=300,
+                          env=quiet_env(tmp_path), stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stderr == ""  # TensorFlow's start-up lines went to the log
+    row = done.stdout.splitlines()[2].split()
     assert row[2] == "a.b.c.jpg" and abs(float(row[1]) - 1.0) < 1e-4
 
 
@@ -171,16 +174,20 @@ def test_a_worker_that_cannot_load_the_model_fails_the_run_with_the_same_sentenc
 
 def test_a_run_is_quiet_unless_verbose(zoo_folder, small_weights, tmp_path):
     args = ["--input", zoo_folder, "--model", "MobileNetV3Small", "--weights", small_weights, "--image-size", 48,
-            "--batch-size", 8, "--max-pixels", 1_000_000, "--direct_num_workers=2",
-            "--direct_running_mode=multi_processing"]
-    done = featurize(tmp_path, *args, "--output", tmp_path / "quiet")
+            "--batch-size", 8, "--max-pixels", 1_000_000]
+    # quiet: the launcher and two TensorFlow worker processes, and not a line of theirs on the terminal
+    done = featurize(tmp_path, *args, "--direct_num_workers=2", "--direct_running_mode=multi_processing",
+                     "--output", tmp_path / "quiet")
     assert done.returncode == 0, done.stderr
     noise = [line for line in done.stderr.splitlines() if not line.startswith("featurize: ")]
     assert not noise, "\n".join(noise)
     assert done.stdout.startswith("featurize: 19 feature rows, 5 error rows from 24 inputs")
     [log] = (tmp_path / "quiet" / "_featurize" / "logs").iterdir()
     assert "oneDNN" in log.read_text() or "cuda" in log.read_text()  # TensorFlow's lines went to the log
-    loud = featurize(tmp_path, *args, "--output", tmp_path / "loud", "--verbose")
+    # --verbose: TensorFlow's lines reach the terminal. One process suffices (in_memory): the switches --verbose
+    # sets (FEATURIZE_VERBOSE for the model handler, no stderr redirection) are the same for workers, which
+    # inherit them, and two more worker processes would import TensorFlow for nothing.
+    loud = featurize(tmp_path, *args, "--direct_running_mode=in_memory", "--output", tmp_path / "loud", "--verbose")
     assert loud.returncode == 0 and ("oneDNN" in loud.stderr or "cuda" in loud.stderr), loud.stderr[-2000:]
 
 

@@ -193,6 +193,17 @@ def test_stray_words_are_refused(argv, stray):
         parse_run_args(["--input", "in", "--output", "out", *argv])
 
 
+def test_a_flag_given_twice_with_different_values_is_refused_instead_of_keeping_the_last():
+    with pytest.raises(ConfigError, match=r"^--input is given twice \('a/' and 'b/'\); featurize reads one input, so "
+                                          r"give one glob over several folders \('\{a,b\}/' or 'data/\*/'\) or a path list$"):
+        parse_run_args(["--input", "a/", "--output", "out", "--input", "b/"])
+    with pytest.raises(ConfigError, match=r"^--batch-size is given twice \('8' and '16'\); it takes one value$"):
+        parse_run_args(["--input", "in", "--output", "out", "--batch-size", "8", "--batch-size=16"])
+    # The same value twice (a script that appends flags) loses nothing.
+    config, _ = parse_run_args(["--input", "in", "--output", "out", "--batch-size", "8", "--batch-size", "8"])
+    assert config.batch_size == 8
+
+
 BEAM_ARGS = [("--runner", "FnApiRunner"), ("--direct_num_workers", "2"), ("--job_endpoint", "localhost:8099"),
              ("--environment_type", "EXTERNAL"), ("--setup_file", "./setup.py"), ("--project", "x"),
              ("--temp_location", "gs://b/t"), ("--experiments", "no_use_multiple_sdk_containers"),

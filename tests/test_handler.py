@@ -1,4 +1,6 @@
 """KerasBackboneHandler without a pipeline: batching, padding, pairing metas with vectors."""
+import functools
+
 import numpy as np
 import pytest
 
@@ -91,11 +93,17 @@ def test_xla_compiled_model_gives_the_same_vectors():
     assert relative_l2(vectors(spec, jit_compile=True), vectors(spec)).max() <= 1e-5
 
 
+@functools.lru_cache(maxsize=None)
+def float32_resnet50_vectors():
+    """The float32 reference of both mixed-precision cases, computed once."""
+    return vectors(ModelSpec("ResNet50", (32, 32), None))
+
+
 @pytest.mark.parametrize("precision", ["mixed_bfloat16", "mixed_float16"])
 def test_mixed_precision_computes_in_low_precision_and_returns_float32(precision):
     import keras
 
-    reference = vectors(ModelSpec("ResNet50", (32, 32), None))
+    reference = float32_resnet50_vectors()
     low = vectors(ModelSpec("ResNet50", (32, 32), None, precision=precision))
     assert low.dtype == np.float32
     error = relative_l2(low, reference).max()

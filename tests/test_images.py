@@ -882,7 +882,9 @@ PROPERTY_SPECS = st.builds(
     jpeg_draft=st.booleans(),
     exif_transpose=st.booleans(),
 )
-PROPERTY_EXAMPLES = 10_000
+# 2,000 derandomized examples (a fixed sequence, the same every run) reach every source format and
+# every outcome dozens to hundreds of times; 10,000 took a minute of CI and reached no new outcome.
+PROPERTY_EXAMPLES = 2_000
 SECONDS_PER_DECODE = 2.0
 
 

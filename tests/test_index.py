@@ -2,13 +2,17 @@
 a store that changed since refuses its index, and the choices and refusals are said in one sentence."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
+import pyarrow as pa
 import pytest
 
 from pipeline.cli import main
-from pipeline.index import (FAISS_FILE, INFO_FILE, MATRIX_FILE, SQNORMS_FILE, StaleIndex, build_index,
+from pipeline.index import (FAISS_FILE, INFO_FILE, MATRIX_FILE, ROWS_FILE, SQNORMS_FILE, StaleIndex, build_index,
                             choose_factory, index_path, parse_bytes)
+from pipeline.readers import HDF5Reader, ParquetReader
 from pipeline.search import Block, exact_search
 from pipeline.sinks import UnitWriter, finalize_store
 from pipeline.store import FeatureStore
@@ -61,9 +65,12 @@ def test_index_folder_holds_the_store_matrix_and_finds_the_exact_neighbours(tmp_
     store = generated_store(tmp_path, {"embedding": big}, fmt)
     info = build_index(store, factory="IVF32,Flat")
     folder = index_path(str(tmp_path), "embedding")
-    assert sorted(os.listdir(folder)) == sorted([INFO_FILE, FAISS_FILE, MATRIX_FILE, SQNORMS_FILE])
+    assert sorted(os.listdir(folder)) == sorted([INFO_FILE, FAISS_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE])
     matrix = np.load(os.path.join(folder, MATRIX_FILE))
     np.testing.assert_array_equal(matrix, store.embeddings())
+    rows = pa.ipc.open_file(os.path.join(folder, ROWS_FILE)).read_all()
+    assert rows.column_names == ["key", "uri", "width", "height"] and rows.equals(store.reader.metadata())
+    assert rows["key"].to_pylist()[1000] == "u1/img01000.jpg" and rows["uri"][1000].as_py() == "/images/u1/img01000.jpg"
     np.testing.assert_allclose(np.load(os.path.join(folder, SQNORMS_FILE)), np.sum(matrix ** 2, axis=1), rtol=1e-5)
     written = json.loads(open(os.path.join(folder, INFO_FILE)).read())
     assert written["rows"] == 3000 and written["dim"] == DIM and written["metric"] == "cosine"
@@ -137,6 +144,7 @@ def test_a_store_that_changed_since_refuses_its_index_but_answers_exact_searches
     assert "built for another state of the store" in capsys.readouterr().err
     assert main(["search", str(tmp_path), "--query", "u7/img00029.jpg", "--k", "1", "--exact"]) == 0
     assert "u7/img00029.jpg" in capsys.readouterr().out.splitlines()[2]
+    assert grown.keys[-1] == "u7/img00029.jpg"  # with a stale index, rows are read from the shards
     build_index(grown)
     assert FeatureStore.open(str(tmp_path)).search(grown.get("u7/img00029.jpg"), k=1).keys == [["u7/img00029.jpg"]]
 
@@ -206,3 +214,47 @@ def test_overwrite_removes_the_index_with_the_rest_of_the_store(tmp_path):
     (tmp_path / "notes.txt").write_text("mine")
     clear_previous_output(str(tmp_path))
     assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_an_indexed_store_answers_a_key_query_without_decoding_its_shards(tmp_path, big, fmt, monkeypatch, capsys):
+    generated_store(tmp_path, {"embedding": big}, fmt)
+    assert main(["index", str(tmp_path), "--factory", "IVF32,Flat"]) == 0
+    capsys.readouterr()
+    assert main(["search", str(tmp_path), "--query", "u2/img02999.jpg", "--k", "4"]) == 0
+    from_index = capsys.readouterr().out
+    assert from_index.splitlines()[2].split() == ["1", "1.000000", "u2/img02999.jpg", "/images/u2/img02999.jpg"]
+
+    def no_shard_reads(*args, **kwargs):
+        raise AssertionError("a shard was read")
+    for reader in (ParquetReader, HDF5Reader):
+        for method in ("metadata", "blocks", "row"):
+            monkeypatch.setattr(reader, method, no_shard_reads)
+    assert main(["search", str(tmp_path), "--query", "u2/img02999.jpg", "--k", "4"]) == 0
+    assert capsys.readouterr().out == from_index
+    store = FeatureStore.open(str(tmp_path))
+    assert store.index_of("u0/img00000.jpg") == 0 and store.index_of("u2/img02999.jpg") == 2999
+    with pytest.raises(KeyError, match="key 'nope' is not in the store"):
+        store.index_of("nope")
+    assert main(["search", str(tmp_path), "--query", "nope"]) == 2
+    assert "query 'nope' is neither an image file nor a key of the store" in capsys.readouterr().err
+
+
+def test_featurize_search_of_a_local_store_imports_neither_beam_nor_tensorflow(tmp_path, big):
+    generated_store(tmp_path, {"embedding": big})
+    build_index(FeatureStore.open(str(tmp_path)), factory="IVF32,Flat")
+    script = ("import sys\nfrom pipeline.cli import main\n"
+              f"assert main(['search', {str(tmp_path)!r}, '--query', 'u1/img01234.jpg', '--k', '2']) == 0\n"
+              "print(sorted(m for m in ('apache_beam', 'tensorflow', 'keras', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[2].split()[2] == "u1/img01234.jpg" and lines[-1] == "[]"
+
+
+def test_an_index_built_before_rows_arrow_is_refused_as_stale(tmp_path):
+    store = generated_store(tmp_path, {"embedding": clustered(300)})
+    build_index(store)
+    os.remove(os.path.join(index_path(str(tmp_path), "embedding"), ROWS_FILE))
+    with pytest.raises(StaleIndex, match=r"\(its index format \(it has no rows.arrow\) changed\); rebuild it"):
+        FeatureStore.open(str(tmp_path)).search(clustered(1, seed=3), k=5)

@@ -59,11 +59,10 @@ def write_list(root: pathlib.Path, folder: pathlib.Path, images):
 
 
 @pytest.fixture(scope="module")
-def folder_reference(numbered, small_weights, tmp_path_factory):
-    _, folder = numbered
-    out = tmp_path_factory.mktemp("folder-reference") / "out"
-    manifest = run(featurize_args(folder, out, small_weights, "parquet", IN_MEMORY))
-    return read_store(out, "parquet"), manifest, error_keys(out)
+def folder_reference(numbered_reference):
+    """The numbered folder run in memory (made once per session, tests/conftest.py)."""
+    out, vectors, manifest = numbered_reference("files")
+    return vectors, manifest, error_keys(out)
 
 
 def check_same_as_folder(out, manifest, folder_reference):
@@ -157,7 +156,8 @@ def test_killed_parquet_run_resumes_and_new_shards_are_new_units(numbered, folde
     out = tmp_path / "out"
     run_and_kill(featurize_args(first, out, small_weights, "parquet", *LOCAL), "unit-commit@2", tmp_path)
     assert not (out / "manifest.json").exists()
-    resumed = run(featurize_args(first, out, small_weights, "parquet", *LOCAL, "--resume"))
+    # resumed in this process: worker processes resuming a killed run are tests/test_resume.py's
+    resumed = run(featurize_args(first, out, small_weights, "parquet", IN_MEMORY, "--resume"))
     assert resumed["counts"]["reused"] > 0 and resumed["units"]["committed"] == 5
     # A sixth shard later: only it is processed.
     grown = run(featurize_args(f"{tmp_path}/in/part-*.parquet", out, small_weights, "parquet", IN_MEMORY, "--resume"))

@@ -37,13 +37,18 @@ def relative_l2(a, b):
     return np.linalg.norm(a - b, axis=-1) / np.maximum(np.linalg.norm(b, axis=-1), 1e-30)
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("layout", ["folder", "tar"])
-def test_every_input_ends_in_exactly_one_place(layout, mode, zoo_samples, zoo_folder, zoo_shards,
+@pytest.mark.parametrize("layout, mode, sharing", [
+    ("folder", "in_process", "process"),
+    ("tar", "in_process", "process"),
+    ("tar", "multi_processing", "process"),
+    ("folder", "multi_processing", "machine"),  # one model per machine, shared by the worker processes
+])
+def test_every_input_ends_in_exactly_one_place(layout, mode, sharing, zoo_samples, zoo_folder, zoo_shards,
                                                small_weights, tmp_path):
     source = zoo_folder if layout == "folder" else f"{zoo_shards}/shard-{{000000..000002}}.tar"
     key_of = (lambda s: s.name) if layout == "folder" else (lambda s: webdataset_key(s.name))
-    manifest = run_small(source, tmp_path / "out", small_weights, *MODES[mode])
+    manifest = run_small(source, tmp_path / "out", small_weights, *MODES[mode], "--model-sharing", sharing)
+    assert manifest["config"]["model_sharing"] == sharing
 
     features, _ = read_parquet(tmp_path / "out", "features")
     errors, _ = read_parquet(tmp_path / "out", "errors")
@@ -112,18 +117,6 @@ def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weight
     (out / "features" / "my-notes.parquet").unlink()  # only featurize's files were removed
     features, _ = read_parquet(out, "features")
     assert features.num_rows == manifest["counts"]["rows"] > 0
-
-
-def test_one_model_per_machine_shared_by_processes(zoo_folder, small_weights, tmp_path):
-    shared = run_small(zoo_folder, tmp_path / "shared", small_weights, "--model-sharing", "machine",
-                       *MODES["multi_processing"])
-    alone = run_small(zoo_folder, tmp_path / "alone", small_weights, *MODES["in_process"])
-    assert shared["counts"] == alone["counts"]
-    features = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "shared", "features")[0].to_pylist()}
-    reference = {r["key"]: r["embedding"] for r in read_parquet(tmp_path / "alone", "features")[0].to_pylist()}
-    assert features.keys() == reference.keys()
-    for key, vector in features.items():
-        assert relative_l2(np.array(vector), np.array(reference[key])) <= 1e-5
 
 
 def test_beam_worker_flags_pass_through_and_size_the_thread_pools(monkeypatch):
@@ -218,3 +211,17 @@ def test_a_model_that_cannot_load_fails_the_run_instead_of_making_error_rows(zoo
     with pytest.raises(Exception, match="weights cache unreadable"):
         run_small(zoo_folder, tmp_path / "out", small_weights, "--direct_running_mode=in_memory")
     assert not list((tmp_path / "out").glob("_featurize/units/*.json"))
+
+
+def test_local_output_and_weights_become_absolute_so_workers_elsewhere_find_them(tmp_path, monkeypatch):
+    from pipeline.config import RunConfig
+    from pipeline.job import with_absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    config = with_absolute_paths(RunConfig(input="photos/", output="out/", weights="w.weights.h5"))
+    assert config.output == str(tmp_path / "out") and config.weights == str(tmp_path / "w.weights.h5")
+    assert config.input == "photos/"  # made absolute when it is listed (sources.resolve_input)
+    remote = with_absolute_paths(RunConfig(input="gs://b/in", output="gs://b/out", weights="gs://b/w.h5"))
+    assert (remote.output, remote.weights) == ("gs://b/out", "gs://b/w.h5")
+    for named in ("imagenet", "none"):
+        assert with_absolute_paths(RunConfig(input="in", output="gs://b/out", weights=named)).weights == named

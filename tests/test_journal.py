@@ -3,8 +3,7 @@ import json
 import os
 import subprocess
 import sys
-
-import pytest
+import time
 
 from pipeline import journal
 
@@ -45,8 +44,17 @@ def test_failpoint_holds_only_at_the_asked_hit(tmp_path):
             "journal.failpoint('unit-commit')\n"
             "print('passed second', flush=True)\n")
     env = dict(os.environ, FEATURIZE_FAILPOINTS="unit-commit@2", FEATURIZE_FAILPOINT_DIR=str(tmp_path))
-    with pytest.raises(subprocess.TimeoutExpired) as held:
-        subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=8)
-    assert (tmp_path / "unit-commit").exists()
-    assert b"passed first" in held.value.stdout and b"passed second" not in held.value.stdout
+    child = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, text=True)
+    try:  # wait for the marker, not for a fixed timeout: then give a child that did not hold time to go on
+        deadline = time.monotonic() + 120
+        while not (tmp_path / "unit-commit").exists():
+            assert child.poll() is None, "the child ended without holding"
+            assert time.monotonic() < deadline, "the failpoint was never reached"
+            time.sleep(0.05)
+        time.sleep(1)
+        assert child.poll() is None, "the child did not hold at the 2nd unit-commit"
+    finally:
+        child.kill()
+    stdout, _ = child.communicate(timeout=30)
+    assert "passed first" in stdout and "passed second" not in stdout
     journal.failpoint("unit-commit")  # this process has no FEATURIZE_FAILPOINTS: a no-op

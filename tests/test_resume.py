@@ -21,6 +21,7 @@ from tests.crash import error_keys, read_store, run_and_kill
 from tests.samples import _encode, _rgb
 
 LOCAL = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
+IN_MEMORY = ["--direct_running_mode=in_memory"]
 
 
 def featurize_args(source, out, weights, fmt="parquet", *extra):
@@ -29,20 +30,15 @@ def featurize_args(source, out, weights, fmt="parquet", *extra):
 
 
 @pytest.fixture(scope="module")
-def reference(numbered, small_weights, tmp_path_factory):
-    """Uninterrupted runs: {(layout, format): {key: vector}} and their manifests."""
-    shards, folder = numbered
-    results = {}
-    for layout, source in (("tar", shards), ("files", folder)):
-        for fmt in ("parquet", "hdf5"):
-            out = tmp_path_factory.mktemp(f"reference-{layout}-{fmt}") / "out"
-            manifest = run(featurize_args(source, out, small_weights, fmt, "--direct_running_mode=in_memory"))
-            results[layout, fmt] = (read_store(out, fmt), manifest)
-    return results
+def reference(numbered_reference):
+    """layout -> (output, {key: vector}, manifest) of an uninterrupted in-memory Parquet run, made once per
+    session (tests/conftest.py). It is the reference of both formats: a format stores the vectors, it does
+    not change them, so an HDF5 store must hold exactly the Parquet run's vectors, counts and error rows."""
+    return numbered_reference
 
 
 def check_resumed(out, fmt, layout, manifest, reference):
-    expected, reference_manifest = reference[layout, fmt]
+    _, expected, reference_manifest = reference(layout)
     got = read_store(out, fmt)
     assert sorted(got) == sorted(expected)
     for key, vector in expected.items():
@@ -56,14 +52,17 @@ def check_resumed(out, fmt, layout, manifest, reference):
     assert on_disk["counts"] == counts
 
 
-@pytest.mark.parametrize("layout, fmt, failpoint", [
-    ("tar", "parquet", "unit-read@3"),      # killed mid-unit, while reading and inferring
-    ("tar", "hdf5", "manifest"),            # killed in the final manifest step
-    ("files", "hdf5", "unit-commit@2"),     # killed with a unit's files in place but not journaled
-    ("files", "parquet", "unit-read@2"),
+# Every run is killed as a whole process tree (a launcher and two worker processes). The resume runs
+# in this process, except once with worker processes of its own (multi_processing), as a killed
+# production run would be resumed; tests/test_portable.py resumes a killed run on the portable runner.
+@pytest.mark.parametrize("layout, fmt, failpoint, resume_mode", [
+    ("tar", "parquet", "unit-read@3", "in_memory"),             # killed mid-unit, while reading and inferring
+    ("tar", "hdf5", "manifest", "in_memory"),                   # killed in the final manifest step
+    ("files", "hdf5", "unit-commit@2", "multi_processing"),     # killed with a unit's files in place but not journaled
+    ("files", "parquet", "unit-read@2", "in_memory"),
 ])
-def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, failpoint, numbered, reference,
-                                                               small_weights, tmp_path):
+def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, failpoint, resume_mode, numbered,
+                                                               reference, small_weights, tmp_path):
     shards, folder = numbered
     source = shards if layout == "tar" else folder
     out = tmp_path / "out"
@@ -73,7 +72,8 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, fail
     assert committed, "nothing was committed before the kill"
     with pytest.raises(ConfigError, match="not empty.*--resume.*--overwrite"):
         run(featurize_args(source, out, small_weights, fmt, *LOCAL))
-    manifest = run(featurize_args(source, out, small_weights, fmt, *LOCAL, "--resume"))
+    resume = LOCAL if resume_mode == "multi_processing" else IN_MEMORY
+    manifest = run(featurize_args(source, out, small_weights, fmt, *resume, "--resume"))
     check_resumed(out, fmt, layout, manifest, reference)
     assert manifest["counts"]["reused"] >= len(committed)  # every committed unit holds at least one input
     assert not list((out / "_featurize" / "tmp").glob("*")) if (out / "_featurize" / "tmp").exists() else True
@@ -83,7 +83,7 @@ def test_killed_run_resumes_to_exactly_the_uninterrupted_store(layout, fmt, fail
 
 def test_resume_refuses_a_configuration_that_changes_vectors(numbered, reference, small_weights, tmp_path):
     shards, _ = numbered
-    out = pathlib.Path(reference["tar", "parquet"][1]["config"]["output"])
+    out = reference("tar")[0]
     for flags, field in ((["--pooling", "max"], "pooling"), (["--image-size", "64"], "input_size"),
                          (["--dtype", "float16"], "dtype"), (["--weights", "none"], "weights")):
         args = featurize_args(shards, out, small_weights, "parquet", "--resume")
@@ -129,7 +129,7 @@ def test_dry_run_lists_units_and_what_resume_would_skip(numbered, reference, sma
     out = capsys.readouterr().out
     assert f"{N_SHARDS} units to process" in out and "0 units already committed" in out
     assert not fresh.exists(), "a dry run writes nothing"
-    done = reference["tar", "parquet"][1]["config"]["output"]
+    done = reference("tar")[0]
     assert main(["run", *featurize_args(shards, done, small_weights), "--dry-run"]) == 0
     out = capsys.readouterr().out
     assert "0 units to process" in out and f"{N_SHARDS} units already committed" in out

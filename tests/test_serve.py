@@ -3,6 +3,7 @@
 The server is `python -m pipeline serve` in its own process on a free 127.0.0.1 port, over a store
 of tar shards (so thumbnails are read from tar members), stopped by its PID at the end.
 """
+import contextlib
 import io
 import os
 import shutil
@@ -44,10 +45,11 @@ def store(tmp_path_factory, zoo_shards, small_weights):
     return FeatureStore.open(str(out))
 
 
-@pytest.fixture(scope="module")
-def server(store):
+@contextlib.contextmanager
+def serving(root):
+    """`featurize serve root` on a free port until the block ends; yields its base URL."""
     port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", store.root, "--port", str(port)],
+    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", root, "--port", str(port)],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     base = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -69,6 +71,12 @@ def server(store):
         except subprocess.TimeoutExpired:
             os.kill(process.pid, signal.SIGKILL)
             process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def server(store):
+    with serving(store.root) as base:
+        yield base
 
 
 def test_search_by_key_returns_the_stores_exact_neighbours(server, store):
@@ -141,3 +149,21 @@ def test_the_page_shows_the_neighbours_and_their_thumbnails_in_chromium(server, 
     assert dom.count('class="result"') == 4
     # Each thumbnail, query included, arrived and decoded (the page marks img.dataset.loaded on load).
     assert dom.count('data-loaded="true"') == 5 and 'data-loaded="false"' not in dom
+
+
+def test_a_store_whose_index_went_stale_answers_409_in_one_sentence(tmp_path):
+    """A --resume added rows after `featurize index`: searching would name rows of another store, so the
+    API refuses (409) and says how to fix it, while what needs no index (a thumbnail) still answers."""
+    from tests.test_index import clustered, generated_store
+
+    build_index(generated_store(tmp_path, {"embedding": clustered(300)}))
+    generated_store(tmp_path, {"embedding": clustered(30, seed=4)}, units=1, first_unit=7)
+    with serving(str(tmp_path)) as base:
+        response = httpx.get(f"{base}/api/search", params={"key": "u7/img00029.jpg", "k": 3}, timeout=30)
+        assert response.status_code == 409
+        error = response.json()["error"]
+        assert error.startswith("the index in ") and "its row count and feature files changed" in error
+        assert f"rebuild it with `featurize index {tmp_path}`" in error and "\n" not in error
+        thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": "u7/img00029.jpg"}, timeout=30)
+        assert thumbnail.status_code == 404
+        assert thumbnail.json() == {"error": "the image of 'u7/img00029.jpg' is no longer at '/images/u7/img00029.jpg'"}

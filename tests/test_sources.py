@@ -203,7 +203,7 @@ def test_one_file_spelled_two_ways_is_listed_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     _tar(tmp_path / "a.tar", [("x.jpg", b"X")])
     tars = list_inputs(resolve_input(f"{{a.tar,{tmp_path}/a.tar,./a.tar}}"))
-    assert [uri for _, uri, _ in tars.inputs] == ["a.tar"]  # the first spelling given
+    assert [uri for _, uri, _ in tars.inputs] == [str(tmp_path / "a.tar")]  # absolute, whichever the spelling
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.jpg").write_bytes(b"X")
     files = list_inputs(resolve_input(f"{{p/x.jpg,{tmp_path}/p/x.jpg}}"))
@@ -227,11 +227,17 @@ def test_transient_failures_are_told_apart_from_unreadable_inputs():
 
 
 @pytest.mark.parametrize("pattern, layout, keys", [("*.jpg", "files", ["a.jpg", "b.jpg"]),
-                                                   ("*.tar", "tar", ["s.tar"])])
+                                                   ("*.tar", "tar", ["s.tar"]),
+                                                   ("*/*.jpg", "files", ["x/a.jpg", "y/a.jpg"]),
+                                                   ("[xy]/a.jpg", "files", ["x/a.jpg", "y/a.jpg"])])
 def test_a_glob_without_a_folder_matches_in_the_current_directory(pattern, layout, keys, tmp_path, monkeypatch):
-    """Beam's local filesystem matches nothing for `*.tar`; featurize asks for `./*.tar`."""
-    for name in ("a.jpg", "b.jpg", "s.tar", "notes.txt"):
+    """Beam's local filesystem matches nothing for `*.tar` or `*/*.jpg`; featurize makes a local input
+    absolute first, so every uri also names its image from any other folder."""
+    for name in ("a.jpg", "b.jpg", "s.tar", "notes.txt", "x/a.jpg", "y/a.jpg"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
         (tmp_path / name).write_bytes(b"x")
     monkeypatch.chdir(tmp_path)
     listing = list_inputs(resolve_input(pattern))
-    assert listing.layout == layout and [key for key, _, _ in listing.inputs] == keys
+    assert listing.layout == layout and [path for _, path, _ in listing.inputs] == [str(tmp_path / k) for k in keys]
+    if layout == "files":  # (a tar's listing is of shards; its keys come from the members)
+        assert [key for key, _, _ in listing.inputs] == keys

@@ -1,0 +1,76 @@
+"""Reading paths on a local disk or on any Beam filesystem, with Beam imported only for URIs.
+
+Apache Beam's import costs seconds; a reader of a local store (`featurize search`, `FeatureStore`,
+`featurize serve`) should not pay it. A path with a scheme (`gs://`, `s3://`, ...) goes through
+`apache_beam.io.filesystems.FileSystems`; anything else is a local path, read with the standard
+library exactly as Beam's LocalFileSystem would.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import re
+from typing import Any, BinaryIO
+
+# Beam's FileSystems.URI_SCHEMA_PATTERN: a scheme, then "://".
+_SCHEME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9+.]*://")
+_WILDCARD = re.compile(r"[*?\[]")
+
+
+def is_local(path: str) -> bool:
+    """Whether `path` has no URI scheme (and so is a local path)."""
+    return _SCHEME.match(path.strip()) is None
+
+
+def _beam():
+    from apache_beam.io.filesystems import FileSystems
+
+    return FileSystems
+
+
+def join(path: str, *parts: str) -> str:
+    return os.path.join(path, *parts) if is_local(path) else _beam().join(path, *parts)
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path) if is_local(path) else _beam().exists(path)
+
+
+def open_read(path: str) -> BinaryIO:
+    """A binary file object, read as stored (no decompression by suffix)."""
+    if is_local(path):
+        return open(path, "rb")
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
+def _local_matches(pattern: str) -> list[str]:
+    """Paths matching `pattern` one folder level at a time; unlike glob, `*` matches names that
+    start with a dot, as in Beam."""
+    if not _WILDCARD.search(pattern):
+        return [pattern] if os.path.lexists(pattern) else []
+    head, tail = os.path.split(pattern)
+    found = []
+    for parent in _local_matches(head) if _WILDCARD.search(head) else [head]:
+        try:
+            names = os.listdir(parent or ".")
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        found += [os.path.join(parent, name) for name in fnmatch.filter(names, tail)]
+    return found
+
+
+def list_paths(pattern: str) -> list[str]:
+    """Every file matching `pattern`, sorted, as Beam's FileSystems.match lists it."""
+    if is_local(pattern) and not _WILDCARD.search(pattern):  # Beam: the path itself, even a folder
+        return [pattern] if os.path.exists(pattern) else []
+    if is_local(pattern) and "**" not in pattern:  # Beam's `**` crosses folders, even inside a name: left to Beam
+        return sorted(path for path in _local_matches(pattern) if os.path.isfile(path))
+    return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
+
+
+def read_json(path: str) -> dict[str, Any]:
+    with open_read(path) as handle:
+        return json.load(handle)

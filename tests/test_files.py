@@ -1,0 +1,48 @@
+"""pipeline.files: local paths read with the standard library exactly as Beam's filesystems read them;
+paths with a scheme go to Beam."""
+import gzip
+import json
+
+import pytest
+from apache_beam.io.filesystems import FileSystems
+
+from pipeline import files
+
+
+@pytest.mark.parametrize("path, local", [("/data/out", True), ("out", True), ("./a/b.parquet", True),
+                                         ("gs://bucket/out", False), ("s3://b/k", False),
+                                         ("hdfs://nn/x", False), (" gs://bucket/out", False)])
+def test_a_path_is_local_unless_it_has_a_scheme_as_beam_decides(path, local):
+    assert files.is_local(path) is local
+    assert (FileSystems.get_scheme(path) is None) is local
+
+
+def test_listing_matches_beams_local_filesystem(tmp_path):
+    (tmp_path / "features").mkdir()
+    for name in ("b.parquet", "a.parquet", "c.h5", ".hidden.parquet", "sub.parquet/d.parquet"):
+        (tmp_path / "features" / name).parent.mkdir(exist_ok=True)
+        (tmp_path / "features" / name).write_bytes(b"x")
+    for pattern in ("features/*.parquet", "features/*", "features/?.parquet", "features/[ab].*", "nothing/*",
+                    "features/**", "**/d.parquet", "features/a**", "*/sub.parquet/*", "features/sub.parquet"):
+        full = files.join(str(tmp_path), pattern)
+        beam = sorted(m.path for m in FileSystems.match([full])[0].metadata_list)
+        assert files.list_paths(full) == beam
+    assert [p.rsplit("/", 1)[1] for p in files.list_paths(files.join(str(tmp_path), "features/*"))] == \
+        [".hidden.parquet", "a.parquet", "b.parquet", "c.h5"]  # a folder (sub.parquet) is not a file
+    assert files.join(str(tmp_path), "features", "a.parquet") == FileSystems.join(str(tmp_path), "features", "a.parquet")
+
+
+def test_reads_are_raw_bytes_and_json(tmp_path):
+    packed = gzip.compress(b"payload")
+    (tmp_path / "x.gz").write_bytes(packed)
+    with files.open_read(str(tmp_path / "x.gz")) as handle:
+        assert handle.read() == packed  # as stored: no decompression by suffix
+    (tmp_path / "m.json").write_text(json.dumps({"rows": 3}))
+    assert files.read_json(str(tmp_path / "m.json")) == {"rows": 3}
+    assert files.exists(str(tmp_path / "m.json")) and not files.exists(str(tmp_path / "n.json"))
+
+
+def test_a_uri_goes_to_beams_filesystems():
+    # No filesystem for this scheme is installed: Beam's own refusal proves the call went to Beam.
+    with pytest.raises(ValueError, match="Unable to get filesystem from specified path"):
+        files.exists("nosuchscheme://bucket/manifest.json")
