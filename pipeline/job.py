@@ -64,7 +64,7 @@ def weights_digest(config: RunConfig) -> str | None:
     weights = backbones.weights_argument(config.weights)
     if weights in (None, "imagenet"):
         return None
-    if config.weights_sha256 and FileSystems.get_scheme(weights) is not None:
+    if config.weights_sha256 and not files.is_local(weights):
         return config.weights_sha256  # remote: the workers verify their copies, no need to read it here too
     digest = sha256_of(weights)
     if config.weights_sha256 and digest != config.weights_sha256:
@@ -316,7 +316,7 @@ def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> Non
     """Build the model once here, so a download that fails or weights that do not fit are one
     sentence before any worker starts: ImageNet on local runs (its download lands in the cache
     the local workers use), a weights file on this machine always."""
-    local_file = spec.weights not in (None, "imagenet") and FileSystems.get_scheme(spec.weights) is None
+    local_file = spec.weights not in (None, "imagenet") and files.is_local(spec.weights)
     if not (local_file or (spec.weights == "imagenet" and local_workers(options))):
         return
     try:

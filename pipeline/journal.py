@@ -32,6 +32,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import files
 from pipeline.dedupe import HASH_DTYPE
 from pipeline.files import list_paths, read_json
 from pipeline.layout import ERRORS_DIR, FEATURES_DIR, STORE_STATE, TMP_DIR, UNITS_DIR
@@ -70,7 +71,7 @@ def join(output: str, *parts: str) -> str:
 
 def replace(source: str, destination: str) -> None:
     """Rename `source` over `destination` (filesystems whose rename refuses to replace: delete first)."""
-    if FileSystems.get_scheme(destination) is None:  # local disks need the folder; object stores have none
+    if files.is_local(destination):  # local disks need the folder; object stores have none
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
     try:
         FileSystems.rename([source], [destination])

@@ -120,9 +120,9 @@ class RunLog:
     """The log file of one run; Beam's log records go there (and, with --verbose, to the terminal too)."""
 
     def __init__(self, output: str, verbose: bool):
-        from apache_beam.io.filesystems import FileSystems
+        from pipeline import files
 
-        if FileSystems.get_scheme(output) is None:
+        if files.is_local(output):
             folder = os.path.join(output, "_featurize", "logs")
             os.makedirs(folder, exist_ok=True)
         else:  # an object store: a log is appended to as it goes, so keep it on this machine

@@ -14,6 +14,8 @@ import posixpath
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline import files
+
 LIST_SUFFIXES = (".txt", ".csv", ".tsv")
 URI_COLUMNS = ("uri", "url", "path", "filepath", "file", "filename", "image_path")
 
@@ -27,7 +29,7 @@ def is_path_list(path: str) -> bool:
 
 
 def _is_absolute(entry: str) -> bool:
-    return entry.startswith("/") or FileSystems.get_scheme(entry) is not None
+    return entry.startswith("/") or not files.is_local(entry)
 
 
 def _text_of(path: str) -> str:
@@ -75,6 +77,6 @@ def read_path_list(path: str, uri_column: str | None = None) -> list[str]:
 
 def _below(folder: str, entry: str) -> str:
     """`entry` relative to the list's folder; local paths normalised (`lists/../a.jpg` -> `a.jpg`)."""
-    if FileSystems.get_scheme(folder) is not None:
+    if not files.is_local(folder):
         return posixpath.join(folder, entry)
     return posixpath.normpath(posixpath.join(folder, entry))

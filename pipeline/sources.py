@@ -83,7 +83,7 @@ def _glob_root(pattern: str) -> str:
 
 
 def _is_single_file(path: str) -> bool:
-    if FileSystems.get_scheme(path) is None:  # local: a directory must stay a directory
+    if files.is_local(path):  # local: a directory must stay a directory
         return os.path.isfile(path)
     found = FileSystems.match([path])[0].metadata_list
     if not (len(found) == 1 and found[0].path == path):
@@ -205,7 +205,7 @@ URI_READ_ERRORS = (*TAR_READ_ERRORS, *record_shards.RECORD_READ_ERRORS)  # what 
 
 def normalized_path(path: str) -> str:
     """One spelling per file: local paths absolute and normalised (`./a/../b` and `/x/b`), URIs as given."""
-    if path and FileSystems.get_scheme(path) is None and not _is_http(path):
+    if path and files.is_local(path) and not _is_http(path):
         return os.path.normpath(os.path.abspath(path))
     return path.rstrip("/")
 
@@ -215,7 +215,7 @@ def file_key(path: str, root: str) -> str:
     `{/data/a,/mnt/b}`) the whole path, without a leading slash, so keys stay distinct."""
     if root:
         return relative_path(path, root)
-    return path.lstrip("/") if FileSystems.get_scheme(path) is None and not _is_http(path) else path
+    return path.lstrip("/") if files.is_local(path) and not _is_http(path) else path
 
 
 @dataclass

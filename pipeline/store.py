@@ -23,7 +23,6 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import files
-from pipeline.files import list_paths, read_json
 from pipeline.fingerprint import Fingerprint
 from pipeline.layout import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST
 from pipeline.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
@@ -37,7 +36,7 @@ def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
     """The feature files the manifest lists that are not there, relative to `root`."""
     # One listing instead of a request per shard; exists() only confirms what the listing lacks
     # (a path spelled differently, or a file in a subfolder).
-    present = set(list_paths(files.join(root, FEATURES_DIR, "*")))
+    present = set(files.list_paths(files.join(root, FEATURES_DIR, "*")))
     return [path for path in manifest["files"]["features"]
             if files.join(root, path) not in present and not files.exists(files.join(root, path))]
 
@@ -74,7 +73,7 @@ class FeatureStore:
         root = root.rstrip("/")
         manifest_path = files.join(root, MANIFEST)
         if files.exists(manifest_path):
-            manifest = read_json(manifest_path)
+            manifest = files.read_json(manifest_path)
             # Checked here, not per read: features.h5 would read a missing shard's rows as zero
             # vectors with empty keys, without an error.
             missing = _missing_features(root, manifest)
@@ -87,14 +86,14 @@ class FeatureStore:
         if not allow_incomplete:
             raise IncompleteStore(f"{root!r} has no {MANIFEST}: the run did not finish, so the store may be "
                                   f"missing rows; pass allow_incomplete=True to open what is there")
-        parquet = list_paths(files.join(root, FEATURES_DIR, "*.parquet"))
+        parquet = files.list_paths(files.join(root, FEATURES_DIR, "*.parquet"))
         if parquet:
             import pyarrow.parquet as pq
 
             with files.open_read(parquet[0]) as handle:
                 fingerprint = json.loads(pq.ParquetFile(handle).schema_arrow.metadata[FINGERPRINT_KEY])
             return cls(root, None, "parquet", fingerprint)
-        shards = list_paths(files.join(root, FEATURES_DIR, "*.h5"))
+        shards = files.list_paths(files.join(root, FEATURES_DIR, "*.h5"))
         if shards:
             import h5py
             with files.open_read(shards[0]) as handle, h5py.File(handle, "r") as shard:
@@ -124,7 +123,7 @@ class FeatureStore:
                 self._reader = ParquetReader([files.join(self.root, p) for p in self.manifest["files"]["features"]],
                                              self.outputs)
             else:
-                self._reader = ParquetReader(list_paths(files.join(self.root, FEATURES_DIR, "*.parquet")),
+                self._reader = ParquetReader(files.list_paths(files.join(self.root, FEATURES_DIR, "*.parquet")),
                                              self.outputs)
         return self._reader
 
@@ -285,7 +284,7 @@ class FeatureStore:
 
         from pipeline.sinks import ERROR_SCHEMA
         paths = ([files.join(self.root, p) for p in self.manifest["files"]["errors"]] if self.manifest
-                 else list_paths(files.join(self.root, ERRORS_DIR, "*.parquet")))
+                 else files.list_paths(files.join(self.root, ERRORS_DIR, "*.parquet")))
         tables = []
         for path in paths:
             with files.open_read(path) as handle:
