@@ -21,9 +21,8 @@ from __future__ import annotations
 
 import io
 import posixpath
+import re
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -177,53 +176,71 @@ def _check_pixels(size: tuple[int, int], max_pixels: int | None) -> None:
         )
 
 
-# Pillow's bomb check reads one process global, Image.MAX_IMAGE_PIXELS, and Pillow
-# runs it not only after Image.open but also inside its loaders, right before
-# they allocate: a GIF's first frame and disposal buffer are allocated inside
-# Image.open, TIFF tiles at load.  A per-spec limit can therefore neither be
-# set by switching the global per image (that serialises a worker's threads,
-# and a switch in one thread skips another thread's check) nor by switching
-# the global off once (those allocations would go unchecked: a 2 KB GIF can
-# make Image.open fill half a gigabyte).  So Pillow's check function is wrapped
-# once, at import, and the global is never touched: inside open_rgb the check
-# applies the calling thread's spec.max_pixels (thread-local: no lock, no
-# leaking between threads); anywhere else in the process (Keras' load_img,
-# other libraries) it is Pillow's own check, unchanged.
-_PILLOW_BOMB_CHECK = Image._decompression_bomb_check
-_NOT_DECODING = object()  # the thread is not inside open_rgb
-_THREAD = threading.local()
+# Pillow checks sizes against one process global, Image.MAX_IMAGE_PIXELS (a
+# warning above it, DecompressionBombError above twice it), inside Image.open and
+# inside loaders right before they allocate (a GIF's first frame, TIFF tiles).
+# featurize never replaces Pillow's functions (a private name changes with any
+# release: Pillow 13 broke every WebP that way).  Instead the spec's limit is
+# enforced by featurize's own checks, exactly and per call: the size a header
+# declares, before Image.open, for the formats whose plugins allocate or warn
+# inside it (PNG, GIF's first frame, WebP's canvas), and img.size right after
+# Image.open, before any pixel is decoded.  The global is only ever loosened, to
+# the loosest limit a spec in this process asked for (a worker runs one
+# configuration, so in practice once per process): Pillow then never refuses
+# what a spec allows, and its checks remain a backstop.
+_GLOBAL_LIMIT_LOCK = threading.Lock()
 
 
-def _bomb_check(size: tuple[int, int]) -> None:
-    max_pixels = getattr(_THREAD, "max_pixels", _NOT_DECODING)
-    if max_pixels is _NOT_DECODING:
-        _PILLOW_BOMB_CHECK(size)
-    else:
-        _check_pixels(size, max_pixels)
+def allow_pixels(max_pixels: int | None) -> None:
+    """Loosen Pillow's public ``Image.MAX_IMAGE_PIXELS`` to at least ``max_pixels`` (None: no limit)."""
+    current = Image.MAX_IMAGE_PIXELS
+    if current is None or (max_pixels is not None and current >= max_pixels):
+        return
+    with _GLOBAL_LIMIT_LOCK:
+        current = Image.MAX_IMAGE_PIXELS
+        if max_pixels is None or (current is not None and current < max_pixels):
+            Image.MAX_IMAGE_PIXELS = max_pixels
 
 
-Image._decompression_bomb_check = _bomb_check
+def _png_size(data: bytes) -> tuple[int, int] | None:
+    if data[12:16] != b"IHDR" or len(data) < 24:
+        return None
+    return int.from_bytes(data[16:20], "big"), int.from_bytes(data[20:24], "big")
 
 
-@contextmanager
-def _thread_pixel_limit(max_pixels: int | None) -> Iterator[None]:
-    """Make Pillow's internal bomb checks in this thread use ``max_pixels``."""
-    outer = getattr(_THREAD, "max_pixels", _NOT_DECODING)  # nested open_rgb calls restore it
-    _THREAD.max_pixels = max_pixels
-    try:
-        yield
-    finally:
-        _THREAD.max_pixels = outer
+def _gif_canvas(data: bytes) -> tuple[int, int] | None:
+    """The size Pillow gives a GIF once its first frame is read: the screen widened by that frame.
+
+    Pillow allocates the first frame and its disposal buffer inside Image.open.
+    """
+    if len(data) < 13:
+        return None
+    width, height = int.from_bytes(data[6:8], "little"), int.from_bytes(data[8:10], "little")
+    flags, pos = data[10], 13
+    if flags & 0x80:  # global colour table
+        pos += 3 << ((flags & 7) + 1)
+    while pos < len(data):
+        block = data[pos]
+        if block == 0x2C:  # image descriptor: left, top, width, height
+            if pos + 9 > len(data):
+                break
+            left, top, w, h = (int.from_bytes(data[pos + i : pos + i + 2], "little") for i in (1, 3, 5, 7))
+            return max(width, left + w), max(height, top + h)
+        if block != 0x21:  # not an extension: trailer or damage, nothing more to learn
+            break
+        pos += 2  # introducer and label, then sub-blocks up to an empty one
+        while pos < len(data) and data[pos]:
+            pos += 1 + data[pos]
+        pos += 1
+    return width, height
 
 
 def _webp_canvas(data: bytes) -> tuple[int, int] | None:
-    """The canvas size a WebP header declares; None when ``data`` is no WebP.
+    """The canvas size a WebP header declares.
 
-    Pillow's WebP plugin hands the file to libwebp's animation decoder inside
-    Image.open, which allocates two canvas-sized RGBA buffers with no bomb check
-    first, so the size must be read, and checked, before Image.open.
+    libwebp's animation decoder allocates two canvas-sized RGBA buffers inside Image.open.
     """
-    if len(data) < 30 or data[:4] != b"RIFF" or data[8:12] != b"WEBP":
+    if len(data) < 30:
         return None
     chunk = data[12:16]
     if chunk == b"VP8X":  # extended: canvas size minus one, 24 bits each
@@ -236,11 +253,77 @@ def _webp_canvas(data: bytes) -> tuple[int, int] | None:
     return None
 
 
+# Start-of-frame markers (baseline, progressive, lossless, arithmetic): not DHT (C4), JPG (C8), DAC (CC).
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    pos = 2
+    while pos + 9 <= len(data) and data[pos] == 0xFF:
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+        elif marker in _JPEG_SOF:
+            return int.from_bytes(data[pos + 7 : pos + 9], "big"), int.from_bytes(data[pos + 5 : pos + 7], "big")
+        elif marker == 0xDA:  # start of scan before any frame header: damaged
+            return None
+        elif 0xD0 <= marker <= 0xD8 or marker == 0x01:  # markers without a length
+            pos += 2
+        else:
+            pos += 2 + int.from_bytes(data[pos + 2 : pos + 4], "big")
+    return None
+
+
+def _bmp_size(data: bytes) -> tuple[int, int] | None:
+    if len(data) < 26:
+        return None
+    if int.from_bytes(data[14:18], "little") == 12:  # OS/2 core header: 16-bit sizes
+        return int.from_bytes(data[18:20], "little"), int.from_bytes(data[20:22], "little")
+    width = int.from_bytes(data[18:22], "little", signed=True)
+    height = int.from_bytes(data[22:26], "little", signed=True)  # negative: stored top-down
+    return abs(width), abs(height)
+
+
+def _tiff_size(data: bytes) -> tuple[int, int] | None:
+    order = "little" if data[:2] == b"II" else "big"
+    ifd = int.from_bytes(data[4:8], order)
+    count = int.from_bytes(data[ifd : ifd + 2], order)
+    sizes = {}
+    for entry in range(ifd + 2, min(ifd + 2 + 12 * count, len(data) - 11), 12):
+        tag, kind = int.from_bytes(data[entry : entry + 2], order), int.from_bytes(data[entry + 2 : entry + 4], order)
+        if tag in (256, 257) and kind in (3, 4):  # ImageWidth, ImageLength as SHORT or LONG
+            sizes[tag] = int.from_bytes(data[entry + 8 : entry + (10 if kind == 3 else 12)], order)
+    return (sizes[256], sizes[257]) if len(sizes) == 2 else None
+
+
+def _ppm_size(data: bytes) -> tuple[int, int] | None:
+    # Whitespace-separated ASCII fields after the magic, '#' comments to the end of a line.
+    fields = re.sub(rb"#[^\r\n]*", b" ", data[2:1024]).split(None, 2)
+    if len(fields) < 3 or not (fields[0].isdigit() and fields[1].isdigit()):
+        return None
+    return int(fields[0]), int(fields[1])
+
+
+# Sizes as the headers declare them, read before Image.open, so a bomb is refused
+# before Pillow allocates for it or warns about it (keyed by sniff_image_format).
+_HEADER_SIZES = {
+    "PNG": _png_size, "GIF": _gif_canvas, "WEBP": _webp_canvas, "JPEG": _jpeg_size,
+    "BMP": _bmp_size, "TIFF": _tiff_size, "PPM": _ppm_size,
+}  # fmt: skip
+
+
+def declared_size(data: bytes) -> tuple[int, int] | None:
+    """(width, height) as the header of ``data`` declares it; None when unknown or unreadable."""
+    reader = _HEADER_SIZES.get(sniff_image_format(data[:SNIFF_BYTES]) or "")
+    return reader(data) if reader is not None else None
+
+
 def _open_checked(data: bytes, max_pixels: int | None) -> Image.Image:
-    """Image.open (header only) plus the decompression-bomb check at 1x the limit."""
-    canvas = _webp_canvas(data)
-    if canvas is not None:
-        _check_pixels(canvas, max_pixels)
+    """Image.open (header only) with the decompression-bomb check at 1x the limit, before and after."""
+    declared = declared_size(data)
+    if declared is not None:
+        _check_pixels(declared, max_pixels)
+    allow_pixels(max_pixels)
     img = Image.open(io.BytesIO(data), formats=_FORMATS)
     # Explicit, whatever Pillow's plugins check: the size every later step
     # (draft, load, frame 0 of an animation) works within, before any pixel
@@ -335,8 +418,7 @@ def open_rgb(data: bytes, spec: DecodeSpec) -> tuple[Image.Image, tuple[int, int
     """
     if not data:
         raise ValueError("empty file")
-    with _thread_pixel_limit(spec.max_pixels):
-        return _load_rgb(_open_checked(data, spec.max_pixels), spec)
+    return _load_rgb(_open_checked(data, spec.max_pixels), spec)
 
 
 def _load_rgb(img: Image.Image, spec: DecodeSpec) -> tuple[Image.Image, tuple[int, int]]:

@@ -34,6 +34,12 @@ from pipeline.images import (
 # failure: decoding must be silent per image.
 pytestmark = pytest.mark.filterwarnings("error")
 
+
+@pytest.fixture(autouse=True)
+def pillow_global_restored(monkeypatch):
+    """A decode may loosen Pillow's process-wide limit: each test starts from Pillow's own."""
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", DEFAULT_MAX_PIXELS)
+
 RED, GREEN, BLUE, WHITE, BLACK = (255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 255), (0, 0, 0)
 
 
@@ -571,7 +577,23 @@ def test_limit_looser_than_pillow_global_is_honoured(monkeypatch, fmt, max_pixel
         Image.open(io.BytesIO(data))  # sanity: Pillow alone refuses
     out, original = decode_image(data, DecodeSpec(4, 4, max_pixels=max_pixels))
     assert original == (600, 600) and (out == RED).all()
-    assert Image.MAX_IMAGE_PIXELS == 100_000  # restored
+    assert Image.MAX_IMAGE_PIXELS == max_pixels  # loosened through Pillow's public setting
+
+
+def test_no_pillow_function_is_replaced():
+    # Pillow 13 changed a private function's signature and broke every WebP
+    # while featurize replaced it: featurize only sets the public global.
+    import PIL.Image
+
+    assert images.Image is PIL.Image
+    assert PIL.Image._decompression_bomb_check.__module__ == "PIL.Image"
+    for name, value in vars(PIL.Image).items():
+        assert getattr(value, "__module__", "PIL").split(".")[0] != "pipeline", name
+
+
+def test_stricter_spec_never_tightens_the_global():
+    decode_image(encode(Image.new("RGB", (8, 8), RED), "PNG"), DecodeSpec(4, 4, max_pixels=100))
+    assert Image.MAX_IMAGE_PIXELS == DEFAULT_MAX_PIXELS
 
 
 def test_limit_stricter_than_pillow_global():
@@ -591,10 +613,10 @@ def test_extension_is_irrelevant(tmp_path):
 # --------------------------------------------------------------------------- pixel limit, threads
 
 
-def test_pillow_global_is_never_touched_and_threads_keep_their_own_limit():
+def test_threads_keep_their_own_limit_and_the_global_only_loosens():
     # Two threads decode the same 600x600 image at once, many times: under
     # max_pixels=None it must decode, under 100_000 it must be refused, every
-    # time; and Pillow's process-global limit never changes, not even briefly.
+    # time; Pillow's process-global limit only ever moves to the looser None.
     data = encode(Image.new("L", (600, 600), 7), "PNG")
     pillow_global = Image.MAX_IMAGE_PIXELS
     start, stop = threading.Barrier(3), threading.Event()
@@ -625,7 +647,7 @@ def test_pillow_global_is_never_touched_and_threads_keep_their_own_limit():
     finally:
         stop.set()
         watcher.join()
-    assert seen_globals == {pillow_global} and Image.MAX_IMAGE_PIXELS == pillow_global
+    assert seen_globals <= {pillow_global, None} and Image.MAX_IMAGE_PIXELS is None
 
 
 def test_decodes_are_not_serialised(monkeypatch):
@@ -672,15 +694,17 @@ def gif_with_frame(screen: tuple[int, int], frame: tuple[int, int]) -> bytes:
     return bytes(data)
 
 
-def test_bomb_inside_image_open_is_checked_against_the_spec_limit():
+@pytest.mark.parametrize("pillow_global", [DEFAULT_MAX_PIXELS, None])
+def test_gif_frame_bomb_refused_before_image_open(monkeypatch, pillow_global):
     # Pillow allocates a GIF's first frame (and its disposal buffer) inside
-    # Image.open, sized by the frame, not the 16x16 header: its own check there
-    # must apply the spec's limit (Pillow's default would let 25 Mpx through),
-    # before that allocation, not only ours after open returns.
+    # Image.open, sized by the frame, not the 16x16 header: the spec's limit
+    # applies before that allocation (Pillow's default would let 25 Mpx through,
+    # and a looser spec elsewhere in the process may have lifted its limit).
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", pillow_global)
     data = gif_with_frame((16, 16), (5_000, 5_000))
     with pytest.raises(Image.DecompressionBombError, match="5000x5000") as raised:
         decode_image(data, DecodeSpec(4, 4, max_pixels=1_000_000))
-    assert any(entry.path.name == "GifImagePlugin.py" for entry in raised.traceback)
+    assert not any(entry.path.name == "GifImagePlugin.py" for entry in raised.traceback)
     out, original = decode_image(gif_with_frame((16, 16), (20, 10)), DecodeSpec(4, 4, max_pixels=320))
     assert original == (20, 16) and out.shape == (4, 4, 3)  # the frame widens the image: 320 pixels, inclusive
     with pytest.raises(Image.DecompressionBombError, match="20x16"):
@@ -964,3 +988,23 @@ def test_decode_is_total_fast_and_bounded_on_mutated_images():
     assert sum(outcomes.values()) >= PROPERTY_EXAMPLES
     assert outcomes["decoded"] >= PROPERTY_EXAMPLES // 20  # the mutations leave many images decodable too
     print(f"outcomes {outcomes}, slowest decode {slowest[0]:.3f}s")
+
+
+@pytest.mark.parametrize("fmt, kw", [
+    ("PNG", {}), ("GIF", {}), ("WEBP", dict(quality=80)), ("WEBP", dict(lossless=True)), ("JPEG", {}),
+    ("JPEG", dict(progressive=True, exif=Image.Exif().tobytes())), ("BMP", {}),
+    ("TIFF", {}), ("TIFF", dict(compression="tiff_lzw")), ("PPM", {}),
+])  # fmt: skip
+def test_declared_size_agrees_with_pillow(fmt, kw):
+    # The header sizes refuse bombs before Image.open: they must read what Pillow reads.
+    data = encode(noise(37, 23, seed=3), fmt, **kw)
+    assert images.declared_size(data) == Image.open(io.BytesIO(data)).size == (37, 23)
+
+
+def test_declared_size_of_a_bomb_header_refuses_before_pillow_warns():
+    # 10_000^2 is over Pillow's default (which only warns below twice it): the header check raises first.
+    big_bmp = bytearray(encode(noise(4, 4, seed=1), "BMP"))
+    big_bmp[18:26] = struct.pack("<ii", 10_000, -10_000)
+    assert images.declared_size(bytes(big_bmp)) == (10_000, 10_000)
+    with pytest.raises(Image.DecompressionBombError, match="10000x10000"):
+        decode_image(bytes(big_bmp), DecodeSpec(4, 4))
