@@ -62,6 +62,12 @@ def feature_schema(outputs: dict[str, int], dtype: str, fingerprint: dict[str, A
     return pa.schema(fields, metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
 
 
+def _numpy_dtype(value_type: pa.DataType) -> np.dtype:
+    # Not DataType.to_pandas_dtype(): it imports pandas, which a plain install does not have.
+    kind = "float" if pa.types.is_floating(value_type) else "int"
+    return np.dtype(f"{kind}{value_type.bit_width}")
+
+
 def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
     """Row dicts -> an Arrow table; vectors go in as one flat array per column, not element by element."""
     columns = []
@@ -71,7 +77,7 @@ def rows_to_table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
             flat = pa.array([item for value in values for item in value], pa.string())
             columns.append(pa.FixedSizeListArray.from_arrays(flat, field.type.list_size))
         elif pa.types.is_fixed_size_list(field.type):
-            flat = np.stack(values).astype(field.type.value_type.to_pandas_dtype(), copy=False).reshape(-1)
+            flat = np.stack(values).astype(_numpy_dtype(field.type.value_type), copy=False).reshape(-1)
             columns.append(pa.FixedSizeListArray.from_arrays(pa.array(flat), field.type.list_size))
         else:
             columns.append(pa.array(values, field.type))

@@ -127,3 +127,31 @@ def test_error_schema_reads_back_with_pandas(tmp_path):
     errors = pd.read_parquet(tmp_path / "errors")
     assert list(errors.columns) == ERROR_SCHEMA.names and errors["key"].tolist() == ["a", "b"]
     assert list(journal.read_journal(str(tmp_path), "files-1")["files"]) == ["errors"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float16"])
+def test_rows_to_table_without_pandas(dtype):
+    # A plain `pip install .` has no pandas: building a unit's table must not import it.
+    import subprocess
+    import sys
+
+    script = f"""
+import sys
+
+class NoPandas:  # as if pandas were not installed
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] == "pandas":
+            raise ModuleNotFoundError("No module named 'pandas'", name="pandas")
+
+sys.meta_path.insert(0, NoPandas())
+import numpy as np
+from pipeline.sinks import feature_schema, rows_to_table
+schema = feature_schema({{"embedding": 3}}, "{dtype}", {{}})
+rows = [{{"key": "a", "uri": "u", "width": 1, "height": 2, "embedding": np.array([1, 2, 3], np.float32)}}]
+table = rows_to_table(rows, schema)
+print(table.column("embedding").type, table.column("embedding").to_pylist())
+"""
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == [f"fixed_size_list<item:", f"{'halffloat' if dtype == 'float16' else 'float'}>[3]",
+                                  "[[1.0,", "2.0,", "3.0]]"]
