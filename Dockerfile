@@ -5,7 +5,7 @@
 #
 #   docker build -t REGISTRY/featurize-worker:0.1.0 .
 #   docker build --build-arg BAKE_WEIGHTS=ResNet50,VGG16 -t REGISTRY/featurize-worker:0.1.0 .
-ARG BEAM_VERSION=2.77.0
+ARG BEAM_VERSION=2.78.0
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 
 # TensorFlow with its CUDA libraries from PyPI: one image for CPU and GPU workers.

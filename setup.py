@@ -11,13 +11,15 @@ setup(
     packages=find_packages(include=["pipeline", "pipeline.*"]),
     package_data={"pipeline": ["serve_page/*.html"]},
     install_requires=[
-        "apache-beam>=2.77,<3",
+        # The worker image's Beam (Dockerfile BEAM_VERSION) must equal the submitting SDK's:
+        # raise the bound and the Dockerfile together, once the suite passes on the new release.
+        "apache-beam>=2.77,<2.79",
         "tensorflow>=2.16",
         "keras>=3.3",
         "numpy>=1.26",
         "h5py>=3.10",
         "pyarrow>=14",
-        "pillow>=10",
+        "pillow>=10",  # no upper bound: featurize uses only Pillow's public API (no patched internals)
         "pyyaml>=6",
         "google-crc32c>=1.5",  # TFRecord checksums, read without TensorFlow
     ],
@@ -25,11 +27,13 @@ setup(
         # Readers the tests prove the store works with, and the test runner.
         # apache-beam[gcp] lets the tests translate a Dataflow job (dry run, nothing uploaded).
         "test": ["pytest>=8", "pytest-timeout>=2", "hypothesis>=6", "pandas>=2", "duckdb>=1.1",
-                 "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<3",
+                 "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<2.79",
                  # featurize index / serve, the HTTP client that tests the API, LanceDB for the handoff recipe.
                  "faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.30", "httpx>=0.27", "lancedb>=0.20",
                  # --keras-backend jax, proven against TensorFlow's vectors (tests/test_backends.py).
-                 "jax>=0.4.30"],
+                 "jax>=0.4.30",
+                 # Hugging Face and TensorFlow Datasets inputs, written by the libraries themselves.
+                 "datasets>=3", "tensorflow-datasets>=4.9"],
         # --keras-backend jax (CPU; on GPU workers install jax[cuda12] instead).
         "jax": ["jax>=0.4.30"],
         # bench/host_cost.py: real photos to cut ImageNet-like JPEGs from.

@@ -1,9 +1,14 @@
 """The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import shlex
+import signal
 import sys
-from typing import Sequence
+import threading
+from typing import Iterator, Sequence
 
 from pipeline.errors import ConfigError
 
@@ -87,8 +92,28 @@ def _print_dry_run(report: dict) -> None:
             print(f"... and {len(units) - 50} more units")
 
 
+@contextlib.contextmanager
+def ctrl_c_after_imports() -> Iterator[None]:
+    """A Ctrl-C while Beam's modules import is held until they are imported: raised inside an import, it
+    leaves a module half-initialised, and Beam's next import fails with an AttributeError traceback."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    pressed = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    if pressed:
+        raise KeyboardInterrupt
+
+
 def run_command(argv: Sequence[str]) -> int:
-    from pipeline.job import run
+    """`featurize run`: exit 0 with a summary, 1 with one sentence and the log's path when the run dies;
+    Ctrl-C stops it (see pipeline.stopping and `main`)."""
+    with ctrl_c_after_imports():
+        from pipeline.job import run
     from pipeline.logs import RunFailed
     from pipeline.sinks import SUMMARY_ERROR_RATE
 
@@ -118,7 +143,30 @@ def run_command(argv: Sequence[str]) -> int:
     if removed["count"]:
         print(f"featurize: warning: {removed['count']} {removed['kind']} in the store are no longer in --input "
               f"(first: {removed['listed'][0]}); their rows stay in the store", file=sys.stderr)
+    if counts["rows"]:
+        _print_next_steps(manifest["config"]["output"])
     return 0
+
+
+def _print_next_steps(output: str) -> None:
+    """What to try on a finished store, as commands to copy: the query is the store's first image."""
+    import os
+    import shlex
+
+    store = _open_store(output)
+    try:
+        uri, key = store.uri_of(0), store.rows["key"][0].as_py()
+    finally:
+        store.close()
+    query = key
+    if os.path.isfile(uri):  # a local file: shown as the user would type it from here
+        relative = os.path.relpath(uri)
+        query = uri if relative.startswith(os.pardir) else relative
+    out = shlex.quote(output)
+    print("featurize: next:")
+    for command in (f"inspect {out}", f"search {out} --query {shlex.quote(query)}", f"index {out}",
+                    f"serve {out}"):
+        print(f"  featurize {command}")
 
 
 def _open_store(path: str):
@@ -252,6 +300,10 @@ def serve_command(argv: Sequence[str]) -> int:
     parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
     parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     args = parser.parse_args(argv)
+    # The serve extra, imported before anything is printed: a missing one is one sentence (see main).
+    import starlette  # noqa: F401
+    import uvicorn  # noqa: F401
+
     if not 0 <= args.port <= 65535:
         raise ConfigError(f"port {args.port} is not a port number; give 0 to 65535")
     store = _open_store(args.store)
@@ -263,7 +315,8 @@ def inspect_command(argv: Sequence[str]) -> int:
     import argparse
     from collections import Counter
 
-    from apache_beam.io.filesystems import FileSystems
+    with ctrl_c_after_imports():
+        from apache_beam.io.filesystems import FileSystems
 
     parser = argparse.ArgumentParser(prog="featurize inspect", description="Summarise a featurize output.")
     parser.add_argument("store", help="a featurize output directory")
@@ -319,20 +372,92 @@ def inspect_command(argv: Sequence[str]) -> int:
 COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "index": index_command,
             "serve": serve_command, "inspect": inspect_command}
 
+# setup.py's optional extras, by the module whose import asks for one.
+EXTRAS = {"faiss": "index", "starlette": "serve", "uvicorn": "serve"}
+
+
+def missing_extra(exc: ImportError) -> str | None:
+    """The module of an optional extra that `exc` failed to import: not installed (the error names it),
+    or installed but broken (the error is raised inside the module's own code). None otherwise."""
+    names = [exc.name or ""]
+    frame = exc.__traceback__
+    while frame is not None:
+        names.append(frame.tb_frame.f_globals.get("__name__", ""))
+        frame = frame.tb_next
+    return next((name.partition(".")[0] for name in names if name.partition(".")[0] in EXTRAS), None)
+
+
+def resume_command(run_argv: Sequence[str]) -> str:
+    """The user's own `featurize run` command line with --resume (and without --overwrite, which would
+    throw away what is committed), quoted for a POSIX shell."""
+    program = ["featurize"]
+    if os.path.basename(sys.argv[0]) == "__main__.py":  # started as `python -m pipeline`
+        program = [os.path.basename(sys.executable), "-m", "pipeline"]
+    args = [arg for arg in run_argv if arg != "--overwrite"]
+    if "--resume" not in args:
+        args.append("--resume")
+    return shlex.join([*program, "run", *args])
+
+
+def stopped_sentence(command: str, argv: Sequence[str], stop: KeyboardInterrupt) -> str:
+    """The one line a Ctrl-C ends a command with: for a run, what is committed and how to go on."""
+    if command != "run":
+        return "featurize: stopped by Ctrl-C"
+    from pipeline.job import RunStopped
+    from pipeline.stopping import Interrupted
+
+    go_on = f"to go on, run: {resume_command(argv)}"
+    if isinstance(stop, RunStopped):
+        cancel = f" ({stop.cancel})" if stop.cancel else ""
+        return (f"featurize: stopped by Ctrl-C with {stop.committed} of {stop.units} units committed in "
+                f"{stop.output}{cancel}; {go_on}")
+    at_once = " at once" if isinstance(stop, Interrupted) and stop.at_once else ""
+    return f"featurize: stopped by Ctrl-C{at_once}; the units committed so far stay in the store; {go_on}"
+
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from pipeline import logs
+
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    command = argv[0]
+    # Libraries' log records (import-time warnings included) go to the log unless --verbose.
+    undo_logs = logs.route_logs(verbose=not logs.quiet() or (command == "run" and "--verbose" in argv[1:]))
     # Local workers relay Beam's own start-up chatter as warnings; failures still raise.
     logging.getLogger("apache_beam").setLevel(logging.ERROR)
     try:
-        return COMMANDS[argv[0]](argv[1:])
+        return COMMANDS[command](argv[1:])
     except ConfigError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
         return 2
+    except ImportError as exc:
+        module = missing_extra(exc)
+        if module is None:
+            raise
+        print(f"featurize: error: featurize {command} needs {module}: pip install 'featurize[{EXTRAS[module]}]' "
+              f"({type(exc).__name__}: {exc})", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt as stop:  # Ctrl-C: a run stopped in order, a second Ctrl-C, or any other moment
+        from pipeline.stopping import Interrupted
+
+        in_main = threading.current_thread() is threading.main_thread()
+        # A further Ctrl-C must not cut the last sentence short.
+        previous = signal.signal(signal.SIGINT, signal.SIG_IGN) if in_main else None
+        print(stopped_sentence(command, argv[1:], stop), file=sys.stderr, flush=True)
+        others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+        if not isinstance(stop, Interrupted) and not others:  # no pipeline ran: a normal exit
+            if in_main:
+                signal.signal(signal.SIGINT, previous)
+            return 130
+        undo_logs()
+        sys.stdout.flush()
+        # A stopped pipeline leaves Beam's threads behind (gRPC servers, a handler waiting on a killed worker),
+        # some not daemons: a normal exit would wait for them.
+        os._exit(130)
+    finally:
+        undo_logs()
 
 
 if __name__ == "__main__":

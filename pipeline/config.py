@@ -46,7 +46,9 @@ def option(default: Any = dataclasses.MISSING, *, help: str, choices: Sequence[s
 @dataclass(frozen=True)
 class RunConfig:
     input: str = option(help="folder (recursive), glob of images, a path list (.txt, .csv, .tsv), or shards: "
-                             "'shards/train-{000000..000127}.tar' (WebDataset), '*.tfrecord[.gz]', '*.parquet'")
+                             "'shards/train-{000000..000127}.tar' (WebDataset), '*.tfrecord[.gz]', "
+                             "'mnist-train.tfrecord-*' (TFDS), '*.parquet', '*.arrow', "
+                             "or a Hugging Face save_to_disk folder")
     output: str = option(help="output directory (any Beam filesystem)")
     model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50)")
     weights: str = option("imagenet",
@@ -114,6 +116,7 @@ class RunConfig:
 
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
+_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 
 
@@ -129,6 +132,39 @@ def flag_name(f: dataclasses.Field) -> str:
     """The flag of a field: `--batch-size`; a boolean that defaults to true is switched off by `--no-...`."""
     dashed = f.name.replace("_", "-")
     return f"--no-{dashed}" if _kind(f.name)[0] is bool and f.default is True else f"--{dashed}"
+
+
+# Stored settings whose flag is not their own name (the fingerprint's and the store identity's names).
+_FLAG_OF = {"backbone": "model", "input_size": "image_size"}
+
+
+def as_typed(name: str, value: Any) -> str:
+    """A stored setting as the flag a user types: `--image-size 128x128`, not `input_size [128, 128]`.
+
+    Settings no flag sets (derived ones: outputs, preprocess) keep their stored name."""
+    if name in ("layout", "key_root"):  # what --input was: its kind, the folder its keys start below
+        if name == "layout":
+            return "an --input of image files" if value in ("files", "list") else f"an --input of {value} shards"
+        return f"an --input whose keys start below {value!r}"
+    if name == "weights_sha256":
+        return f"--weights of sha256 {value}"
+    if name == "record_fields":  # [image field, key field]
+        image, key = value
+        return " ".join(f"--{flag} {v}" for flag, v in (("image-field", image), ("key-field", key)) if v) or \
+            "the default --image-field and --key-field"
+    field = _FIELDS.get(_FLAG_OF.get(name, name))
+    if field is None:
+        return f"{name} {value!r}"
+    flag = flag_name(field)
+    if isinstance(value, bool) or _kind(field.name)[0] is bool:
+        return flag if bool(value) != field.default else f"without {flag}"
+    if value is None:
+        return f"without {flag}"
+    if name == "input_size":
+        return f"{flag} {value[0]}x{value[1]}"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(str(v) for v in value)}"
+    return f"{flag} {value}"
 
 
 def _suggest(value: str, valid: Sequence[str]) -> str:

@@ -23,21 +23,22 @@ from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions,
 from apache_beam.runners.runner import PipelineState
 
 from pipeline import backbones, files, keras_models, progress
-from pipeline.config import ConfigError, RunConfig, input_size, parse_run_args
+from pipeline.config import ConfigError, RunConfig, as_typed, input_size, parse_run_args
 from pipeline.handler import KerasBackboneHandler, ModelSpec
 from pipeline.images import DecodeSpec
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
 from pipeline.preflight import ModelLoadError, check_model
 from pipeline.files import read_json
-from pipeline.journal import (committed_units, read_store_state, remove_orphans, write_json_atomically,
-                              write_store_state)
+from pipeline.journal import (committed_unit_ids, committed_units, read_store_state, remove_orphans,
+                              write_json_atomically, write_store_state)
 from pipeline.layout import MANIFEST, STORE_STATE, VIRTUAL_STORE
 from pipeline.records import METRICS_NAMESPACE
 from pipeline.sinks import LISTED_LIMIT, OWNED_PATTERNS, SKIPPED_FILE, WriteManifest, finalize_store
-from pipeline.record_shards import IMAGE_FIELDS, RECORD_READ_ERRORS, shard_fields
+from pipeline.record_shards import RECORD_LAYOUTS, check_record_fields
 from pipeline.records import RecordFields
 from pipeline.sources import LAYOUT_NAMES, Listing, list_inputs, normalized_path, resolve_input
+from pipeline.stopping import CtrlC, Interrupted
 from pipeline.transforms import PendingUnits, ProcessUnits
 from pipeline.units import Plan, plan_units
 from pipeline.weights import sha256_of
@@ -126,31 +127,25 @@ def fingerprint(config: RunConfig, outputs: dict[str, int], spec: ModelSpec) -> 
     ).to_json()
 
 
+def _in_words(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
 def _check_layout_options(config: RunConfig, layout: str) -> None:
     """Options that only one kind of input reads are refused for the others, not ignored."""
-    for name, layouts in (("image_field", ("tfrecord", "parquet")), ("key_field", ("tfrecord", "parquet")),
+    for name, layouts in (("image_field", RECORD_LAYOUTS), ("key_field", RECORD_LAYOUTS),
                           ("uri_column", ("list",))):
         if getattr(config, name) is not None and layout not in layouts:
-            raise ConfigError(f"{name} {getattr(config, name)!r} applies to {' and '.join(LAYOUT_NAMES[l] for l in layouts)} "
+            raise ConfigError(f"{name} {getattr(config, name)!r} applies to {_in_words([LAYOUT_NAMES[l] for l in layouts])} "
                               f"only; input {config.input!r} is {LAYOUT_NAMES[layout]}")
 
 
 def _check_record_fields(config: RunConfig, listing: Listing) -> None:
-    """The first readable shard must have the image field (and a --key-field that was asked for)."""
+    """The first readable shard must have the image field, in a type that holds an image (and a
+    --key-field that was asked for)."""
     shard = next((uri for _, uri, _ in listing.inputs if uri not in listing.missing), None)
-    if shard is None:
-        return
-    try:
-        names = shard_fields(listing.layout, shard)
-    except RECORD_READ_ERRORS:  # a broken shard is the run's to report, as an error row
-        return
-    wanted = [("image_field", config.image_field, IMAGE_FIELDS), ("key_field", config.key_field, ())]
-    for name, value, defaults in wanted:
-        if value is not None and value not in names:
-            raise ConfigError(f"{name} {value!r} is not a field of {shard}; its fields: {', '.join(names)}")
-        if value is None and defaults and not any(field in names for field in defaults):
-            raise ConfigError(f"{shard} has none of the default image fields {', '.join(defaults)}; its fields: "
-                              f"{', '.join(names)}; name the image's field with --image-field")
+    if shard is not None:
+        check_record_fields(listing.layout, shard, RecordFields(config.image_field, config.key_field))
 
 
 def check_input(config: RunConfig) -> Listing:
@@ -167,8 +162,8 @@ def check_input(config: RunConfig) -> Listing:
         skipped = f" ({len(listing.skipped)} other files skipped)" if listing.skipped else ""
         raise ConfigError(f"input {config.input!r} matches no {LAYOUT_NAMES[listing.layout]}{skipped}; give a folder "
                           f"of images, a glob, a path list (.txt/.csv/.tsv), or shards like "
-                          f"'shards/train-{{000000..000127}}.tar' (.tar, .tfrecord, .parquet)")
-    if listing.layout in ("tfrecord", "parquet"):
+                          f"'shards/train-{{000000..000127}}.tar' (.tar, .tfrecord, .parquet, .arrow)")
+    if listing.layout in RECORD_LAYOUTS:
         _check_record_fields(config, listing)
     return listing
 
@@ -202,9 +197,9 @@ def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any])
                     if state.get(name, default) != wanted[name]]
     if differences:
         name, before, now = differences[0]
-        raise ConfigError(f"--resume: the store in {output!r} was made with {name} {before!r} but this run has "
-                          f"{now!r}; resume with the same configuration, or start over with --overwrite or a new "
-                          f"--output")
+        raise ConfigError(f"--resume: the store in {output!r} was made with {as_typed(name, before)} but this run "
+                          f"has {as_typed(name, now)}; resume with the same configuration, or start over with "
+                          f"--overwrite or a new --output")
 
 
 def committed_for(config: RunConfig, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -461,19 +456,55 @@ def _start_over_or_resume(job: Job) -> None:
             FileSystems.delete(stale)
 
 
+class RunStopped(Interrupted):
+    """Ctrl-C stopped the run: `committed` of the run's `units` are in the store in `output` (the
+    rest is for --resume); `cancel` says what a cluster runner did with its job (None: local)."""
+
+    def __init__(self, output: str, committed: int, units: int, cancel: str | None, log_path: str):
+        super().__init__(cancel=cancel)
+        self.args = (f"stopped by Ctrl-C with {committed} of {units} units committed in {output}",)
+        self.output, self.committed, self.units, self.cancel, self.log_path = output, committed, units, cancel, log_path
+
+
+def _stopped(job: Job, stop: Interrupted, log: RunLog) -> RunStopped:
+    """After a Ctrl-C: once no worker writes any more, delete what a unit cut short left (no entry names
+    it), and count the committed units of this run's plan."""
+    output = job.config.output
+    if stop.quiescent:
+        remove_orphans(output, committed_units(output).values())
+    planned = {unit.unit_id for unit in job.plan.pending} | set(job.plan.reused_units)
+    committed = len(committed_unit_ids(output) & planned)
+    log.note(f"stopped by Ctrl-C: {committed} of {len(planned)} units committed"
+             + (f"; {stop.cancel}" if stop.cancel else ""))
+    return RunStopped(output, committed, len(planned), stop.cancel, log.path)
+
+
 def _run_pipeline(job: Job, log: RunLog) -> beam.runners.runner.PipelineResult:
-    """Build, run and wait; raises unless the pipeline ended DONE and wrote its manifest."""
+    """Build, run and wait; raises unless the pipeline ended DONE and wrote its manifest, and
+    RunStopped after a Ctrl-C (a second one: stopping.Interrupted, at once)."""
     stop_progress = None
+
+    def start() -> beam.runners.runner.PipelineResult:
+        p = beam.Pipeline(options=job.options)
+        build(p, job)
+        return p.run()
+
     with terminal_stderr_to_log(log.path, enabled=quiet()) as terminal:
         if job.config.progress and local_workers(job.options):
             job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
             stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending),
                                            stream=terminal)
         try:
-            p = beam.Pipeline(options=job.options)
-            build(p, job)
-            result = p.run()
-            state = result.wait_until_finish()
+            direct = job.options.view_as(DirectOptions)
+            in_process = direct.direct_running_mode != "multi_processing"
+            with CtrlC(local=bool(local_workers(job.options)), in_process=in_process, log_path=log.path) as ctrl_c:
+                try:
+                    result, state = ctrl_c.run(start)
+                except Interrupted as stop:
+                    if stop.at_once:
+                        raise
+                    # Still under CtrlC: a second Ctrl-C while this counts stops at once.
+                    raise _stopped(job, stop, log) from None
         finally:
             if stop_progress:
                 stop_progress()

@@ -107,6 +107,11 @@ def committed_units(output: str) -> dict[str, dict[str, Any]]:
     return {entry["unit"]: entry for entry in map(read_json, list_paths(join(output, UNITS_DIR, "*.json")))}
 
 
+def committed_unit_ids(output: str) -> set[str]:
+    """The ids of the committed units, from the names of their entries alone (one listing, no reads)."""
+    return {path.rsplit("/", 1)[-1][:-len(".json")] for path in list_paths(join(output, UNITS_DIR, "*.json"))}
+
+
 def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
     path = join(output, UNITS_DIR, f"{unit_id}.json")
     return read_json(path) if FileSystems.exists(path) else None

@@ -1,11 +1,14 @@
 """Quiet by default, one sentence when a run dies, and a log file with everything.
 
 TensorFlow prints a dozen native (C++) start-up lines per process that no environment variable
-silences in TF 2.21; Beam relays every worker's log and traceback to the launcher. Unless
-`--verbose` (or the user set TF_CPP_MIN_LOG_LEVEL themselves), featurize sends the native
-stderr of model loading and Beam's log records to the run's log file
-(`OUT/_featurize/logs/run-TIME.log` for a local output, else the temp dir), and a run that dies
-raises `RunFailed`: one sentence for the terminal, and the log's path.
+silences in TF 2.21; Beam relays every worker's log and traceback to the launcher; libraries log
+at import time (apache-beam[gcp] without apitools: `apitools not found, and bigquery client
+libraries are not available`). Unless `--verbose`, featurize sends the native stderr of model
+loading, Beam's log records and every other library's to the run's log file
+(`OUT/_featurize/logs/run-TIME.log` for a local output, else the temp dir); only featurize's own
+log lines reach the terminal, and a run that dies raises `RunFailed`: one sentence for the
+terminal, and the log's path. `TF_CPP_MIN_LOG_LEVEL` is TensorFlow's own filter of its native
+lines, wherever they go; it never decides what reaches the terminal.
 
 A reason a worker stops a run for (`JobError`, e.g. a model that cannot load, too many error
 rows) reaches the launcher only as text inside Beam's error; its message starts with a
@@ -20,7 +23,7 @@ import re
 import sys
 import tempfile
 import time
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 LOG_ENV = "FEATURIZE_LOG"
 VERBOSE_ENV = "FEATURIZE_VERBOSE"
@@ -61,13 +64,9 @@ def sentence_in(exc: BaseException) -> str | None:
     return None
 
 
-# Whether the user set TF_CPP_MIN_LOG_LEVEL, read when featurize loads: importing jax sets it (to 1),
-# and TensorFlow imports jax when it is installed, so a later look would find it set by a library.
-_USER_SET_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL" in os.environ
-
-
 def quiet() -> bool:
-    return not os.environ.get(VERBOSE_ENV) and not _USER_SET_TF_LOG_LEVEL
+    """True unless --verbose (FEATURIZE_VERBOSE, which local workers inherit)."""
+    return not os.environ.get(VERBOSE_ENV)
 
 
 def _fallback_log() -> str:
@@ -116,8 +115,85 @@ def terminal_stderr_to_log(path: str, enabled: bool) -> Iterator[TextIO]:
         yield terminal
 
 
+_OWN_LOGGERS = ("pipeline", "featurize")
+_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+
+
+def _own(record: logging.LogRecord) -> bool:
+    return record.name.partition(".")[0] in _OWN_LOGGERS
+
+
+class _Terminal(logging.StreamHandler):
+    """The terminal as it is when a record comes: sys.stderr may be replaced after this handler is made."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
+class _Pending(logging.Handler):
+    """Other libraries' records logged before a run's log file exists (import-time warnings): kept
+    in memory until RunLog writes them to its file, or `route_logs`' undo writes them to the
+    fallback log. Paused while a RunLog's own handler takes every record."""
+
+    LIMIT = 1000  # a library that logs in a loop must not fill the launcher's memory
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.records: list[logging.LogRecord] = []
+        self.paused = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.paused and not _own(record) and len(self.records) < self.LIMIT:
+            self.records.append(record)
+
+    def write_to(self, handler: logging.Handler) -> None:
+        for record in self.records:
+            handler.handle(record)
+        self.records.clear()
+
+
+_pending: _Pending | None = None
+
+
+def route_logs(verbose: bool) -> Callable[[], None]:
+    """How one featurize command logs: featurize's own warnings on the terminal, every other
+    library's records to the log (a run's log file, else the fallback log of this process), or
+    everything on the terminal with `verbose`. Returns the undo, which also writes the records
+    still pending, if any, to the fallback log."""
+    global _pending
+    root = logging.getLogger()
+    terminal = _Terminal()
+    terminal.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
+    added: list[logging.Handler] = [terminal]
+    if not verbose:
+        terminal.addFilter(_own)
+        _pending = _Pending()
+        added.append(_pending)
+    saved_level = root.level
+    if root.level == logging.NOTSET or root.level > logging.WARNING:
+        root.setLevel(logging.WARNING)
+    for handler in added:
+        root.addHandler(handler)
+
+    def undo() -> None:
+        global _pending
+        for handler in added:
+            root.removeHandler(handler)
+        root.setLevel(saved_level)
+        pending, _pending = _pending, None
+        if pending is not None and pending.records:
+            handler = logging.FileHandler(_fallback_log())
+            handler.setFormatter(logging.Formatter(_FORMAT))
+            pending.write_to(handler)
+            handler.close()
+
+    return undo
+
+
 class RunLog:
-    """The log file of one run; Beam's log records go there (and, with --verbose, to the terminal too)."""
+    """The log file of one run; Beam's log records and every other library's go there (and, with
+    --verbose, to the terminal too)."""
 
     def __init__(self, output: str, verbose: bool):
         from pipeline import files
@@ -130,12 +206,20 @@ class RunLog:
         self.path = os.path.abspath(os.path.join(folder, time.strftime("run-%Y%m%d-%H%M%S.log", time.gmtime())))
         self._verbose = verbose
         self._handler = logging.FileHandler(self.path)
-        self._handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        self._handler.setFormatter(logging.Formatter(_FORMAT))
         self._beam = logging.getLogger("apache_beam")
+        self._root = logging.getLogger()
         self._saved = (self._beam.propagate, self._beam.level, os.environ.get(LOG_ENV), os.environ.get(VERBOSE_ENV))
-        self._beam.addHandler(self._handler)
+        # Quiet: Beam's records stop here, in the file. Verbose: they propagate to the root, whose
+        # handlers are the terminal's and this file's (so the file gets each record once).
+        if not verbose:
+            self._beam.addHandler(self._handler)
         self._beam.setLevel(logging.INFO)
         self._beam.propagate = verbose
+        self._root.addHandler(self._handler)  # the other libraries' records (absl, TensorFlow, gRPC)
+        if _pending is not None:
+            _pending.write_to(self._handler)
+            _pending.paused = True
         _failures.addHandler(self._handler)
         os.environ[LOG_ENV] = self.path  # local workers inherit it
         if verbose:
@@ -147,10 +231,17 @@ class RunLog:
         sentence = sentence_in(exc) or f"the run failed ({type(exc).__name__}: {' '.join(str(exc).split())[:300]})"
         return RunFailed(sentence, self.path)
 
+    def note(self, message: str) -> None:
+        """A line for the log file only."""
+        _failures.warning(message)
+
     def close(self) -> None:
         self._beam.removeHandler(self._handler)
+        self._root.removeHandler(self._handler)
         _failures.removeHandler(self._handler)
         self._handler.close()
+        if _pending is not None:
+            _pending.paused = False
         propagate, level, log_env, verbose_env = self._saved
         self._beam.propagate, self._beam.level = propagate, level
         for name, value in ((LOG_ENV, log_env), (VERBOSE_ENV, verbose_env)):

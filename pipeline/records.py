@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 # What a work unit can be; every unit id starts with its layout and a dash (pipeline.units).
-UNIT_LAYOUTS = ("files", "tar", "tfrecord", "parquet")
+UNIT_LAYOUTS = ("files", "tar", "tfrecord", "parquet", "arrow")
 # Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
 STAGES = ("read", "decode", "infer", "write")
 # Beam metrics (counters, distributions) of every stage live under this namespace.
@@ -53,7 +53,7 @@ def error_from_exception(key: str, uri: str, stage: str, exc: BaseException) -> 
 
 @dataclass(frozen=True)
 class RecordFields:
-    """Which field of a TFRecord Example or Parquet row holds the image and which the key
+    """Which field of a TFRecord Example or Parquet / Arrow row holds the image and which the key
     (None: the default rules of `pipeline.record_shards`)."""
     image: str | None = None
     key: str | None = None
@@ -63,7 +63,7 @@ class RecordFields:
 class WorkUnit:
     """A deterministic piece of the input that is committed to the store whole or not at all.
 
-    A shard (tar, TFRecord, Parquet) is one unit (`source` is the shard, `name` its path below
+    A shard (tar, TFRecord, Parquet, Arrow) is one unit (`source` is the shard, `name` its path below
     the key root, which default record keys start with); plain files are grouped into units of
     sorted keys (`members`: (key, uri) pairs). `rejected` are inputs of the unit refused while
     planning (a key that another file already has): they become its error rows.

@@ -1,12 +1,13 @@
 """Inputs: resolve --input, list what it holds, and read the records of one work unit.
 
 Layouts: plain image files (folders, globs, or the paths a `.txt`/`.csv`/`.tsv` list names),
-and shards, each one work unit: WebDataset tars, TFRecord files, Parquet files.
+and shards, each one work unit: WebDataset tars, TFRecord files (TensorFlow Datasets' numbered
+ones too), Parquet files, Arrow IPC files (a Hugging Face `save_to_disk` folder is its shards).
 Keys follow docs/design.md: plain files are keyed by their path relative to the input
 root (the common prefix of every folder or glob given, so `{cats,dogs}` keys
 `cats/001.jpg` and `dogs/001.jpg`); tar members by their WebDataset sample key (member
-path up to the first dot of its base name), with one image member per sample; TFRecord
-and Parquet records by their key field, else `SHARD:INDEX` (`pipeline.record_shards`).
+path up to the first dot of its base name), with one image member per sample; TFRecord,
+Parquet and Arrow records by their key field, else `SHARD:INDEX` (`pipeline.record_shards`).
 The readers are plain generators: the unit stage (`pipeline.transforms`) and the
 `ReadImages` transform both drive them.
 """
@@ -38,7 +39,14 @@ from pipeline.retries import is_transient, retry_transient
 TAR_SUFFIXES = (".tar", ".tar.gz", ".tgz")
 # Shard layouts by file name; every shard is one work unit.
 SHARD_SUFFIXES = {"tar": TAR_SUFFIXES, "tfrecord": record_shards.TFRECORD_SUFFIXES,
-                  "parquet": record_shards.PARQUET_SUFFIXES}
+                  "parquet": record_shards.PARQUET_SUFFIXES, "arrow": record_shards.ARROW_SUFFIXES}
+# Shard names that carry a number after the suffix (TensorFlow Datasets').
+SHARD_NAMES = {"tfrecord": record_shards.TFDS_SHARD_NAME}
+# Folders a dataset library saves, known by a file in them, and the glob of their shards:
+# Hugging Face `Dataset.save_to_disk` (state.json), `DatasetDict.save_to_disk` (a folder per split),
+# a TensorFlow Datasets version folder (features.json). Their keys then start below the folder.
+DATASET_FOLDERS = (("state.json", "data-*.arrow"), ("dataset_dict.json", "*/data-*.arrow"),
+                   ("features.json", "*.tfrecord-*"))
 HTTP_TIMEOUT_S = 60
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
@@ -48,7 +56,7 @@ _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
 @dataclass(frozen=True)
 class InputSpec:
     """A resolved --input: its layout and (pattern, root) pairs to list."""
-    layout: str  # "files" | "list" | "tar" | "tfrecord" | "parquet"
+    layout: str  # "files" | "list" | "tar" | "tfrecord" | "parquet" | "arrow"
     patterns: tuple[tuple[str, str], ...]
 
 
@@ -96,13 +104,24 @@ def input_layout(path: str) -> str:
     """What a path or pattern names, by its suffix: a shard format, a path "list", or image "files"."""
     lowered = path.lower()
     for layout, suffixes in SHARD_SUFFIXES.items():
-        if lowered.endswith(suffixes):
+        if lowered.endswith(suffixes) or (layout in SHARD_NAMES and SHARD_NAMES[layout].search(path)):
             return layout
     return "list" if is_path_list(path) else "files"
 
 
 LAYOUT_NAMES = {"tar": "tar shards", "tfrecord": "TFRecord shards", "parquet": "Parquet shards",
-                "list": "path lists", "files": "image files"}
+                "arrow": "Arrow shards", "list": "path lists", "files": "image files"}
+
+
+def _dataset_folder_shards(path: str) -> str:
+    """A folder a dataset library saved -> the glob of its shards; any other path as given."""
+    if has_glob(path) or input_layout(path) != "files":
+        return path
+    folder = path.rstrip("/")
+    for marker, shards in DATASET_FOLDERS:
+        if FileSystems.exists(f"{folder}/{marker}"):
+            return f"{folder}/{shards}"
+    return path
 
 
 def resolve_input(spec: str) -> InputSpec:
@@ -110,7 +129,7 @@ def resolve_input(spec: str) -> InputSpec:
 
     Local paths become absolute, so each row's uri names its image from any folder (`featurize
     serve` and `search --grid` read it later) and on workers whose folder is not the launcher's."""
-    expanded = [os.path.abspath(p) if files.is_local(p) else p for p in expand_braces(spec)]
+    expanded = [_dataset_folder_shards(os.path.abspath(p) if files.is_local(p) else p) for p in expand_braces(spec)]
     layouts = sorted({input_layout(p) for p in expanded})
     if len(layouts) > 1:
         raise ValueError(f"input {spec!r} mixes {' and '.join(LAYOUT_NAMES[name] for name in layouts)}; "
@@ -156,12 +175,13 @@ def member_uri(shard: str, member_name: str) -> str:
     return f"{shard}#{member_name}"
 
 
-_SHARD_URI = re.compile(r"^(.*?\.(?:tar|tar\.gz|tgz|tfrecords?|tfrecords?\.gz|parquet))#(.+)$", re.IGNORECASE)
+_SHARD_URI = re.compile(r"^(.*?\.(?:tar|tar\.gz|tgz|tfrecords?|tfrecords?\.gz|tfrecords?-\d+-of-\d+(?:\.gz)?"
+                        r"|parquet|arrow))#(.+)$", re.IGNORECASE)
 
 
 def read_uri(uri: str, fields: RecordFields = RecordFields()) -> bytes:
     """The bytes behind a row's uri: a file, `shard.tar#member` (found by scanning the shard), or
-    `shard.tfrecord#INDEX` / `shard.parquet#INDEX` (the image of that record)."""
+    `shard.tfrecord#INDEX` / `shard.parquet#INDEX` / `shard.arrow#INDEX` (the image of that record)."""
     match = _SHARD_URI.match(uri)
     if match is None:
         return _read_bytes(uri)
@@ -310,7 +330,7 @@ def list_inputs(spec: InputSpec, uri_column: str | None = None) -> Listing:
     return listing
 
 
-def _read_member(key: str, uri: str) -> ImageRecord | ErrorRecord:
+def read_member(key: str, uri: str) -> ImageRecord | ErrorRecord:
     """One listed file. An http(s) URL that keeps failing transiently becomes an error row (its
     unit is marked for --resume to retry): one dead web server must not stop the run."""
     try:
@@ -328,7 +348,7 @@ def read_file_records(members: Iterable[tuple[str, str]]) -> Iterator[ImageRecor
     (missing, permissions, a directory, an http 404); a transient failure of a filesystem raises
     (the unit is retried)."""
     for key, uri in members:
-        yield _read_member(key, uri)
+        yield read_member(key, uri)
 
 
 def _image_members(archive: tarfile.TarFile) -> Iterator[tarfile.TarInfo]:

@@ -1,6 +1,6 @@
 """Work units: the input split into deterministic pieces, and what a (resumed) run must process.
 
-A shard (tar, TFRecord, Parquet) is one unit. Plain files are sorted by key and cut into runs of consecutive
+A shard (tar, TFRecord, Parquet, Arrow) is one unit. Plain files are sorted by key and cut into runs of consecutive
 keys; a unit's id is a digest of its keys, so the same pending files always give the same
 units, whatever the listing order or the number of workers. The launcher plans: it lists
 the input once, reads the store's journal and splits the listing into units already
@@ -79,7 +79,7 @@ class Plan:
 def plan_units(listing: Listing, committed: dict[str, dict[str, Any]], unit_size: int,
                batch_size: int, fields: RecordFields = RecordFields()) -> Plan:
     """Split a listing into pending units, given the journal entries of committed ones.
-    `fields`: where TFRecord and Parquet records hold their image and key."""
+    `fields`: where TFRecord, Parquet and Arrow records hold their image and key."""
     retry = {unit_id: entry for unit_id, entry in committed.items() if entry.get("retry")}
     if listing.layout != "files":  # a shard's unit id does not change: a retry unit is simply pending again
         return _plan_shards(listing, kept(committed), fields)

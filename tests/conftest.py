@@ -124,3 +124,17 @@ def fresh_keras():
     keras.backend.clear_session()  # Keras >= 3.5 runs gc.collect() itself (free_memory=True)
     if "free_memory" not in inspect.signature(keras.backend.clear_session).parameters:
         gc.collect()  # an older Keras: collect here (a second full collection costs ~0.5 s)
+
+
+@pytest.fixture(scope="session")
+def tfds_numbered(numbered, tmp_path_factory):
+    """The numbered folder's JPEGs written by a TensorFlow Datasets builder (tests/dataset_tools.py):
+    split `train` the first 40 in key order, `test` the other 20, `image/filename` the folder key.
+    Returns (version folder, [(key, bytes)] in key order)."""
+    from tests.dataset_tools import write_tfds
+
+    _, folder = numbered
+    keys = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.jpg"))
+    examples = [(key, str(folder / key)) for key in keys]
+    version = write_tfds(tmp_path_factory.mktemp("tfds"), {"train": examples[:40], "test": examples[40:]})
+    return version, [(key, (folder / key).read_bytes()) for key in keys]

@@ -206,3 +206,82 @@ def test_error_rate_guard_stops_the_run_with_one_sentence_and_no_manifest(zoo_fo
                  "--weights", small_weights, "--image-size", "48", "--batch-size", "8", "--max-pixels", "1000000",
                  "--max-error-rate", "0.5", "--resume", "--direct_running_mode=in_memory", "--no-progress"]) == 0
     assert "featurize: warning: 21% of the inputs are error rows; most common: decode" in capsys.readouterr().err
+
+
+def chatter_stub(tmp_path):
+    """A PYTHONPATH folder whose sitecustomize hides apitools, as in a venv where apache-beam[gcp] lacks it:
+    Beam then logs `apitools not found, and bigquery client libraries are not available` on import."""
+    folder = tmp_path / "no-apitools"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text("import sys\nsys.modules['apitools'] = None\n")
+    return str(folder)
+
+
+APITOOLS = "apitools not found, and bigquery client libraries are not available"
+
+
+@pytest.mark.parametrize("tf_log_level", [None, "0", "2", "3"])
+def test_tf_log_level_changes_no_line_on_the_terminal(tf_log_level, zoo_folder, tmp_path):
+    """TF_CPP_MIN_LOG_LEVEL is TensorFlow's own filter: whatever its value, a failing run prints its sentence
+    and the log's path, a finished run its summary, and nothing else; libraries' import-time chatter and
+    TensorFlow's lines go to the run's log."""
+    env = {"PYTHONPATH": chatter_stub(tmp_path)}
+    if tf_log_level is not None:
+        env["TF_CPP_MIN_LOG_LEVEL"] = tf_log_level
+    args = ["--input", zoo_folder, "--model", "MobileNetV3Small", "--weights", "none", "--image-size", 48,
+            "--batch-size", 8, "--max-pixels", 1_000_000, "--direct_running_mode=in_memory", "--no-progress"]
+    failed = featurize(tmp_path, *args, "--output", tmp_path / "failed", "--max-error-rate", 0.1, **env)
+    assert failed.returncode == 1, failed.stderr
+    sentence, where = failed.stderr.strip().splitlines()
+    assert sentence.startswith("featurize: error: 20.8% of 24 inputs are error rows, more than --max-error-rate")
+    assert where.startswith("featurize: the full log is in ") and not failed.stdout
+    log = open(where.removeprefix("featurize: the full log is in ")).read()
+    assert APITOOLS in log and "Traceback" in log
+
+    done = featurize(tmp_path, *args, "--output", tmp_path / "done", **env)
+    assert done.returncode == 0, done.stderr
+    noise = [line for line in done.stderr.splitlines() if not line.startswith("featurize: ")]
+    assert not noise, "\n".join(noise)
+    assert done.stdout.startswith("featurize: 19 feature rows, 5 error rows from 24 inputs")
+    [log] = (tmp_path / "done" / "_featurize" / "logs").iterdir()
+    assert APITOOLS in log.read_text()
+
+
+def test_import_time_chatter_of_other_commands_goes_to_the_log(parquet_store, tmp_path):
+    env = quiet_env(tmp_path, PYTHONPATH=chatter_stub(tmp_path), TMPDIR=str(tmp_path))
+    done = subprocess.run([sys.executable, "-m", "pipeline", "inspect", str(parquet_store)], capture_output=True,
+                          text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0 and done.stderr == "", done.stderr
+    assert "19 of 24 inputs" in done.stdout
+    [log] = (tmp_path / "featurize-logs").iterdir()  # this process's fallback log, in the temp dir
+    assert APITOOLS in log.read_text()
+    refused = featurize(tmp_path, "--input", tmp_path / "missing", "--output", tmp_path / "o",
+                        PYTHONPATH=chatter_stub(tmp_path))
+    assert refused.returncode == 2
+    [line] = refused.stderr.strip().splitlines()
+    assert line.startswith("featurize: error: input ")
+    # --verbose shows what other libraries log
+    loud = featurize(tmp_path, "--input", tmp_path / "missing", "--output", tmp_path / "o", "--verbose",
+                     PYTHONPATH=chatter_stub(tmp_path))
+    assert APITOOLS in loud.stderr
+
+
+@pytest.mark.parametrize("command, module, extra", [("index", "faiss", "index"), ("serve", "uvicorn", "serve"),
+                                                     ("serve", "starlette", "serve")])
+@pytest.mark.parametrize("how", ["absent", "broken"])
+def test_a_missing_extra_is_one_sentence_naming_it(command, module, extra, how, parquet_store, tmp_path):
+    """No uninstalling: a sitecustomize hides the module (absent), or a stub of it fails to import (broken)."""
+    folder = tmp_path / "stubs"
+    folder.mkdir()
+    if how == "absent":
+        (folder / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")
+    else:
+        (folder / f"{module}.py").write_text("raise ImportError('libstdc++.so.6: version GLIBCXX_3.4.32 not found')\n")
+    flags = ["--factory", "IVF2,Flat"] if command == "index" else ["--port", "0"]  # IVF: an index that needs faiss
+    done = subprocess.run([sys.executable, "-m", "pipeline", command, str(parquet_store), *flags],
+                          capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL,
+                          env=quiet_env(tmp_path, PYTHONPATH=str(folder)))
+    assert done.returncode == 2, done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith(f"featurize: error: featurize {command} needs {module}: pip install 'featurize[{extra}]' ("), line
+    assert not done.stdout

@@ -180,9 +180,8 @@ def test_field_mistakes_stop_before_any_work(flags, message, numbered, small_wei
 
 def test_image_field_on_a_folder_is_refused(numbered, small_weights, tmp_path):
     _, folder = numbered
-    with pytest.raises(ConfigError, match=r"image_field 'jpg' applies to TFRecord shards and Parquet shards only"):
+    with pytest.raises(ConfigError, match=r"image_field 'jpg' applies to TFRecord shards, Parquet shards and Arrow shards only"):
         run(featurize_args(folder, tmp_path / "out", small_weights, "parquet", "--image-field", "jpg"))
-
 
 
 def test_a_shard_without_a_default_image_field_names_its_fields(small_weights, tmp_path):
@@ -190,3 +189,83 @@ def test_a_shard_without_a_default_image_field_names_its_fields(small_weights, t
     with pytest.raises(ConfigError, match=r"has none of the default image fields image/encoded, jpg.*its fields: "
                                           r"id, pixels; name the image's field with --image-field"):
         run(featurize_args(tmp_path / "p.parquet", tmp_path / "out", small_weights, "parquet"))
+
+
+# --------------------------------------------------------------------------- Hugging Face datasets, TFDS
+
+
+def check_vectors_by_position(out, manifest, folder_reference, keys: dict[str, str]):
+    """Rows keyed SHARD:INDEX (`keys` maps each to the folder key of the image at that place) hold the
+    folder's vectors; the folder's one undecodable image is the error row of its record."""
+    vectors, reference_manifest, reference_errors = folder_reference
+    got = read_store(out, "parquet")
+    assert sorted(keys[key] for key in got) == sorted(vectors)
+    for key, vector in got.items():
+        np.testing.assert_array_equal(vector, vectors[keys[key]], err_msg=key)
+    assert [keys[key] for key in error_keys(out)] == reference_errors
+    for name in ("inputs", "rows", "errors", "errors_by_stage"):
+        assert manifest["counts"][name] == reference_manifest["counts"][name], name
+
+
+@pytest.mark.parametrize("kind", ["hub", "hub-paths", "save_to_disk"])
+def test_hugging_face_datasets_give_the_folder_s_vectors(kind, numbered, folder_reference, small_weights, tmp_path,
+                                                         monkeypatch):
+    from tests.dataset_tools import hf_dataset, save_to_disk, write_hub_parquet
+
+    _, folder = numbered
+    images = folder_images(folder)
+    data = tmp_path / "hub" / "data"
+    if kind == "save_to_disk":  # a DatasetDict: a folder per split, keys below the saved folder
+        source = save_to_disk(tmp_path / "saved", {"train": hf_dataset([d for _, d in images[:40]]),
+                                                   "test": hf_dataset([d for _, d in images[40:]])})
+        keys = {**{f"train/data-00000-of-00001.arrow:{i}": key for i, (key, _) in enumerate(images[:40])},
+                **{f"test/data-00000-of-00001.arrow:{i}": key for i, (key, _) in enumerate(images[40:])}}
+    else:  # the Hub's layout; `train-*` selects the split, SHARD:INDEX keeps the row order
+        data.mkdir(parents=True)
+        monkeypatch.chdir(data)  # path-only rows: paths relative to the shard's folder
+        dataset = (hf_dataset([d for _, d in images]) if kind == "hub" else
+                   hf_dataset([None] * len(images), [os.path.relpath(folder / key, data) for key, _ in images],
+                              decode=False))
+        source = write_hub_parquet(tmp_path / "hub", dataset, shards=3)
+        keys = {f"train-{i // 20:05d}-of-00003.parquet:{i % 20}": key for i, (key, _) in enumerate(images)}
+    manifest = run(featurize_args(source, tmp_path / "out", small_weights, "parquet", IN_MEMORY))
+    check_vectors_by_position(tmp_path / "out", manifest, folder_reference, keys)
+    if kind == "hub-paths":  # the bytes came from the files: each row's uri is the file
+        uris = pq.read_table(tmp_path / "out" / "features", columns=["key", "uri"]).to_pylist()
+        assert all(row["uri"] == str(folder / keys[row["key"]]) for row in uris)
+
+
+def test_tfds_shards_give_the_folder_s_vectors(tfds_numbered, numbered, folder_reference, small_weights, tmp_path):
+    version, images = tfds_numbered
+    source = f"{version}/featurize_tiny-*.tfrecord-*"  # both splits; keys from image/filename
+    manifest = run(featurize_args(source, tmp_path / "out", small_weights, "parquet", IN_MEMORY))
+    check_same_as_folder(tmp_path / "out", manifest, folder_reference)
+    assert manifest["units"]["committed"] == 2
+
+
+def test_values_that_are_not_images_are_error_rows_and_the_run_finishes(numbered, small_weights, tmp_path):
+    _, folder = numbered
+    images = [data for _, data in folder_images(folder)[:3]]
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    cells = [{"bytes": data, "path": None} for data in images] + [
+        None, {"bytes": None, "path": None}, {"bytes": None, "path": "gone.jpg"}]
+    pq.write_table(pa.table({"image": pa.array(cells, struct)}), tmp_path / "a.parquet")
+    # a later shard with a wrong type: the launcher checks the first shard, each of these records is an error row
+    pq.write_table(pa.table({"image": pa.array([1, 2], pa.int64())}), tmp_path / "b.parquet")
+    manifest = run(featurize_args(f"{tmp_path}/*.parquet", tmp_path / "out", small_weights, "parquet", IN_MEMORY))
+    assert sorted(read_store(tmp_path / "out", "parquet")) == ["a.parquet:0", "a.parquet:1", "a.parquet:2"]
+    errors = {row["key"]: (row["stage"], row["error_type"])
+              for row in pq.read_table(tmp_path / "out" / "errors").to_pylist()}
+    assert errors == {"a.parquet:3": ("read", "MissingImage"), "a.parquet:4": ("read", "MissingImage"),
+                      "a.parquet:5": ("read", "FileNotFoundError"), "b.parquet:0": ("read", "WrongImageType"),
+                      "b.parquet:1": ("read", "WrongImageType")}
+    counts = manifest["counts"]
+    assert (counts["inputs"], counts["rows"], counts["errors"]) == (8, 3, 5)
+
+
+def test_an_image_column_of_another_type_stops_the_run_before_any_work(small_weights, tmp_path):
+    pq.write_table(pa.table({"image": pa.array([[0.5, 1.0]], pa.list_(pa.float32()))}), tmp_path / "p.parquet")
+    with pytest.raises(ConfigError, match=r"^column 'image' of .*p\.parquet is list<element: float>, not image bytes "
+                                          r"\(binary\), a path \(string\) or an image struct"):
+        run(featurize_args(tmp_path / "p.parquet", tmp_path / "out", small_weights, "parquet"))
+    assert not (tmp_path / "out").exists()

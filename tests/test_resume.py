@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import pathlib
+import re
 
 import numpy as np
 import pyarrow.parquet as pq
@@ -90,9 +91,14 @@ def test_resume_refuses_a_configuration_that_changes_vectors(numbered, reference
         args[args.index("--image-size") + 1] = "64" if field == "input_size" else args[args.index("--image-size") + 1]
         if field == "weights":
             args[args.index("--weights") + 1] = "none"
-        with pytest.raises(ConfigError, match=f"made with {field} .* but this run has"):
+        # The flag as the user types it, both sides: `--image-size 48x48`, not `input_size [48, 48]`.
+        typed = {"pooling": "--pooling avg but this run has --pooling max",
+                 "input_size": "--image-size 48x48 but this run has --image-size 64x64",
+                 "dtype": "--dtype float32 but this run has --dtype float16",
+                 "weights": "but this run has --weights none"}[field]
+        with pytest.raises(ConfigError, match=f"made with .*{re.escape(typed)};"):
             run([*args, *(flags if field in ("pooling", "dtype") else [])])
-    with pytest.raises(ConfigError, match="made with format 'parquet' but this run has 'hdf5'"):
+    with pytest.raises(ConfigError, match="made with --format parquet but this run has --format hdf5"):
         run(featurize_args(shards, out, small_weights, "hdf5", "--resume"))
 
 

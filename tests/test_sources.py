@@ -9,7 +9,9 @@ from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.records import ImageRecord
-from pipeline.sources import expand_braces, file_key, list_inputs, read_tar_records, resolve_input, webdataset_key
+from pipeline.sources import (expand_braces, file_key, input_layout, list_inputs, read_tar_records, resolve_input,
+                              webdataset_key)
+from pipeline.units import shard_unit_id
 from pipeline.transforms import ReadImages
 
 
@@ -44,6 +46,29 @@ def test_resolve_input_layouts(tmp_path):
     assert tars.layout == "tar" and [p for p, _ in tars.patterns] == [f"{tmp_path}/s-{i}.tar" for i in range(3)]
     with pytest.raises(ValueError, match="mixes"):
         resolve_input(f"{tmp_path}/{{a.tar,b.jpg}}")
+
+
+@pytest.mark.parametrize("path, layout", [
+    ("tfds/mnist/3.0.1/mnist-train.tfrecord-00000-of-00001", "tfrecord"),  # TensorFlow Datasets' own names
+    ("mnist-train.tfrecord-00003-of-00016.gz", "tfrecord"), ("mnist-train.tfrecord-*", "tfrecord"),
+    ("mnist-train.tfrecord-*-of-00016", "tfrecord"), ("a.TFRecords-0000[0-3]-of-00004", "tfrecord"),
+    ("hub/data/train-00000-of-00002.parquet", "parquet"),                   # Hugging Face Hub shards
+    ("saved/data-00000-of-00001.arrow", "arrow"), ("saved/*/data-*.arrow", "arrow"),
+    ("notes.tfrecord-info.txt", "list"), ("photo.tfrecord-1.jpg", "files"), ("photos/", "files"),
+])
+def test_shard_layouts_by_name(path, layout):
+    assert input_layout(path) == layout
+
+
+def test_dataset_folders_resolve_to_their_shards(tmp_path):
+    for folder, marker in (("one", "state.json"), ("dict", "dataset_dict.json"), ("tfds", "features.json")):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / marker).write_text("{}")
+    assert resolve_input(str(tmp_path / "one")).patterns == ((f"{tmp_path}/one/data-*.arrow", f"{tmp_path}/one"),)
+    spec = resolve_input(f"{tmp_path}/dict/")
+    assert spec.layout == "arrow" and spec.patterns == ((f"{tmp_path}/dict/*/data-*.arrow", f"{tmp_path}/dict"),)
+    assert resolve_input(str(tmp_path / "tfds")).patterns == ((f"{tmp_path}/tfds/*.tfrecord-*", f"{tmp_path}/tfds"),)
+    assert shard_unit_id("arrow", f"{tmp_path}/one/data-00000-of-00001.arrow").startswith("arrow-data-00000-of-00001-")
 
 
 def test_common_root_keeps_scheme_slashes():
