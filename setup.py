@@ -30,7 +30,7 @@ setup(
                  "embedding-reader>=1.7", "apache-beam[gcp]>=2.77,<2.79",
                  # featurize index / serve, the HTTP client that tests the API, LanceDB for the handoff recipe.
                  "faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.30", "httpx>=0.27", "lancedb>=0.20",
-                 # --keras-backend jax, proven against TensorFlow's vectors (tests/test_backends.py).
+                 # --keras-backend jax, proven against TensorFlow's vectors (tests/model/test_backends.py).
                  "jax>=0.4.30",
                  # Hugging Face and TensorFlow Datasets inputs, written by the libraries themselves.
                  "datasets>=3", "tensorflow-datasets>=4.9"],

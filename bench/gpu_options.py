@@ -40,8 +40,8 @@ def main() -> None:
     os.environ["KERAS_BACKEND"] = args.keras_backend  # before Keras loads: one backend per process
     import keras
 
-    from pipeline.handler import ModelSpec, build_feature_model
-    from pipeline.job import run
+    from pipeline.model.handler import ModelSpec, build_feature_model
+    from pipeline.job.launch import run
 
     if args.keras_backend == "jax":
         import jax

@@ -89,7 +89,7 @@ def bare_pillow_ms(payloads: list[bytes], size: int, draft: bool, repeats: int) 
 
 def _null_model_handler(dim: int):
     """Patch the handler so its model costs nothing: stored random vectors, the real row shapes."""
-    from pipeline import handler
+    from pipeline.model import handler
 
     table = np.random.default_rng(0).standard_normal((4096, dim)).astype(np.float32)
 
@@ -105,7 +105,7 @@ def _null_model_handler(dim: int):
 
 def featurize_cpu_s(folder: Path, out: Path, size: int) -> float:
     """CPU seconds (all threads of this process) of one in-memory featurize run."""
-    from pipeline.job import run
+    from pipeline.job.launch import run
 
     shutil.rmtree(out, ignore_errors=True)
     started = time.process_time()

@@ -46,8 +46,8 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4, make_blocks=
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.journal import write_json_atomically
-    from pipeline.sinks import feature_schema
+    from pipeline.job.journal import write_json_atomically
+    from pipeline.job.writer import feature_schema
 
     schema = feature_schema({"embedding": dim}, "float32", {"generated": True})
     (root / "features").mkdir(parents=True)
@@ -68,8 +68,8 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4, make_blocks=
 
 
 def write_hdf5(root: Path, rows: int, dim: int, shards: int = 4) -> None:
-    from pipeline.hdf5 import ShardWriter, write_virtual_store
-    from pipeline.journal import write_json_atomically
+    from pipeline.job.hdf5 import ShardWriter, write_virtual_store
+    from pipeline.job.journal import write_json_atomically
 
     (root / "features").mkdir(parents=True)
     per_shard = -(-rows // shards)
@@ -91,7 +91,7 @@ def write_hdf5(root: Path, rows: int, dim: int, shards: int = 4) -> None:
 
 def search_once(root: str, chunk_rows: int, queries: int) -> None:
     """Runs in a fresh process: open, search, report JSON on stdout."""
-    from pipeline.store import FeatureStore
+    from pipeline.store.feature_store import FeatureStore
 
     store = FeatureStore.open(root)
     vectors = np.random.default_rng(1).standard_normal((queries, store.dim), dtype=np.float32)

@@ -50,7 +50,7 @@ def make_jpegs(root: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def bare_model_rate(name: str, weights: str, size: int, batches: int = 8) -> float:
-    from pipeline.handler import ModelSpec, build_feature_model
+    from pipeline.model.handler import ModelSpec, build_feature_model
 
     model = build_feature_model(ModelSpec(name, (size, size), weights), batch_size=32)
     batch = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), dtype=np.uint8)
@@ -66,7 +66,7 @@ def naive_loop_rate(name: str, weights: str, size: int, paths: list[Path]) -> fl
 
     import keras
 
-    from pipeline import backbones
+    from pipeline.model import backbones
 
     backbone = backbones.BACKBONES[name]
     model = getattr(keras.applications, name)(include_top=False, weights=None, pooling="avg",
@@ -82,7 +82,7 @@ def naive_loop_rate(name: str, weights: str, size: int, paths: list[Path]) -> fl
 
 
 def featurize_seconds(name: str, weights: str, size: int, source: Path, out: Path) -> float:
-    from pipeline.job import run
+    from pipeline.job.launch import run
 
     shutil.rmtree(out, ignore_errors=True)
     start = time.perf_counter()

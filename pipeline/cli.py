@@ -36,8 +36,8 @@ def _table(rows: list[dict], columns: list[str]) -> str:
 def models_command(argv: Sequence[str]) -> int:
     import argparse
 
-    from pipeline import backbones, keras_models
-    from pipeline.config import parse_image_size
+    from pipeline.model import backbones, keras_models
+    from pipeline.job.config import parse_image_size
 
     parser = argparse.ArgumentParser(prog="featurize models", description="List backbones, or one backbone's layers.")
     parser.add_argument("name", nargs="?", help="a backbone name")
@@ -68,7 +68,7 @@ def _extensions(skipped: dict) -> str:
 
 
 def _print_dry_run(report: dict) -> None:
-    from pipeline.sources import LAYOUT_NAMES
+    from pipeline.inputs.listing import LAYOUT_NAMES
 
     units, skipped = report["units"], report["skipped"]
     size = "size not looked up" if report["bytes"] is None else f"{report['bytes'] / 1e6:,.1f} MB"
@@ -111,11 +111,11 @@ def ctrl_c_after_imports() -> Iterator[None]:
 
 def run_command(argv: Sequence[str]) -> int:
     """`featurize run`: exit 0 with a summary, 1 with one sentence and the log's path when the run dies;
-    Ctrl-C stops it (see pipeline.stopping and `main`)."""
+    Ctrl-C stops it (see pipeline.job.stopping and `main`)."""
     with ctrl_c_after_imports():
-        from pipeline.job import run
+        from pipeline.job.launch import run
     from pipeline.logs import RunFailed
-    from pipeline.sinks import SUMMARY_ERROR_RATE
+    from pipeline.job.writer import SUMMARY_ERROR_RATE
 
     try:
         manifest = run(argv)
@@ -170,7 +170,7 @@ def _print_next_steps(output: str) -> None:
 
 
 def _open_store(path: str):
-    from pipeline.store import FeatureStore, IncompleteStore
+    from pipeline.store.feature_store import FeatureStore, IncompleteStore
 
     try:
         return FeatureStore.open(path)
@@ -182,7 +182,7 @@ def search_command(argv: Sequence[str]) -> int:
     import argparse
     import os
 
-    from pipeline.index import StaleIndex
+    from pipeline.store.index import StaleIndex
 
     parser = argparse.ArgumentParser(prog="featurize search", description="Nearest neighbours in a store: through "
                                      "its index when it has one (featurize index), else an exact scan.")
@@ -222,7 +222,7 @@ def search_command(argv: Sequence[str]) -> int:
                 zip(result.indices[0], result.scores[0], result.keys[0]), 1)]
     columns = ["rank", "score", "key", "uri"]
     if store.fingerprint.predictions:  # a store made with --predictions: each neighbour's top class
-        from pipeline.predictions import NAMES
+        from pipeline.model.predictions import NAMES
 
         names = store.rows[NAMES]
         for row, index in zip(rows, result.indices[0]):
@@ -231,7 +231,7 @@ def search_command(argv: Sequence[str]) -> int:
     print(_table(rows, columns))
     if args.grid:
         from pipeline.contact_sheet import contact_sheet
-        from pipeline.sources import URI_READ_ERRORS, read_uri
+        from pipeline.inputs.listing import URI_READ_ERRORS, read_uri
 
         def fetch(uri):
             try:
@@ -261,7 +261,7 @@ def _store_output(store, output_name: str | None) -> str:
 def index_command(argv: Sequence[str]) -> int:
     import argparse
 
-    from pipeline.index import build_index, index_path, parse_bytes
+    from pipeline.store.index import build_index, index_path, parse_bytes
 
     parser = argparse.ArgumentParser(prog="featurize index", description="Build a finished store's nearest-neighbour "
                                      "index and contiguous float32 matrix, inside the store's folder (index/).")
@@ -335,7 +335,7 @@ def inspect_command(argv: Sequence[str]) -> int:
     print(_table([{"output": name, "dim": dim, "dtype": fp["dtype"]} for name, dim in store.outputs.items()],
                  ["output", "dim", "dtype"]))
     if fp.predictions:
-        from pipeline.predictions import NAMES
+        from pipeline.model.predictions import NAMES
 
         top1 = Counter(names[0] for names in store.rows[NAMES].to_pylist())
         print(f"\npredictions  top-{fp.predictions} classes per row; the most frequent top-1 classes:")
@@ -403,8 +403,8 @@ def stopped_sentence(command: str, argv: Sequence[str], stop: KeyboardInterrupt)
     """The one line a Ctrl-C ends a command with: for a run, what is committed and how to go on."""
     if command != "run":
         return "featurize: stopped by Ctrl-C"
-    from pipeline.job import RunStopped
-    from pipeline.stopping import Interrupted
+    from pipeline.job.launch import RunStopped
+    from pipeline.job.stopping import Interrupted
 
     go_on = f"to go on, run: {resume_command(argv)}"
     if isinstance(stop, RunStopped):
@@ -440,7 +440,7 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({type(exc).__name__}: {exc})", file=sys.stderr)
         return 2
     except KeyboardInterrupt as stop:  # Ctrl-C: a run stopped in order, a second Ctrl-C, or any other moment
-        from pipeline.stopping import Interrupted
+        from pipeline.job.stopping import Interrupted
 
         in_main = threading.current_thread() is threading.main_thread()
         # A further Ctrl-C must not cut the last sentence short.

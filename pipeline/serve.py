@@ -68,7 +68,7 @@ class SearchService:
         self._lock = threading.Lock()
 
     def _results(self, vector: np.ndarray, k: int) -> dict[str, Any]:
-        from pipeline.index import StaleIndex
+        from pipeline.store.index import StaleIndex
 
         try:
             with self._lock:
@@ -108,7 +108,7 @@ class SearchService:
 
     def thumbnail(self, key: str | None) -> bytes:
         from pipeline.images import DECODE_ERRORS
-        from pipeline.sources import read_uri
+        from pipeline.inputs.listing import read_uri
 
         uri = self.store.uri_of(self._row(key))
         try:

@@ -6,7 +6,7 @@ the backbone in fixed-size batches and written by one DoFn call, then committed,
 run a `finish_bundle` at the very end of the stage) and nothing per image crosses a
 shuffle. `PendingUnits` feeds it. For library users who build their own graph:
 `ReadImages` (input spec -> ImageRecords) and `ExtractFeatures` (ImageRecords -> rows with
-RunInference). Both paths read through `pipeline.sources` and decode through `decode_record`.
+RunInference). Both paths read through `pipeline.inputs.listing` and decode through `decode_record`.
 """
 from __future__ import annotations
 
@@ -22,19 +22,19 @@ from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import RunInference
 from apache_beam.utils import multi_process_shared, shared
 
-from pipeline import journal
-from pipeline.batches import isolate_failures
-from pipeline.devices import pin_process_to_gpu
-from pipeline.dedupe import FindDuplicateKeys, key_hashes
-from pipeline.handler import KerasBackboneHandler
+from pipeline.job import journal
+from pipeline.model.failures import isolate_failures
+from pipeline.model.devices import pin_process_to_gpu
+from pipeline.job.dedupe import FindDuplicateKeys, key_hashes
+from pipeline.model.handler import KerasBackboneHandler
 from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
-from pipeline.predictions import CLASSIFIER_OUTPUT, top_classes
-from pipeline.progress import ProgressWriter
-from pipeline.records import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
-from pipeline.sinks import UnitWriter, check_error_rate
-from pipeline.retries import retry_transient
-from pipeline.sources import list_inputs, resolve_input, unit_records
-from pipeline.units import plan_units
+from pipeline.model.predictions import CLASSIFIER_OUTPUT, top_classes
+from pipeline.job.progress import ProgressWriter
+from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
+from pipeline.job.writer import UnitWriter, check_error_rate
+from pipeline.inputs.retries import retry_transient
+from pipeline.inputs.listing import list_inputs, resolve_input, unit_records
+from pipeline.job.units import plan_units
 
 # One model per worker process, whatever the number of DoFn instances (threads) in it.
 _MODELS = shared.Shared()
@@ -205,7 +205,7 @@ class _ProcessUnit(beam.DoFn):
 
     def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
         model = self._loaded_model()
-        # A batch that fails is bisected: only inputs that fail alone become error rows (pipeline.batches).
+        # A batch that fails is bisected: only inputs that fail alone become error rows (pipeline.model.failures).
         predictions, failures = isolate_failures(lambda part: self._handler.run_inference(part, model), batch)
         for position, exc in failures:
             meta = batch[position][0]
@@ -248,7 +248,7 @@ class PendingUnits(beam.PTransform):
     Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept},
     inputs the key scan saw (shards) or None), spread over the workers by a shuffle of
     units (never of images). For shard units, keys are checked across every shard of the store
-    (`pipeline.dedupe`), including `committed` units (their journal entries, by unit id) read
+    (`pipeline.job.dedupe`), including `committed` units (their journal entries, by unit id) read
     from `output`.
     """
 
@@ -313,8 +313,8 @@ class ProcessUnits(beam.PTransform):
     """Read -> decode -> infer -> write -> commit, one work unit per element.
 
     Input: a PCollection of (WorkUnit, {member position: where its key is kept}) (see
-    `pipeline.dedupe`). Output: the journal entry of every unit, once committed into
-    `output` (see `pipeline.journal`). Every input of a unit ends in exactly one place: a
+    `pipeline.job.dedupe`). Output: the journal entry of every unit, once committed into
+    `output` (see `pipeline.job.journal`). Every input of a unit ends in exactly one place: a
     feature row or an error row (stages read, decode, infer).
     """
 

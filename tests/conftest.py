@@ -40,14 +40,14 @@ def small_weights(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def zoo_samples():
-    from tests.samples import zoo
+    from tests.helpers.samples import zoo
 
     return zoo()
 
 
 @pytest.fixture(scope="session")
 def zoo_folder(tmp_path_factory, zoo_samples):
-    from tests.samples import write_folder
+    from tests.helpers.samples import write_folder
 
     root = tmp_path_factory.mktemp("zoo-folder")
     write_folder(root, zoo_samples)
@@ -56,7 +56,7 @@ def zoo_folder(tmp_path_factory, zoo_samples):
 
 @pytest.fixture(scope="session")
 def zoo_shards(tmp_path_factory, zoo_samples):
-    from tests.samples import write_tar_shards
+    from tests.helpers.samples import write_tar_shards
 
     root = tmp_path_factory.mktemp("zoo-shards")
     write_tar_shards(root, zoo_samples, n_shards=3)
@@ -69,7 +69,7 @@ def numbered(tmp_path_factory):
     and the same images as a folder tree. Returns (shard glob, folder)."""
     import tarfile
 
-    from tests.samples import _add_member, _encode, _rgb
+    from tests.helpers.samples import _add_member, _encode, _rgb
 
     root = tmp_path_factory.mktemp("numbered")
     (root / "shards").mkdir()
@@ -91,12 +91,12 @@ def numbered(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def numbered_reference(numbered, small_weights, tmp_path_factory):
-    """Uninterrupted in-memory Parquet runs over `numbered` with tests/test_resume.py's flags, made at most
+    """Uninterrupted in-memory Parquet runs over `numbered` with tests/job/test_resume.py's flags, made at most
     once per layout in a session and shared by the resume and the input-format tests (read only):
     reference(layout) -> (output folder, {key: vector}, manifest), layout "tar" or "files"."""
-    from pipeline.job import run
-    from tests.crash import read_store
-    from tests.test_resume import IN_MEMORY, featurize_args
+    from pipeline.job.launch import run
+    from tests.helpers.crash import read_store
+    from tests.job.test_resume import IN_MEMORY, featurize_args
 
     shards, folder = numbered
     made = {}
@@ -128,10 +128,10 @@ def fresh_keras():
 
 @pytest.fixture(scope="session")
 def tfds_numbered(numbered, tmp_path_factory):
-    """The numbered folder's JPEGs written by a TensorFlow Datasets builder (tests/dataset_tools.py):
+    """The numbered folder's JPEGs written by a TensorFlow Datasets builder (tests/helpers/dataset_tools.py):
     split `train` the first 40 in key order, `test` the other 20, `image/filename` the folder key.
     Returns (version folder, [(key, bytes)] in key order)."""
-    from tests.dataset_tools import write_tfds
+    from tests.helpers.dataset_tools import write_tfds
 
     _, folder = numbered
     keys = sorted(path.relative_to(folder).as_posix() for path in folder.rglob("*.jpg"))

@@ -5,7 +5,7 @@ import sys
 
 import pytest
 
-from pipeline import backbones
+from pipeline.model import backbones
 from pipeline.cli import main
 
 
@@ -70,7 +70,7 @@ def test_entry_points(command):
 
 @pytest.fixture(scope="module")
 def parquet_store(tmp_path_factory, zoo_folder, small_weights):
-    from tests.test_store import featurize
+    from tests.store.test_feature_store import featurize
 
     out = tmp_path_factory.mktemp("cli-store") / "out"
     featurize(zoo_folder, out, small_weights)
@@ -160,10 +160,10 @@ def test_weights_that_do_not_fit_are_refused_naming_the_first_layer(zoo_folder, 
 def test_a_worker_that_cannot_load_the_model_fails_the_run_with_the_same_sentence(zoo_folder, small_weights, tmp_path,
                                                                                    monkeypatch):
     """What a cluster worker says when the launcher could not check first (the check is skipped here)."""
-    from pipeline.job import run
+    from pipeline.job.launch import run
     from pipeline.logs import RunFailed
 
-    monkeypatch.setattr("pipeline.job.check_model_before_workers", lambda spec, options: None)
+    monkeypatch.setattr("pipeline.job.launch.check_model_before_workers", lambda spec, options: None)
     with pytest.raises(RunFailed) as failure:
         run(["--input", str(zoo_folder), "--output", str(tmp_path / "out"), "--model", "ResNet50", "--weights",
              small_weights, "--image-size", "64", "--direct_running_mode=in_memory", "--no-progress"])

@@ -10,7 +10,7 @@ import pytest
 from pipeline.images import DecodeSpec, decode_image, is_image_name
 
 try:  # works whether or not tests/ is a package
-    from tests.samples import BOMB_MAX_PIXELS, Sample, write_folder, write_tar_shards, webdataset_key, zoo
+    from tests.helpers.samples import BOMB_MAX_PIXELS, Sample, write_folder, write_tar_shards, webdataset_key, zoo
 except ImportError:  # pragma: no cover - depends on how pytest was started
     from samples import BOMB_MAX_PIXELS, Sample, write_folder, write_tar_shards, webdataset_key, zoo
 

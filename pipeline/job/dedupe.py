@@ -1,0 +1,127 @@
+"""Duplicate keys across shards (tar, TFRecord, Parquet), found without holding every key in one place.
+
+Every shard is scanned for its sample keys (headers only where it can); each key becomes a
+128-bit hash, and the hashes travel in per-shard arrays split into `PARTITIONS` groups by
+their first byte, so one group holds 1/PARTITIONS of the dataset's hashes (16 bytes a
+sample) and a cluster runner can spill them. Within a group, a hash seen more than once is
+a duplicate: the first occurrence in (shard uri, member position) order keeps the key,
+unless a unit committed earlier already holds it (a store never rewrites committed units:
+the new occurrence loses). The losers go back to their shard's unit as
+{position: where the key is kept}, and the reader turns them into `DuplicateKey` error rows.
+
+A committed unit is not scanned again: its kept keys' hashes were saved beside its journal.
+"""
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from typing import Iterable, Iterator, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+
+from pipeline.elements import WorkUnit
+
+PARTITIONS = 64
+HASH_DTYPE = np.dtype("V16")
+
+
+def key_hashes(keys: Iterable[str]) -> np.ndarray:
+    """128-bit blake2b of each key (collisions are ~1e-21 likely at 1e9 keys)."""
+    digests = b"".join(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest() for key in keys)
+    return np.frombuffer(digests, dtype=HASH_DTYPE)
+
+
+class KeySet(NamedTuple):
+    """One unit's sample-key hashes within one partition."""
+    unit_id: str
+    shard: str
+    committed: bool
+    positions: np.ndarray  # int64: image-member position in the shard (-1 for committed units)
+    hashes: np.ndarray  # HASH_DTYPE
+
+
+def partition_keys(unit_id: str, shard: str, committed: bool, hashes: np.ndarray) -> Iterator[tuple[int, KeySet]]:
+    """Split a unit's hashes into (partition, KeySet) by their first byte."""
+    positions = np.full(len(hashes), -1, np.int64) if committed else np.arange(len(hashes), dtype=np.int64)
+    first_bytes = hashes.view(np.uint8).reshape(-1, 16)[:, 0] if len(hashes) else np.zeros(0, np.uint8)
+    partitions = first_bytes % PARTITIONS
+    for partition in np.unique(partitions):
+        mask = partitions == partition
+        yield int(partition), KeySet(unit_id, shard, committed, positions[mask], hashes[mask])
+
+
+def _describe(key_set: KeySet, position: int) -> str:
+    if key_set.committed:
+        return f"{posixpath.basename(key_set.shard)}, already in the store"
+    return f"{posixpath.basename(key_set.shard)} (image member {position})"
+
+
+def resolve_partition(partition_sets: tuple[int, Iterable[KeySet]]) -> Iterator[tuple[str, tuple[int, str]]]:
+    """(partition, KeySets) -> (loser unit id, (member position, where the key is kept))."""
+    _, sets = partition_sets
+    sets = sorted(sets, key=lambda s: (not s.committed, s.shard))
+    if not sets:
+        return
+    hashes = np.concatenate([s.hashes for s in sets])
+    owner = np.concatenate([np.full(len(s.hashes), i, np.int64) for i, s in enumerate(sets)])
+    positions = np.concatenate([s.positions for s in sets])
+    _, inverse, counts = np.unique(hashes, return_inverse=True, return_counts=True)
+    repeated = np.flatnonzero(counts[inverse] > 1)
+    if not len(repeated):
+        return
+    # Sets are ordered committed first, then by shard uri; a stable sort keeps that order,
+    # then member positions, within each repeated hash: the first entry keeps the key.
+    order = repeated[np.lexsort((positions[repeated], owner[repeated], inverse[repeated]))]
+    previous_group, winner = -1, ""
+    for entry in order:
+        group, key_set, position = inverse[entry], sets[owner[entry]], int(positions[entry])
+        if group != previous_group:
+            previous_group, winner = group, _describe(key_set, position)
+        elif not key_set.committed:
+            yield key_set.unit_id, (position, winner)
+
+
+class _ScanKeys(beam.DoFn):
+    """(WorkUnit, journal entry or None) -> (partition, KeySet): load a committed unit's kept keys,
+    or scan a pending shard (its image-member count goes to the 'scanned' output)."""
+
+    def __init__(self, output: str):
+        self._output = output
+
+    def process(self, unit_entry: tuple[WorkUnit, dict | None]):
+        from pipeline.job.journal import load_kept_keys  # the journal imports this module
+        from pipeline.inputs.retries import retry_transient
+        from pipeline.inputs.listing import scan_unit_keys
+
+        unit, entry = unit_entry
+        if entry is not None:
+            hashes = load_kept_keys(self._output, entry)
+        else:
+            keys = retry_transient(lambda: scan_unit_keys(unit), f"key scan of {unit.source}")
+            yield beam.pvalue.TaggedOutput("scanned", (unit.unit_id, len(keys)))
+            hashes = key_hashes(keys)
+        yield from partition_keys(unit.unit_id, unit.source, entry is not None, hashes)
+
+
+class FindDuplicateKeys(beam.PTransform):
+    """Keys that more than one shard input has, across every shard of the store.
+
+    Input: a PCollection of (WorkUnit, journal entry or None) for every shard unit of the store
+    (committed ones with their entry, pending ones with None). Output: a dict with `losers`:
+    (unit id, (member position, where the key is kept)) for every member that must give up
+    its key, and `scanned`: (unit id, image members the scan saw) for every pending unit (the
+    reader checks it sees as many: a scan that saw fewer could not check them all). `output`
+    is the store, where committed units' kept keys are read from.
+    """
+
+    def __init__(self, output: str):
+        super().__init__()
+        self._output = output
+
+    def expand(self, units):
+        scanned = units | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output)).with_outputs("scanned", main="keys")
+        losers = (scanned.keys
+                  | "GroupPartitions" >> beam.GroupByKey()
+                  | "Resolve" >> beam.FlatMap(resolve_partition))
+        return {"losers": losers, "scanned": scanned.scanned}

@@ -1,0 +1,145 @@
+"""One reader per store format behind one small interface, so `FeatureStore` never branches on it.
+
+A reader knows where a format keeps its rows; it returns the per-row metadata (every column but
+the vectors: key, uri, width, height and any `predicted_*` columns) as one Arrow table, an
+output's vectors as float32 blocks in row order, and one row's vector. Vector columns it is not
+asked for are never read.
+"""
+from __future__ import annotations
+
+from typing import Iterator, Protocol
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline import files
+
+from pipeline.model import predictions
+from pipeline.store.schema import VIRTUAL_STORE
+
+
+class IncompleteStore(FileNotFoundError):
+    """The output has no manifest.json (the run did not finish, or is still running), or a feature
+    file its manifest lists is gone."""
+
+
+class StoreReader(Protocol):
+    def metadata(self) -> pa.Table:
+        """Every per-row column except the vectors (`key`, `uri`, ...), in row order."""
+
+    def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row index, float32 block of at most chunk_rows x D), in row order."""
+
+    def row(self, output: str, index: int) -> np.ndarray:
+        """One row's float32 vector."""
+
+    def close(self) -> None:
+        """Release open files."""
+
+
+def _as_matrix(column, dim: int) -> np.ndarray:
+    """A fixed_size_list Arrow column -> (rows, dim) float32 without a Python loop."""
+    values = column.combine_chunks() if hasattr(column, "combine_chunks") else column
+    flat = values.flatten().to_numpy(zero_copy_only=False)
+    return flat.reshape(-1, dim).astype(np.float32, copy=False)
+
+
+class ParquetReader:
+    """Parquet shards, read in the order given (sorted shard names), from any filesystem."""
+
+    def __init__(self, paths: list[str], outputs: dict[str, int]):
+        self.paths = paths
+        self.outputs = outputs
+
+    def metadata(self) -> pa.Table:
+        import pyarrow.parquet as pq
+
+        tables = []
+        for path in self.paths:
+            with files.open_read(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                names = [name for name in parquet.schema_arrow.names if name not in self.outputs]
+                tables.append(parquet.read(columns=names).replace_schema_metadata(None))
+        return pa.concat_tables(tables) if tables else pa.table({"key": pa.array([], pa.string()),
+                                                                  "uri": pa.array([], pa.string())})
+
+    def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        import pyarrow.parquet as pq
+
+        start = 0
+        for path in self.paths:
+            with files.open_read(path) as handle:
+                for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_rows, columns=[output]):
+                    block = _as_matrix(batch.column(0), self.outputs[output])
+                    yield start, block
+                    start += len(block)
+
+    def row(self, output: str, index: int) -> np.ndarray:
+        import pyarrow.parquet as pq
+
+        # Footers say where each row group starts, so only the row group holding the row is read.
+        start = 0
+        for path in self.paths:
+            with files.open_read(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                for group in range(parquet.num_row_groups):
+                    rows = parquet.metadata.row_group(group).num_rows
+                    if start <= index < start + rows:
+                        table = parquet.read_row_group(group, columns=[output])
+                        return _as_matrix(table.column(0), self.outputs[output])[index - start].copy()
+                    start += rows
+        raise IndexError(f"row {index} is beyond the store's {start} rows")
+
+    def close(self) -> None:
+        pass
+
+
+def _arrow_column(dataset) -> pa.Array:
+    """An HDF5 dataset of N values (or N x K, as Parquet's fixed_size_list) as an Arrow array."""
+    strings = dataset.dtype.kind == "O"
+    values = dataset.asstr()[:] if strings else dataset[:]
+    if values.ndim == 1:
+        return pa.array(values.tolist() if strings else values)
+    flat = pa.array(values.reshape(-1).tolist() if strings else values.reshape(-1))
+    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+
+
+_PARQUET_ORDER = ["key", "uri", "width", "height", predictions.IDS, predictions.NAMES, predictions.SCORES]
+
+
+class HDF5Reader:
+    """The virtual `features.h5` over every shard (h5py reads it from a local folder only)."""
+
+    def __init__(self, root: str, outputs: dict[str, int]):
+        import h5py
+
+        path = files.join(root, VIRTUAL_STORE)
+        if not (files.is_local(path) and files.exists(path)):
+            raise IncompleteStore(f"{path!r} is missing or not on a local disk; h5py reads the "
+                                  f"virtual store from a local folder (copy the store locally)")
+        self.file = h5py.File(path, "r")
+        self.outputs = outputs
+
+    def metadata(self) -> pa.Table:
+        import h5py
+
+        # Top-level datasets only: an output named LAYER/POOLING is a group. In Parquet's column order
+        # (h5py lists names alphabetically).
+        names = [name for name in self.file
+                 if name not in self.outputs and isinstance(self.file[name], h5py.Dataset)]
+        names.sort(key=lambda name: (_PARQUET_ORDER.index(name) if name in _PARQUET_ORDER else len(_PARQUET_ORDER), name))
+        return pa.table({name: _arrow_column(self.file[name]) for name in names})
+
+    def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        dataset = self.file[output]
+        for start in range(0, dataset.shape[0], chunk_rows):
+            yield start, dataset[start:start + chunk_rows].astype(np.float32, copy=False)
+
+    def row(self, output: str, index: int) -> np.ndarray:
+        return self.file[output][index].astype(np.float32)
+
+    def dataset(self, output: str):
+        return self.file[output]
+
+    def close(self) -> None:
+        self.file.close()

@@ -1,0 +1,152 @@
+"""Poison inputs isolated by bisection; out-of-memory errors recognised on every backend."""
+import pytest
+
+from pipeline.model.failures import is_out_of_memory, isolate_failures
+
+
+class Poisoned(Exception):
+    pass
+
+
+def model_failing_on(bad: set, calls: list):
+    def run(part):
+        calls.append(len(part))
+        if bad & set(part):
+            raise Poisoned(f"cannot embed {sorted(bad & set(part))}")
+        return [item * 10 for item in part]
+    return run
+
+
+def test_only_the_inputs_that_fail_alone_become_failures():
+    calls = []
+    results, failures = isolate_failures(model_failing_on({3, 17}, calls), list(range(32)))
+    assert [position for position, _ in failures] == [3, 17]
+    assert all(isinstance(exc, Poisoned) for _, exc in failures)
+    assert results == [None if i in (3, 17) else i * 10 for i in range(32)]
+    assert len(calls) <= 2 * 2 * 5 + 1  # two bisection paths of depth log2(32)
+
+
+def test_a_batch_that_works_is_one_call():
+    calls = []
+    assert isolate_failures(model_failing_on(set(), calls), [1, 2, 3]) == ([10, 20, 30], [])
+    assert calls == [3]
+
+
+def test_a_lone_poison_input_is_a_failure_but_a_whole_failing_batch_raises():
+    results, failures = isolate_failures(model_failing_on({5}, []), [5])
+    assert results == [None] and [position for position, _ in failures] == [0]
+    with pytest.raises(Poisoned):  # no input of several works: the model is broken, not the data
+        isolate_failures(model_failing_on({1, 2, 3}, []), [1, 2, 3])
+
+
+def test_out_of_memory_is_never_bisected():
+    import tensorflow as tf
+
+    calls = []
+
+    def run(part):
+        calls.append(len(part))
+        raise tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor")
+
+    with pytest.raises(tf.errors.ResourceExhaustedError):
+        isolate_failures(run, list(range(8)))
+    assert calls == [8]
+
+
+@pytest.mark.parametrize("exc, expected", [
+    (RuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 1.2GiB."), True),  # JAX / XLA
+    (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),  # torch before OutOfMemoryError
+    (type("OutOfMemoryError", (RuntimeError,), {})("CUDA error"), True),  # torch.cuda.OutOfMemoryError
+    (MemoryError(), False),  # the host: not the accelerator's batch size
+    (ValueError("bad input"), False),
+])
+def test_out_of_memory_errors_of_every_backend_are_recognised(exc, expected):
+    assert is_out_of_memory(exc) is expected
+
+
+def test_tensorflow_out_of_memory_is_recognised():
+    import tensorflow as tf
+
+    assert is_out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
+
+
+def clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, batch_size, wrap, white=None):
+    """Nine or ten small PNGs (`white`: the position of an all-white one) featurized twice in
+    this process: with the real model, then with the model `wrap` returns for it. Returns both
+    manifests and {key: vector} of each store."""
+    import numpy as np
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from pipeline.model.handler import KerasBackboneHandler
+    from pipeline.job.launch import run
+    from tests.conftest import TEST_MODEL, TEST_SIZE
+
+    rng = np.random.default_rng(4)
+    (tmp_path / "in").mkdir()
+    for i in range(10):
+        pixels = np.full((TEST_SIZE, TEST_SIZE, 3), 255, np.uint8) if i == white else \
+            rng.integers(0, 250, (TEST_SIZE, TEST_SIZE, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(tmp_path / "in" / f"img{i}.png")
+    args = ["--input", str(tmp_path / "in"), "--model", TEST_MODEL, "--weights", small_weights, "--image-size",
+            str(TEST_SIZE), "--batch-size", str(batch_size), "--direct_running_mode=in_memory", "--no-progress"]
+    clean = run([*args, "--output", str(tmp_path / "clean")])
+    real_load = KerasBackboneHandler.load_model
+    monkeypatch.setattr(KerasBackboneHandler, "load_model", lambda self: wrap(real_load(self)))
+    wrapped = run([*args, "--output", str(tmp_path / "wrapped")])
+    vectors = [{r["key"]: r["embedding"] for r in pq.read_table(tmp_path / out / "features").to_pylist()}
+               for out in ("clean", "wrapped")]
+    return clean, wrapped, *vectors
+
+
+def test_a_poison_image_is_one_infer_error_row_and_its_batch_keeps_its_vectors(small_weights, tmp_path, monkeypatch):
+    """A real model wrapped to fail on batches holding one marked (all-white) image."""
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    def poison(model):
+        real_infer = model.infer
+
+        def infer(pixels):
+            if any((image == 255).all() for image in pixels):
+                raise Poisoned("this image breaks the model")
+            return real_infer(pixels)
+        model.infer = infer
+        return model
+
+    clean, poisoned, want, rows = clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, 4, poison, white=6)
+    errors = pq.read_table(tmp_path / "wrapped" / "errors").to_pylist()
+    assert [(e["key"], e["stage"], e["error_type"]) for e in errors] == [("img6.png", "infer", "Poisoned")]
+    assert sorted(rows) == sorted(set(want) - {"img6.png"})
+    for key, vector in rows.items():
+        np.testing.assert_array_equal(vector, want[key], err_msg=key)
+    assert poisoned["counts"]["errors_by_stage"]["infer"] == poisoned["counts"]["errors"] == 1
+    assert clean["counts"]["errors"] == 0
+
+
+def test_running_out_of_memory_halves_the_batch_and_the_manifest_says_so(small_weights, tmp_path, monkeypatch):
+    """A real model wrapped to run out of memory above 2 images a call, as a small GPU would."""
+    import numpy as np
+    import tensorflow as tf
+
+    def little_memory(model):
+        real_for = model.predict_for
+
+        def predict_for(size):
+            inner = real_for(size)
+
+            def predict(pixels):
+                if len(pixels) > 2:
+                    raise tf.errors.ResourceExhaustedError(None, None, f"OOM when allocating {len(pixels)} images")
+                return inner(pixels)
+            return predict
+        model.predict_for, model.predict = predict_for, predict_for(model.batch_size)
+        return model
+
+    clean, small, want, got = clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, 8, little_memory)
+    assert small["out_of_memory"]["smallest_batch_size"] == 2 and "out_of_memory" not in clean
+    assert small["metrics"]["counters"]["oom_backoffs"] == 2  # 8 -> 4 -> 2, once for the worker
+    assert small["counts"]["rows"] == clean["counts"]["rows"] == 10 and small["counts"]["errors"] == 0
+    assert sorted(got) == sorted(want)
+    for key in want:
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6, err_msg=key)
