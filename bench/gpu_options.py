@@ -40,7 +40,9 @@ def main() -> None:
     os.environ["KERAS_BACKEND"] = args.keras_backend  # before Keras loads: one backend per process
     import keras
 
-    from pipeline.model.handler import ModelSpec, build_feature_model
+    from pipeline.model.runtime import build_feature_model
+
+    from pipeline.model.spec import ModelSpec
     from pipeline.job.launch import run
 
     if args.keras_backend == "jax":

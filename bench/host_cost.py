@@ -89,7 +89,7 @@ def bare_pillow_ms(payloads: list[bytes], size: int, draft: bool, repeats: int) 
 
 def _null_model_handler(dim: int):
     """Patch the handler so its model costs nothing: stored random vectors, the real row shapes."""
-    from pipeline.model import handler
+    from pipeline.model import handler, runtime
 
     table = np.random.default_rng(0).standard_normal((4096, dim)).astype(np.float32)
 
@@ -98,7 +98,7 @@ def _null_model_handler(dim: int):
             start = int(pixels[0, 0, 0, 0]) * 7 % (len(table) - len(pixels))
             return {"embedding": table[start:start + len(pixels)]}
 
-        return handler.FeatureModel(self._batch_size, predict)
+        return runtime.FeatureModel(self._batch_size, predict)
 
     handler.KerasBackboneHandler.load_model = load_model
 

@@ -50,7 +50,8 @@ def make_jpegs(root: Path, count: int, seed: int = 0) -> list[Path]:
 
 
 def bare_model_rate(name: str, weights: str, size: int, batches: int = 8) -> float:
-    from pipeline.model.handler import ModelSpec, build_feature_model
+    from pipeline.model.runtime import build_feature_model
+    from pipeline.model.spec import ModelSpec
 
     model = build_feature_model(ModelSpec(name, (size, size), weights), batch_size=32)
     batch = np.random.default_rng(1).integers(0, 256, (32, size, size, 3), dtype=np.uint8)

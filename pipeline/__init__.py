@@ -9,21 +9,29 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["run", "ReadImages", "ExtractFeatures", "KerasBackboneHandler", "ModelSpec", "FeatureStore"]
+__all__ = ["run", "ReadImages", "ExtractFeatures", "KerasBackboneHandler", "ModelSpec", "DecodeSpec", "FeatureStore",
+           "Fingerprint", "ConfigError", "RunFailed"]
+
+# name -> (module, attribute): imported on first use.
+_LAZY = {
+    "run": ("pipeline.job.launch", "run"),
+    "ReadImages": ("pipeline.transforms", "ReadImages"),
+    "ExtractFeatures": ("pipeline.transforms", "ExtractFeatures"),
+    "KerasBackboneHandler": ("pipeline.model.handler", "KerasBackboneHandler"),
+    "ModelSpec": ("pipeline.model.spec", "ModelSpec"),
+    "DecodeSpec": ("pipeline.images", "DecodeSpec"),
+    "FeatureStore": ("pipeline.store.feature_store", "FeatureStore"),
+    "Fingerprint": ("pipeline.store.fingerprint", "Fingerprint"),
+    "ConfigError": ("pipeline.errors", "ConfigError"),
+    "RunFailed": ("pipeline.logs", "RunFailed"),
+}
 
 
 def __getattr__(name: str):
     # Lazy, so `import pipeline` (and a Beam worker unpickling a DoFn) does not import Beam's IO or Keras early.
-    if name == "run":
-        from pipeline.job.launch import run
-        return run
-    if name in ("ReadImages", "ExtractFeatures"):
-        from pipeline import transforms
-        return getattr(transforms, name)
-    if name == "FeatureStore":
-        from pipeline.store.feature_store import FeatureStore
-        return FeatureStore
-    if name in ("KerasBackboneHandler", "ModelSpec"):
-        from pipeline.model import handler
-        return getattr(handler, name)
-    raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    if name not in _LAZY:
+        raise AttributeError(f"module 'pipeline' has no attribute {name!r}")
+    import importlib
+
+    module, attribute = _LAZY[name]
+    return getattr(importlib.import_module(module), attribute)

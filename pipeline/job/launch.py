@@ -28,11 +28,13 @@ from pipeline import files
 
 from pipeline.job import progress
 from pipeline.job.config import ConfigError, RunConfig, as_typed, input_size, parse_run_args
-from pipeline.model.handler import KerasBackboneHandler, ModelSpec
+from pipeline.model.handler import KerasBackboneHandler
+from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.model.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
-from pipeline.model.preflight import ModelLoadError, check_model
+from pipeline.model.failures import ModelLoadError
+from pipeline.model.preflight import check_model
 from pipeline.files import read_json
 from pipeline.job.journal import (committed_unit_ids, committed_units, read_store_state, remove_orphans,
                               write_json_atomically, write_store_state)

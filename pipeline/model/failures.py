@@ -7,10 +7,20 @@ Any other failure of a batch: `isolate_failures` bisects it until the inputs tha
 are found; they become `infer` error rows and the rest get their vectors. When no input of a
 batch of several succeeds, the failure is the model's or the machine's, not the data's: it is
 raised (the bundle fails and Beam retries it), never turned into error rows for everyone.
+
+A model that cannot be built is never data: `model_failure` says why in one sentence, which the
+launcher's check prints and a worker raises as `ModelLoadError`.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence, TypeVar
+import re
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+
+from pipeline.logs import JobError
+from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit
+
+if TYPE_CHECKING:
+    from pipeline.model.spec import ModelSpec
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -52,3 +62,39 @@ def isolate_failures(run: Callable[[Sequence[Item]], list[Result]], batch: Seque
     if len(batch) > 1 and len(failures) == len(batch):
         raise failures[0][1]
     return results, failures
+
+
+_URL = re.compile(r"https?://[^\s'\"]+?(?=[:;,]?\s|[:;,]?$|['\"])")
+
+
+class ModelLoadError(JobError):
+    """The run's model cannot be built; the message is the one sentence the user sees."""
+
+
+def _first_reason(text: str) -> str:
+    """The first attempt's reason from keras_models' "does not fit" error (a Keras 3 file), on one line."""
+    reasons = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("as an ")]
+    reason = " ".join((reasons[0] if reasons else text).split())
+    return reason.split(" List of objects", 1)[0][:300]  # Keras then lists every object: the first says enough
+
+
+def model_failure(spec: ModelSpec, exc: BaseException) -> str:
+    """The one sentence for an exception raised while building `spec`'s model."""
+    text = str(exc)
+    flat = " ".join(text.split())
+    if spec.weights == "imagenet":
+        url = _URL.search(flat)
+        if url is not None or "fetch failure" in flat.lower():
+            where = url.group(0) if url else "Keras's download server"
+            reason = flat.split(" -- ", 1)[-1][:200] if " -- " in flat else type(exc).__name__
+            return (f"weights imagenet for {spec.backbone} could not be downloaded from {where} ({reason}); "
+                    f"on a machine without internet pass --weights FILE with a local copy of that file, "
+                    f"or --weights none for random weights")
+    if isinstance(exc, NoClassifier):
+        return text
+    if spec.weights not in (None, "imagenet") and isinstance(exc, (ValueError, OSError)):
+        reason = exc.reason if isinstance(exc, WeightsDoNotFit) else _first_reason(text)
+        return (f"weights {spec.weights!r} do not fit {spec.backbone} at {spec.input_size[0]}x{spec.input_size[1]} "
+                f"({reason}); give a weights file saved from {spec.backbone}, "
+                f"or --weights imagenet or none")
+    return f"{spec.backbone} cannot be built ({type(exc).__name__}: {flat[:300]})"

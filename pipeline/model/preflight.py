@@ -12,49 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import re
 from typing import Any
 
-from pipeline.model.handler import ModelSpec, build_keras_model, tensorflow_without_jax
-from pipeline.logs import JobError, native_stderr_to_log
-from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit
+from pipeline.model.failures import ModelLoadError, model_failure
+from pipeline.model.runtime import build_keras_model, tensorflow_without_jax
+from pipeline.model.spec import ModelSpec
+from pipeline.logs import native_stderr_to_log
 from pipeline.model.weights_cache import cache_dir
-
-_URL = re.compile(r"https?://[^\s'\"]+?(?=[:;,]?\s|[:;,]?$|['\"])")
-
-
-class ModelLoadError(JobError):
-    """The run's model cannot be built; the message is the one sentence the user sees."""
-
-
-def _first_reason(text: str) -> str:
-    """The first attempt's reason from keras_models' "does not fit" error (a Keras 3 file), on one line."""
-    reasons = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("as an ")]
-    reason = " ".join((reasons[0] if reasons else text).split())
-    return reason.split(" List of objects", 1)[0][:300]  # Keras then lists every object: the first says enough
-
-
-def model_failure(spec: ModelSpec, exc: BaseException) -> str:
-    """The one sentence for an exception raised while building `spec`'s model."""
-    text = str(exc)
-    flat = " ".join(text.split())
-    if spec.weights == "imagenet":
-        url = _URL.search(flat)
-        if url is not None or "fetch failure" in flat.lower():
-            where = url.group(0) if url else "Keras's download server"
-            reason = flat.split(" -- ", 1)[-1][:200] if " -- " in flat else type(exc).__name__
-            return (f"weights imagenet for {spec.backbone} could not be downloaded from {where} ({reason}); "
-                    f"on a machine without internet pass --weights FILE with a local copy of that file, "
-                    f"or --weights none for random weights")
-    if isinstance(exc, NoClassifier):
-        return text
-    if spec.weights not in (None, "imagenet") and isinstance(exc, (ValueError, OSError)):
-        reason = exc.reason if isinstance(exc, WeightsDoNotFit) else _first_reason(text)
-        return (f"weights {spec.weights!r} do not fit {spec.backbone} at {spec.input_size[0]}x{spec.input_size[1]} "
-                f"({reason}); give a weights file saved from {spec.backbone}, "
-                f"or --weights imagenet or none")
-    return f"{spec.backbone} cannot be built ({type(exc).__name__}: {flat[:300]})"
-
 
 def _marker(spec: ModelSpec) -> str:
     fields: dict[str, Any] = {"backbone": spec.backbone, "input_size": list(spec.input_size),

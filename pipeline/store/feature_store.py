@@ -264,7 +264,7 @@ class FeatureStore:
         """Vectors for new images with this store's fingerprint: same backbone, weights, sizes,
         resize, preprocessing, layers and pooling, so they are comparable with the stored rows."""
         from pipeline import logs
-        from pipeline.model.handler import build_feature_model, tensorflow_without_jax
+        from pipeline.model.runtime import build_feature_model, tensorflow_without_jax
         from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
 
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)

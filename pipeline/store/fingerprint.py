@@ -68,7 +68,7 @@ class Fingerprint:
     def model_spec(self):
         """The `ModelSpec` that computes this store's vectors (weights_sha256 makes the staging verify
         that a weights file is the one the store was made with)."""
-        from pipeline.model.handler import ModelSpec
+        from pipeline.model.spec import ModelSpec
 
         self._require_model()
         return ModelSpec(self.backbone, self.input_size, None if self.weights == "none" else self.weights,

@@ -8,7 +8,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job.config import ConfigError
-from pipeline.model.handler import ModelSpec, build_feature_model
+from pipeline.model.runtime import build_feature_model
+from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec, decode_image
 from pipeline.job.launch import run
 from pipeline.job.writer import FINGERPRINT_KEY

@@ -41,7 +41,8 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected(zoo_samples, small_weights):
     """{name: embedding} computed in this process, straight from the model (the reference for every row)."""
-    from pipeline.model.handler import ModelSpec, build_feature_model
+    from pipeline.model.runtime import build_feature_model
+    from pipeline.model.spec import ModelSpec
     from pipeline.images import DecodeSpec, decode_image
 
     valid = [s for s in zoo_samples if s.valid]

@@ -4,7 +4,11 @@ import functools
 import numpy as np
 import pytest
 
-from pipeline.model.handler import FeatureModel, KerasBackboneHandler, ModelSpec, build_feature_model
+from pipeline.model.handler import KerasBackboneHandler
+
+from pipeline.model.runtime import FeatureModel, build_feature_model
+
+from pipeline.model.spec import ModelSpec
 from pipeline.elements import ImageMeta
 
 SPEC = ModelSpec("MobileNetV3Small", (4, 4), None)
@@ -123,7 +127,7 @@ def test_predictions_spec_gives_the_full_models_embedding_and_probabilities():
     import keras
 
     from pipeline.model.backbones import preprocess_batch
-    from pipeline.model.handler import RANDOM_INIT_SEED
+    from pipeline.model.runtime import RANDOM_INIT_SEED
 
     pixels = np.random.default_rng(4).integers(0, 256, (3, 96, 96, 3), dtype=np.uint8)
     got = build_feature_model(ModelSpec("MobileNetV3Small", (96, 96), None, predictions=5), batch_size=2)(pixels)
@@ -191,7 +195,7 @@ def test_tensorflow_loads_without_importing_jax_and_jax_still_imports_after():
     import sys
 
     script = ("import os, sys\n"
-              "from pipeline.model.handler import tensorflow_without_jax\n"
+              "from pipeline.model.runtime import tensorflow_without_jax\n"
               "with tensorflow_without_jax():\n"
               "    import tensorflow\n"
               "print('jax' in sys.modules, 'TF_CPP_MIN_LOG_LEVEL' in os.environ)\n"

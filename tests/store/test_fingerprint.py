@@ -3,7 +3,7 @@ import pytest
 
 from pipeline.job.config import parse_run_args
 from pipeline.store.fingerprint import Fingerprint
-from pipeline.model.handler import ModelSpec
+from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec
 from pipeline.job.launch import fingerprint, model_spec
 
