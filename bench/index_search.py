@@ -6,7 +6,7 @@ For each size: writes a Parquet store of clustered synthetic vectors (a mixture 
 real embeddings have clusters, uniform noise has no neighbours worth finding), then in fresh
 processes, so each peak RSS (ru_maxrss) is that step's own:
 
-- build: `pipeline.store.index.build_index` (matrix + faiss index), its wall time and the folder's size;
+- build: `pipeline.store.indexing.build_index` (matrix + faiss index), its wall time and the folder's size;
 - ann: `FeatureStore.search` one query at a time through the index (latency p50/p99), recall@10
   against the exact cosine top-10 of the same queries, which are new points of the mixture,
   not rows of the store;
@@ -65,7 +65,8 @@ def folder_bytes(folder: str) -> int:
 
 
 def step_build(root: str) -> dict:
-    from pipeline.store.index import build_index, index_path
+    from pipeline.store.index import index_path
+    from pipeline.store.indexing import build_index
     from pipeline.store.feature_store import FeatureStore
 
     store = FeatureStore.open(root)

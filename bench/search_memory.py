@@ -47,7 +47,7 @@ def write_parquet(root: Path, rows: int, dim: int, shards: int = 4, make_blocks=
     import pyarrow.parquet as pq
 
     from pipeline.job.journal import write_json_atomically
-    from pipeline.job.writer import feature_schema
+    from pipeline.store.schema import feature_schema
 
     schema = feature_schema({"embedding": dim}, "float32", {"generated": True})
     (root / "features").mkdir(parents=True)

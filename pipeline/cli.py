@@ -1,4 +1,8 @@
-"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library."""
+"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library.
+
+Longer than ~350 lines on purpose: six commands' argparse and printing, and the one place that turns
+every error into its sentence and exit code (Ctrl-C, a missing extra, a ConfigError), read together.
+"""
 from __future__ import annotations
 
 import contextlib
@@ -68,7 +72,7 @@ def _extensions(skipped: dict) -> str:
 
 
 def _print_dry_run(report: dict) -> None:
-    from pipeline.inputs.listing import LAYOUT_NAMES
+    from pipeline.inputs.layouts import LAYOUT_NAMES
 
     units, skipped = report["units"], report["skipped"]
     size = "size not looked up" if report["bytes"] is None else f"{report['bytes'] / 1e6:,.1f} MB"
@@ -115,7 +119,7 @@ def run_command(argv: Sequence[str]) -> int:
     with ctrl_c_after_imports():
         from pipeline.job.launch import run
     from pipeline.logs import RunFailed
-    from pipeline.job.writer import SUMMARY_ERROR_RATE
+    from pipeline.job.manifest import SUMMARY_ERROR_RATE
 
     try:
         manifest = run(argv)
@@ -231,7 +235,7 @@ def search_command(argv: Sequence[str]) -> int:
     print(_table(rows, columns))
     if args.grid:
         from pipeline.contact_sheet import contact_sheet
-        from pipeline.inputs.listing import URI_READ_ERRORS, read_uri
+        from pipeline.inputs.reading import URI_READ_ERRORS, read_uri
 
         def fetch(uri):
             try:
@@ -261,7 +265,8 @@ def _store_output(store, output_name: str | None) -> str:
 def index_command(argv: Sequence[str]) -> int:
     import argparse
 
-    from pipeline.store.index import build_index, index_path, parse_bytes
+    from pipeline.store.index import index_path
+    from pipeline.store.indexing import build_index, parse_bytes
 
     parser = argparse.ArgumentParser(prog="featurize index", description="Build a finished store's nearest-neighbour "
                                      "index and contiguous float32 matrix, inside the store's folder (index/).")
@@ -315,8 +320,7 @@ def inspect_command(argv: Sequence[str]) -> int:
     import argparse
     from collections import Counter
 
-    with ctrl_c_after_imports():
-        from apache_beam.io.filesystems import FileSystems
+    from pipeline import files
 
     parser = argparse.ArgumentParser(prog="featurize inspect", description="Summarise a featurize output.")
     parser.add_argument("store", help="a featurize output directory")
@@ -352,20 +356,16 @@ def inspect_command(argv: Sequence[str]) -> int:
               + _extensions(skipped))
         for key in skipped["keys"][:20]:
             print(f"           {key}")
-        more = f" (all in {FileSystems.join(store.root, skipped['file'])})" if skipped.get("file") else ""
+        more = f" (all in {files.join(store.root, skipped['file'])})" if skipped.get("file") else ""
         if skipped["count"] > 20:
             print(f"           ... {skipped['count'] - 20} more{more}")
     if removed.get("count"):
         print(f"\nremoved    {removed['count']} {removed.get('kind', 'inputs')} are in the store but no longer in "
               f"the input: "
               + ", ".join(removed["listed"][:5]))
-    files = [*manifest["files"]["features"], *manifest["files"]["errors"], "manifest.json"]
-    if store.format == "hdf5":
-        files.insert(len(manifest["files"]["features"]), "features.h5")
-    sizes = FileSystems.match([FileSystems.join(store.root, f) for f in files])
     print("\nfiles")
-    print(_table([{"file": f, "bytes": m.metadata_list[0].size_in_bytes if m.metadata_list else "missing"}
-                  for f, m in zip(files, sizes)], ["file", "bytes"]))
+    print(_table([{"file": name, "bytes": "missing" if size is None else size}
+                  for name, size in store.file_sizes().items()], ["file", "bytes"]))
     return 0
 
 

@@ -5,8 +5,6 @@ import re
 from dataclasses import dataclass
 from typing import NamedTuple
 
-# What a work unit can be; every unit id starts with its layout and a dash (pipeline.job.units).
-UNIT_LAYOUTS = ("files", "tar", "tfrecord", "parquet", "arrow")
 # Stages an input can fail in; every failed input becomes exactly one ErrorRecord.
 STAGES = ("read", "decode", "infer", "write")
 # Beam metrics (counters, distributions) of every stage live under this namespace.
@@ -69,7 +67,7 @@ class WorkUnit:
     planning (a key that another file already has): they become its error rows.
     """
     unit_id: str
-    layout: str  # one of UNIT_LAYOUTS
+    layout: str  # one of pipeline.inputs.layouts.UNIT_LAYOUTS
     source: str
     members: tuple[tuple[str, str], ...] = ()
     rejected: tuple[ErrorRecord, ...] = ()

@@ -1,4 +1,5 @@
-"""Reading paths on a local disk or on any Beam filesystem, with Beam imported only for URIs.
+"""Reading paths on a local disk or on any Beam filesystem, with Beam imported only for URIs
+(and for decompressing a file while it is read).
 
 Apache Beam's import costs seconds; a reader of a local store (`featurize search`, `FeatureStore`,
 `featurize serve`) should not pay it. A path with a scheme (`gs://`, `s3://`, ...) goes through
@@ -37,13 +38,16 @@ def exists(path: str) -> bool:
     return os.path.exists(path) if is_local(path) else _beam().exists(path)
 
 
-def open_read(path: str) -> BinaryIO:
-    """A binary file object, read as stored (no decompression by suffix)."""
-    if is_local(path):
+def open_read(path: str, decompress: bool = False) -> BinaryIO:
+    """A binary file object: the bytes as stored, or with `decompress` decompressed while streaming
+    by the suffix, as Beam decides (`.gz`, `.bz2`, `.zst`, ...; any other name is read as stored)."""
+    from_beam = not is_local(path) or decompress  # Beam's compressed reader, not a second one here
+    if not from_beam:
         return open(path, "rb")
     from apache_beam.io.filesystem import CompressionTypes
 
-    return _beam().open(path, compression_type=CompressionTypes.UNCOMPRESSED)
+    kind = CompressionTypes.AUTO if decompress else CompressionTypes.UNCOMPRESSED
+    return _beam().open(path, compression_type=kind)
 
 
 def _local_matches(pattern: str) -> list[str]:

@@ -45,14 +45,11 @@ def _k(params: Any) -> int:
     return int(text)
 
 
-def _thumbnail(data: bytes) -> bytes:
-    from PIL import ImageOps
+def _jpeg_thumbnail(data: bytes) -> bytes:
+    from pipeline.contact_sheet import thumbnail
 
-    from pipeline.images import DecodeSpec, open_rgb
-
-    image, _ = open_rgb(data, DecodeSpec(THUMBNAIL_PIXELS, THUMBNAIL_PIXELS, resize="pad"))
     buffer = io.BytesIO()
-    ImageOps.contain(image, (THUMBNAIL_PIXELS, THUMBNAIL_PIXELS)).save(buffer, "JPEG", quality=85)
+    thumbnail(data, THUMBNAIL_PIXELS).save(buffer, "JPEG", quality=85)
     return buffer.getvalue()
 
 
@@ -108,7 +105,7 @@ class SearchService:
 
     def thumbnail(self, key: str | None) -> bytes:
         from pipeline.images import DECODE_ERRORS
-        from pipeline.inputs.listing import read_uri
+        from pipeline.inputs.reading import read_uri
 
         uri = self.store.uri_of(self._row(key))
         try:
@@ -116,7 +113,7 @@ class SearchService:
         except FileNotFoundError:
             raise BadRequest(404, f"the image of {key!r} is no longer at {uri!r}") from None
         try:
-            return _thumbnail(data)
+            return _jpeg_thumbnail(data)
         except DECODE_ERRORS as exc:
             raise BadRequest(422, f"the image of {key!r} at {uri!r} cannot be decoded ({type(exc).__name__})") from None
 

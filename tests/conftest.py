@@ -5,10 +5,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-# Small enough for a 2-core CI machine, big enough to exercise every stage.
-TEST_MODEL = "MobileNetV3Small"
-TEST_SIZE = 48
-N_SHARDS, PER_SHARD = 6, 10  # the `numbered` dataset
+from tests.helpers.runs import N_SHARDS, PER_SHARD, TEST_SIZE
 
 
 @pytest.hookimpl(trylast=True)
@@ -96,7 +93,7 @@ def numbered_reference(numbered, small_weights, tmp_path_factory):
     reference(layout) -> (output folder, {key: vector}, manifest), layout "tar" or "files"."""
     from pipeline.job.launch import run
     from tests.helpers.crash import read_store
-    from tests.job.test_resume import IN_MEMORY, featurize_args
+    from tests.helpers.runs import IN_MEMORY, featurize_args
 
     shards, folder = numbered
     made = {}

@@ -2,9 +2,11 @@
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from pipeline.contact_sheet import contact_sheet
+from pipeline.contact_sheet import contact_sheet, thumbnail
+from pipeline.images import DECODE_ERRORS
 
 
 def png(color):
@@ -37,3 +39,11 @@ def test_unreadable_neighbour_is_a_grey_tile_not_a_crash():
     assert sheet.size == (2 * 76, 104)
     for tile in tiles(sheet, 2, columns=2):
         assert tuple(tile[5, 5]) == (235, 235, 235)
+
+
+def test_a_thumbnail_keeps_the_aspect_and_refuses_what_is_not_an_image():
+    """The one thumbnail of the neighbour picture and of `featurize serve`'s /api/thumbnail."""
+    small = thumbnail(png((10, 200, 30)), 16)
+    assert small.size == (16, 12) and small.getpixel((8, 6)) == (10, 200, 30)
+    with pytest.raises(DECODE_ERRORS):
+        thumbnail(b"not an image", 16)

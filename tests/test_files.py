@@ -42,6 +42,15 @@ def test_reads_are_raw_bytes_and_json(tmp_path):
     assert files.exists(str(tmp_path / "m.json")) and not files.exists(str(tmp_path / "n.json"))
 
 
+def test_a_read_can_decompress_by_suffix_as_beam_does(tmp_path):
+    (tmp_path / "x.gz").write_bytes(gzip.compress(b"payload"))
+    (tmp_path / "plain.tfrecord").write_bytes(b"as stored")
+    with files.open_read(str(tmp_path / "x.gz"), decompress=True) as handle:
+        assert handle.read() == b"payload"
+    with files.open_read(str(tmp_path / "plain.tfrecord"), decompress=True) as handle:
+        assert handle.read() == b"as stored"  # no compression suffix: read as it is
+
+
 def test_a_uri_goes_to_beams_filesystems():
     # No filesystem for this scheme is installed: Beam's own refusal proves the call went to Beam.
     with pytest.raises(ValueError, match="Unable to get filesystem from specified path"):

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, UnidentifiedImageError
 
-from pipeline import images
+from pipeline import image_headers, images
 from pipeline.images import (
     DECODE_ERRORS,
     DEFAULT_MAX_PIXELS,
@@ -714,7 +714,7 @@ def test_gif_frame_bomb_refused_before_image_open(monkeypatch, pillow_global):
 @pytest.mark.parametrize("kw", [dict(quality=80), dict(lossless=True), dict(quality=80, exif=b"Exif\x00\x00II*\x00")])
 def test_webp_canvas_read_from_header(kw):
     data = encode(noise(37, 23, seed=7), "WEBP", **kw)  # VP8, VP8L, VP8X
-    assert images._webp_canvas(data) == (37, 23)
+    assert image_headers._webp_canvas(data) == (37, 23)
 
 
 def test_webp_bomb_refused_before_image_open():
@@ -998,13 +998,13 @@ def test_decode_is_total_fast_and_bounded_on_mutated_images():
 def test_declared_size_agrees_with_pillow(fmt, kw):
     # The header sizes refuse bombs before Image.open: they must read what Pillow reads.
     data = encode(noise(37, 23, seed=3), fmt, **kw)
-    assert images.declared_size(data) == Image.open(io.BytesIO(data)).size == (37, 23)
+    assert image_headers.declared_size(data) == Image.open(io.BytesIO(data)).size == (37, 23)
 
 
 def test_declared_size_of_a_bomb_header_refuses_before_pillow_warns():
     # 10_000^2 is over Pillow's default (which only warns below twice it): the header check raises first.
     big_bmp = bytearray(encode(noise(4, 4, seed=1), "BMP"))
     big_bmp[18:26] = struct.pack("<ii", 10_000, -10_000)
-    assert images.declared_size(bytes(big_bmp)) == (10_000, 10_000)
+    assert image_headers.declared_size(bytes(big_bmp)) == (10_000, 10_000)
     with pytest.raises(Image.DecompressionBombError, match="10000x10000"):
         decode_image(bytes(big_bmp), DecodeSpec(4, 4))

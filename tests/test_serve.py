@@ -19,10 +19,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.store.index import build_index
-from pipeline.inputs.listing import read_uri
+from pipeline.store.indexing import build_index
+from pipeline.inputs.reading import read_uri
 from pipeline.store.feature_store import FeatureStore
-from tests.job.test_launch import MODES, run_small
+from tests.helpers.runs import MODES, run_small
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As root on a closed network Chromium needs these (no sandbox, nothing fetched from Google).
@@ -154,7 +154,7 @@ def test_the_page_shows_the_neighbours_and_their_thumbnails_in_chromium(server, 
 def test_a_store_whose_index_went_stale_answers_409_in_one_sentence(tmp_path):
     """A --resume added rows after `featurize index`: searching would name rows of another store, so the
     API refuses (409) and says how to fix it, while what needs no index (a thumbnail) still answers."""
-    from tests.store.test_index import clustered, generated_store
+    from tests.helpers.stores import clustered, generated_store
 
     build_index(generated_store(tmp_path, {"embedding": clustered(300)}))
     generated_store(tmp_path, {"embedding": clustered(30, seed=4)}, units=1, first_unit=7)

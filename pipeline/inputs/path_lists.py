@@ -11,12 +11,8 @@ import csv
 import io
 import posixpath
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
-
 from pipeline import files
 
-LIST_SUFFIXES = (".txt", ".csv", ".tsv")
 URI_COLUMNS = ("uri", "url", "path", "filepath", "file", "filename", "image_path")
 
 
@@ -24,16 +20,12 @@ class PathListError(ValueError):
     """A list that cannot be read as paths: one sentence naming the list and what would be valid."""
 
 
-def is_path_list(path: str) -> bool:
-    return path.lower().endswith(LIST_SUFFIXES)
-
-
 def _is_absolute(entry: str) -> bool:
     return entry.startswith("/") or not files.is_local(entry)
 
 
 def _text_of(path: str) -> str:
-    with FileSystems.open(path, compression_type=CompressionTypes.AUTO) as handle:
+    with files.open_read(path, decompress=True) as handle:
         data = handle.read()
     try:
         return data.decode("utf-8-sig")

@@ -20,31 +20,23 @@ value that is still not an image at run time (a null, a wrong type) is an error 
 from __future__ import annotations
 
 import os
-import re
 import zlib
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Mapping
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
 from pipeline.errors import ConfigError
 from pipeline.elements import ErrorRecord, ImageRecord, RecordFields, ScanMismatch, error_from_exception
+from pipeline.inputs.fetch import is_http, read_bytes, read_member
 from pipeline.inputs.retries import is_transient
 from pipeline.inputs.tfrecord import TFRecordError, iter_records, parse_example
 
 IMAGE_FIELDS = ("image/encoded", "jpg", "jpeg", "png", "webp", "image")
 KEY_FIELDS = ("key", "image/filename")
-RECORD_LAYOUTS = ("tfrecord", "parquet", "arrow")  # the layouts whose records have named fields
-TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
-# TensorFlow Datasets numbers its shards after the suffix (`mnist-train.tfrecord-00000-of-00001`);
-# a glob of them (`mnist-train.tfrecord-*`) names the same layout. A trailing `.gz` is gunzipped.
-TFDS_SHARD_NAME = re.compile(r"\.tfrecords?-[-0-9*?\[\]]+(of[-0-9*?\[\]]+)?(\.gz)?$", re.IGNORECASE)
-PARQUET_SUFFIXES = (".parquet",)
-ARROW_SUFFIXES = (".arrow",)
 PARQUET_BATCH_ROWS = 256
 # The Arrow IPC file format (Feather v2) is the stream format behind this 8-byte magic.
 _ARROW_FILE_MAGIC = b"ARROW1\x00\x00"
@@ -90,11 +82,6 @@ def _missing_image(fields: RecordFields, names) -> str:
 # --------------------------------------------------------------------------- TFRecord
 
 
-def _open(shard: str):
-    # AUTO: `.gz` is gunzipped while streaming, a plain `.tfrecord` is read as is.
-    return FileSystems.open(shard, compression_type=CompressionTypes.AUTO)
-
-
 def _example_record(index: int, data: bytes, fields: RecordFields, shard_name: str) -> _Record:
     default_key = f"{shard_name}:{index}"
     try:
@@ -116,16 +103,12 @@ def _example_record(index: int, data: bytes, fields: RecordFields, shard_name: s
 
 
 def _tfrecord_records(shard: str, fields: RecordFields, shard_name: str) -> Iterator[_Record]:
-    with _open(shard) as handle:
+    with files.open_read(shard, decompress=True) as handle:  # `.gz` gunzipped, a plain `.tfrecord` as is
         for index, data in enumerate(iter_records(handle)):
             yield _example_record(index, data, fields, shard_name)
 
 
 # --------------------------------------------------------------------------- tables: Parquet, Arrow IPC
-
-
-def _open_raw(shard: str) -> BinaryIO:
-    return FileSystems.open(shard, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def _ipc_reader(handle: BinaryIO) -> pa.ipc.RecordBatchStreamReader:
@@ -167,7 +150,7 @@ def _resolve(path: str, folder: str) -> str:
 
 
 def _has_filesystem(path: str) -> bool:
-    if files.is_local(path) or path.startswith(("http://", "https://")):
+    if files.is_local(path) or is_http(path):
         return True
     try:
         FileSystems.get_filesystem(path)
@@ -221,7 +204,7 @@ def _batch_records(batches: Iterable[pa.RecordBatch], image_field: str, key_fiel
 
 def _parquet_records(shard: str, fields: RecordFields, shard_name: str,
                      keys_only: bool = False) -> Iterator[_Record]:
-    with _open_raw(shard) as handle:
+    with files.open_read(shard) as handle:
         table = pq.ParquetFile(handle)
         image_field, key_field = _table_fields(table.schema_arrow, fields, shard, "Parquet")
         columns = [name for name in (None if keys_only else image_field, key_field) if name]
@@ -236,14 +219,14 @@ def _parquet_records(shard: str, fields: RecordFields, shard_name: str,
 def _arrow_records(shard: str, fields: RecordFields, shard_name: str,
                    keys_only: bool = False) -> Iterator[_Record]:
     # An IPC stream has no column index: every batch is read whole (the key scan too), one at a time.
-    with _open_raw(shard) as handle:
+    with files.open_read(shard) as handle:
         reader = _ipc_reader(handle)
         image_field, key_field = _table_fields(reader.schema, fields, shard, "Arrow")
         yield from _batch_records(reader, image_field, key_field, shard, shard_name, keys_only)
 
 
 def _table_schema(layout: str, shard: str) -> pa.Schema:
-    with _open_raw(shard) as handle:
+    with files.open_read(shard) as handle:
         return pq.ParquetFile(handle).schema_arrow if layout == "parquet" else _ipc_reader(handle).schema
 
 
@@ -251,14 +234,6 @@ def _table_schema(layout: str, shard: str) -> pa.Schema:
 
 _READERS: dict[str, Callable[..., Iterator[_Record]]] = {
     "tfrecord": _tfrecord_records, "parquet": _parquet_records, "arrow": _arrow_records}
-
-
-def _linked_image(key: str, path: str) -> ImageRecord | ErrorRecord:
-    """A record whose image is a path: read like a listed file (local, any Beam filesystem, http
-    with retries); a missing file is an error row, a transient failure raises."""
-    from pipeline.inputs.listing import read_member  # sources imports this module
-
-    return read_member(key, path)
 
 
 def scan_record_keys(layout: str, shard: str, fields: RecordFields, shard_name: str) -> list[str]:
@@ -301,7 +276,8 @@ def read_record_shard(layout: str, shard: str, fields: RecordFields, shard_name:
                 yield ErrorRecord(record.key, uri, "read", "DuplicateKey",
                                   f"key {record.key!r} also comes from {losers[record.index]}; kept that one")
             elif record.path is not None:
-                yield _linked_image(record.key, record.path)
+                # read like a listed file (http with retries): a missing file is an error row
+                yield read_member(record.key, record.path)
             elif record.image is None:
                 yield ErrorRecord(record.key, uri, "read", record.error_type, record.problem)
             else:
@@ -323,10 +299,8 @@ def read_record_image(layout: str, shard: str, index: int, fields: RecordFields 
     """The image bytes of record `index` of a shard (a row's uri `SHARD#INDEX`)."""
     for record in _READERS[layout](shard, fields, ""):
         if record.index == index:
-            if record.path is not None:
-                from pipeline.inputs.listing import read_uri  # sources imports this module
-
-                return read_uri(record.path)
+            if record.path is not None:  # read as the run read it: a file or URL
+                return read_bytes(record.path)
             if record.image is None:
                 raise FileNotFoundError(record.problem)
             return record.image
@@ -338,7 +312,7 @@ def shard_fields(layout: str, shard: str) -> list[str]:
     launcher's check that the image field exists."""
     if layout != "tfrecord":
         return list(_table_schema(layout, shard).names)
-    with _open(shard) as handle:
+    with files.open_read(shard, decompress=True) as handle:
         for data in iter_records(handle):
             return list(parse_example(data))
     return []

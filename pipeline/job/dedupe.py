@@ -9,18 +9,24 @@ unless a unit committed earlier already holds it (a store never rewrites committ
 the new occurrence loses). The losers go back to their shard's unit as
 {position: where the key is kept}, and the reader turns them into `DuplicateKey` error rows.
 
-A committed unit is not scanned again: its kept keys' hashes were saved beside its journal.
+A committed unit is not scanned again: its kept keys' hashes were saved beside its journal
+entry (`save_kept_keys`, `_featurize/units/UNIT.ATTEMPT.keys.npy`; the journal only names the
+file) and are read back by `load_kept_keys`.
 """
 from __future__ import annotations
 
 import hashlib
+import io
 import posixpath
-from typing import Iterable, Iterator, NamedTuple
+from typing import Any, Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.io.filesystem import CompressionTypes
+from apache_beam.io.filesystems import FileSystems
 
 from pipeline.elements import WorkUnit
+from pipeline.files import join
 
 PARTITIONS = 64
 HASH_DTYPE = np.dtype("V16")
@@ -30,6 +36,24 @@ def key_hashes(keys: Iterable[str]) -> np.ndarray:
     """128-bit blake2b of each key (collisions are ~1e-21 likely at 1e9 keys)."""
     digests = b"".join(hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest() for key in keys)
     return np.frombuffer(digests, dtype=HASH_DTYPE)
+
+
+def save_kept_keys(path: str, hashes: np.ndarray) -> None:
+    """Write a unit's kept-key hashes (its journal entry names the file, role `keys`)."""
+    buffer = io.BytesIO()
+    np.save(buffer, np.ascontiguousarray(hashes, dtype=HASH_DTYPE).view(np.uint8).reshape(-1, 16),
+            allow_pickle=False)
+    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        handle.write(buffer.getvalue())
+
+
+def load_kept_keys(output: str, entry: dict[str, Any]) -> np.ndarray:
+    """The hashes of the sample keys a committed shard unit holds (saved beside its entry)."""
+    relative = entry.get("files", {}).get("keys")
+    if relative is None:  # a unit that holds no key
+        return np.zeros(0, HASH_DTYPE)
+    with FileSystems.open(join(output, relative), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        return np.load(io.BytesIO(handle.read()), allow_pickle=False).view(HASH_DTYPE).reshape(-1)
 
 
 class KeySet(NamedTuple):
@@ -90,9 +114,8 @@ class _ScanKeys(beam.DoFn):
         self._output = output
 
     def process(self, unit_entry: tuple[WorkUnit, dict | None]):
-        from pipeline.job.journal import load_kept_keys  # the journal imports this module
         from pipeline.inputs.retries import retry_transient
-        from pipeline.inputs.listing import scan_unit_keys
+        from pipeline.inputs.reading import scan_unit_keys
 
         unit, entry = unit_entry
         if entry is not None:

@@ -6,8 +6,8 @@ Inside an output folder, featurize keeps its own state under `_featurize/`:
                                      written before the first unit; --resume checks it
     _featurize/units/UNIT.json       a unit's journal entry: its counts and files. Its presence
                                      is the commit: a unit without one is not in the store
-    _featurize/units/UNIT.*.keys.npy tar units: hashes of the sample keys the unit holds
-                                     (for duplicate keys across runs, pipeline.job.dedupe)
+    _featurize/units/UNIT.*.keys.npy shard units: hashes of the sample keys the unit holds
+                                     (dedupe's state: written and read by pipeline.job.dedupe)
     _featurize/tmp/                  files being written; never read
 
 Commit protocol of a unit (`commit_unit`): its files are written under `tmp/`, renamed to
@@ -18,27 +18,26 @@ starts (and after the last unit), and the unit runs again. An attempt that finds
 already committed (a Beam retry, a speculative copy) withdraws its files, so the entry always
 names exactly one attempt's files and a unit never appears twice. An entry marked `retry`
 (a unit some of whose inputs could not be read) is replaced when a resumed run redoes it.
+
+What featurize may delete at all is `pipeline.store.schema`'s UNIT_PREFIXES (orphans) and
+OWNED_PATTERNS (`clear_previous_output`, for --overwrite); both deletions live here.
 """
 from __future__ import annotations
 
-import io
 import json
 import os
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
 
-import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
-from pipeline.job.dedupe import HASH_DTYPE
-from pipeline.files import list_paths, read_json
-from pipeline.store.schema import ERRORS_DIR, FEATURES_DIR, STORE_STATE, TMP_DIR, UNITS_DIR
-from pipeline.elements import UNIT_LAYOUTS
+from pipeline.files import join, list_paths, read_json
+from pipeline.store.schema import (ERRORS_DIR, FEATURES_DIR, OWNED_PATTERNS, STORE_STATE, TMP_DIR, UNIT_PREFIXES,
+                                   UNITS_DIR)
 
-UNIT_PREFIXES = tuple(f"{layout}-" for layout in UNIT_LAYOUTS)  # unit ids start so: what featurize may delete
 FAILPOINTS_ENV = "FEATURIZE_FAILPOINTS"
 FAILPOINT_DIR_ENV = "FEATURIZE_FAILPOINT_DIR"
 _failpoint_hits: dict[str, int] = {}
@@ -63,10 +62,6 @@ def failpoint(name: str) -> None:
             with open(marker, "w") as handle:
                 handle.write(str(os.getpid()))
             time.sleep(600)
-
-
-def join(output: str, *parts: str) -> str:
-    return FileSystems.join(output.rstrip("/"), *parts)
 
 
 def replace(source: str, destination: str) -> None:
@@ -117,24 +112,8 @@ def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
     return read_json(path) if FileSystems.exists(path) else None
 
 
-def load_kept_keys(output: str, entry: dict[str, Any]) -> np.ndarray:
-    """The hashes of the sample keys a committed tar unit holds (saved beside its entry)."""
-    relative = entry.get("files", {}).get("keys")
-    if relative is None:  # a unit that holds no key
-        return np.zeros(0, HASH_DTYPE)
-    with FileSystems.open(join(output, relative), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return np.load(io.BytesIO(handle.read()), allow_pickle=False).view(HASH_DTYPE).reshape(-1)
-
-
 def temp_path(output: str, unit_id: str, attempt: str, name: str) -> str:
     return join(output, TMP_DIR, f"{unit_id}.{attempt}.{name}")
-
-
-def save_kept_keys(path: str, hashes: np.ndarray) -> None:
-    buffer = io.BytesIO()
-    np.save(buffer, np.ascontiguousarray(hashes).view(np.uint8).reshape(-1, 16), allow_pickle=False)
-    with FileSystems.create(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        handle.write(buffer.getvalue())
 
 
 def is_final(entry: dict[str, Any] | None) -> bool:
@@ -183,3 +162,12 @@ def remove_orphans(output: str, journals: Iterable[dict[str, Any]]) -> list[str]
     if orphans:
         FileSystems.delete(orphans)
     return orphans
+
+
+def clear_previous_output(output: str) -> None:
+    """--overwrite removes only files featurize writes (schema.OWNED_PATTERNS); anything else in the
+    directory stays."""
+    owned = [m.path for pattern in OWNED_PATTERNS
+             for m in FileSystems.match([FileSystems.join(output, pattern)])[0].metadata_list]
+    if owned:
+        FileSystems.delete(owned)

@@ -19,7 +19,8 @@ from typing import Any
 
 from pipeline.job.journal import is_final
 from pipeline.elements import RecordFields, WorkUnit
-from pipeline.inputs.listing import SHARD_SUFFIXES, Listing, file_key, normalized_path
+from pipeline.inputs.layouts import SHARD_SUFFIXES
+from pipeline.inputs.listing import Listing, file_key, normalized_path
 
 # Files per unit for small runs: enough units that every worker gets some.
 MIN_UNITS = 16

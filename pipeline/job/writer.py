@@ -1,67 +1,34 @@
-"""Writing a feature store: one unit's rows and error rows (`UnitWriter`), then the manifest.
+"""Writing one work unit into a feature store: its rows and error rows (`UnitWriter`), committed whole.
 
 Layout of an output directory:
 
     features/UNIT.ATTEMPT.parquet   feature rows of one work unit (or .h5 with --format hdf5)
     errors/UNIT.ATTEMPT.parquet     error rows of one work unit (only units with errors have one)
-    features.h5               --format hdf5: every shard as one virtual dataset
+    features.h5               --format hdf5: every shard as one virtual dataset (pipeline.job.manifest)
     _featurize/               the journal: what is committed (pipeline.job.journal)
-    manifest.json             written last, atomically: its presence means the output is complete
+    manifest.json             written last, atomically (pipeline.job.manifest): the output is complete
 
 Features and errors live in folders of their own so `pandas.read_parquet("out/features")`,
 DuckDB globs and embedding-reader see one schema and no JSON.
 """
 from __future__ import annotations
 
-import json
-import time
 import uuid
-from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any
 
-import apache_beam as beam
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.job import journal
-
-from pipeline.model import predictions
-from pipeline.job.dedupe import HASH_DTYPE
-from pipeline.job.hdf5 import VIRTUAL_STORE, ShardWriter, write_virtual_store
-from pipeline.job.journal import join, write_json_atomically
-from pipeline.store.schema import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_KEY, INDEX_DIR, MANIFEST, STATE_DIR, UNITS_DIR
-from pipeline.logs import JobError
 from pipeline.elements import STAGES, ErrorRecord
+from pipeline.job import dedupe, journal
+from pipeline.job.hdf5 import ShardWriter
+from pipeline.store.schema import ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, UNITS_DIR, feature_schema
 
-SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
-LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
-# Everything this tool writes into an output directory (for --overwrite): only its own files.
-OWNED_PATTERNS = (*(f"{folder}/{prefix}*" for folder in (FEATURES_DIR, ERRORS_DIR) for prefix in journal.UNIT_PREFIXES),
-                  f"{STATE_DIR}/**", VIRTUAL_STORE, f"{VIRTUAL_STORE}.tmp", MANIFEST, f"{INDEX_DIR}/**")
 # Parquet row groups: large enough for fast scans, small enough to bound a worker's buffer.
 ROW_GROUP_BYTES = 32 << 20
-
-ERROR_SCHEMA = pa.schema([
-    ("key", pa.string()), ("uri", pa.string()), ("stage", pa.string()),
-    ("error_type", pa.string()), ("message", pa.string()),
-])
-
-
-def feature_schema(outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]) -> pa.Schema:
-    """key, uri, width, height, then one fixed_size_list<dtype>[D] column per model output, then
-    with --predictions K: predicted_ids list<int32>[K], predicted_names list<string>[K],
-    predicted_scores list<float32>[K]."""
-    value_type = pa.float16() if dtype == "float16" else pa.float32()
-    fields = [("key", pa.string()), ("uri", pa.string()), ("width", pa.int32()), ("height", pa.int32())]
-    fields += [(name, pa.list_(value_type, dim)) for name, dim in outputs.items()]
-    top = fingerprint.get("predictions") or 0
-    if top:
-        fields += [(predictions.IDS, pa.list_(pa.int32(), top)), (predictions.NAMES, pa.list_(pa.string(), top)),
-                   (predictions.SCORES, pa.list_(pa.float32(), top))]
-    return pa.schema(fields, metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
 
 
 def _numpy_dtype(value_type: pa.DataType) -> np.dtype:
@@ -176,7 +143,7 @@ class UnitWriter:
             written["errors"] = (path, f"{ERRORS_DIR}/{self._final_name}.parquet")
         if kept_keys is not None:
             path = self._temporary("keys.npy")
-            journal.save_kept_keys(path, kept_keys.astype(HASH_DTYPE, copy=False))
+            dedupe.save_kept_keys(path, kept_keys)
             written["keys"] = (path, f"{UNITS_DIR}/{self._final_name}.keys.npy")
         by_stage = {stage: 0 for stage in STAGES}
         by_type: dict[str, int] = {}
@@ -199,119 +166,3 @@ class UnitWriter:
         leftovers = [path for path in self._temporaries if FileSystems.exists(path)]
         if leftovers:
             FileSystems.delete(leftovers)
-
-
-ERROR_RATE_SAMPLE = 1000  # --max-error-rate judges once min(this, all inputs) are done
-SUMMARY_ERROR_RATE = 0.10  # above this the run summary says so, even without --max-error-rate
-
-
-def most_common_errors(entries: Iterable[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
-    """[{"error": "decode UnidentifiedImageError", "count": 312, "example": "key: message"}, ...]."""
-    counts: dict[str, int] = {}
-    examples: dict[str, str] = {}
-    for entry in entries:
-        for kind, count in entry.get("errors_by_type", {}).items():
-            counts[kind] = counts.get(kind, 0) + count
-            examples.setdefault(kind, entry.get("error_examples", {}).get(kind, ""))
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
-    return [{"error": kind, "count": count, "example": examples[kind]} for kind, count in ranked]
-
-
-def check_error_rate(inputs: int, errors: int, entries: Iterable[dict[str, Any]], limit: float | None,
-                     expected: int | None = None) -> None:
-    """Raise JobError when more than `limit` of at least min(1000, expected or all) inputs are error rows."""
-    if limit is None or not inputs or inputs < min(ERROR_RATE_SAMPLE, expected or inputs):
-        return
-    if errors / inputs > limit:
-        top = most_common_errors(entries, top=1)
-        common = f"; most common: {top[0]['error']} ({top[0]['count']:,}), e.g. {top[0]['example']}" if top else ""
-        raise JobError(f"{errors / inputs:.1%} of {inputs:,} inputs are error rows, more than --max-error-rate "
-                       f"{limit:g}{common}; the run stopped without a manifest: fix the inputs or raise the "
-                       f"rate, then run again with --resume")
-
-
-def _parquet_rows(path: str) -> int:
-    with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        return pq.ParquetFile(handle).metadata.num_rows
-
-
-def finalize_store(output: str, template: dict[str, Any], started_at: float,
-                   expected_units: Iterable[str] = ()) -> dict[str, Any]:
-    """Count every committed unit, check nothing was lost, build features.h5 (HDF5), write the manifest.
-
-    `template` is the manifest so far (format, config, fingerprint, runner, and the planner's
-    `counts` of reused / skipped / removed inputs); `expected_units` are the units this run had
-    to process, each of which must now be committed.
-    """
-    entries = journal.committed_units(output)
-    expected_units = set(expected_units)
-    missing = sorted(expected_units - set(entries))
-    if missing:
-        raise RuntimeError(f"{len(missing)} work units were not committed (first: {missing[0]}); "
-                           f"the output is incomplete and has no manifest: run again with --resume")
-    entries = [entries[unit] for unit in sorted(entries)]
-    for entry in entries:
-        if entry["inputs"] != entry["rows"] + entry["errors"]:
-            raise RuntimeError(f"unit {entry['unit']} lost track of inputs; the output has no manifest")
-    feature_files = [entry["files"]["features"] for entry in entries if "features" in entry["files"]]
-    error_files = [entry["files"]["errors"] for entry in entries if "errors" in entry["files"]]
-    by_stage = {stage: sum(entry["errors_by_stage"].get(stage, 0) for entry in entries) for stage in STAGES}
-    counts = dict(template.get("counts", {}))
-    counts.update(inputs=sum(e["inputs"] for e in entries), rows=sum(e["rows"] for e in entries),
-                  errors=sum(e["errors"] for e in entries), errors_by_stage=by_stage)
-    if template["format"] == "hdf5":
-        fingerprint = template["fingerprint"]
-        rows = write_virtual_store(output, [join(output, path) for path in feature_files],
-                                   fingerprint["outputs"], fingerprint["dtype"], fingerprint)
-    else:
-        rows = sum(_parquet_rows(join(output, path)) for path in feature_files)
-    if rows != counts["rows"]:  # the files must hold what the journal says, or nothing claims completeness
-        raise RuntimeError(f"the feature files hold {rows} rows but the journal says {counts['rows']}; "
-                           f"the output has no manifest")
-    this_run = [entry for entry in entries if entry["unit"] in expected_units]
-    check_error_rate(sum(e["inputs"] for e in this_run), sum(e["errors"] for e in this_run), this_run,
-                     template.get("config", {}).get("max_error_rate"))
-    journal.remove_orphans(output, entries)
-    journal.failpoint("manifest")
-    elapsed = time.time() - started_at
-    processed = counts["inputs"] - counts.get("reused", 0)
-    if any("batch_size" in entry for entry in this_run):  # some worker ran out of accelerator memory
-        template = dict(template, out_of_memory={
-            "smallest_batch_size": min(e["batch_size"] for e in this_run if "batch_size" in e),
-            "units": sum("batch_size" in e for e in this_run)})
-    document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
-                    errors_top=most_common_errors(entries),
-                    units={"committed": len(entries), "processed": len(expected_units)},
-                    wall_time_s=round(elapsed, 3),
-                    images_per_s=round(processed / elapsed, 3) if elapsed > 0 else None,
-                    finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json_atomically(join(output, MANIFEST), document)
-    return document
-
-
-class _Finalize(beam.DoFn):
-    """Runs once, after every unit of the run is committed (its side input is their journal entries)."""
-
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
-        self._output, self._template, self._started_at = output, template, started_at
-        self._expected = expected_units
-
-    def process(self, _, entries):
-        yield finalize_store(self._output, self._template, self._started_at, self._expected)
-
-
-class WriteManifest(beam.PTransform):
-    """Input: the journal entries of the units this run committed. Output: the manifest document,
-    written once every unit is committed; `expected_units` (the run's plan) must all be there
-    (see `finalize_store`)."""
-
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
-        super().__init__()
-        self._output, self._template, self._started_at = output, template, started_at
-        self._expected = list(expected_units)
-
-    def expand(self, entries):
-        return (entries.pipeline
-                | "Trigger" >> beam.Create([None])
-                | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._expected),
-                                           beam.pvalue.AsList(entries)))

@@ -1,5 +1,5 @@
 """The backbone registry: every `keras.applications` model, one table row each, and what
-depends on the row alone (preprocessing, the parsing of a weights argument).
+depends on the row alone (preprocessing).
 
 Keras and TensorFlow are imported inside the functions only, never at module import, so a
 Beam worker can set `KERAS_BACKEND` and the thread-pool variables before Keras loads. This
@@ -7,7 +7,6 @@ module does not import Apache Beam. The models themselves are built by `pipeline
 """
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -32,7 +31,7 @@ class Backbone:
     imagenet_size: set only for the NASNets, whose Keras documentation says ImageNet weights
         need exactly this input side (224 / 331). Keras 3.15's code does not enforce it for
         include_top=False (the NASNet graph and weight shapes are the same at every size), so
-        `keras_models.build_pooled_model` only warns at other sizes.
+        `applications.body_with_weights` only warns at other sizes.
     classifier_input: the width of the full model's classifier input (the embedding with
         --predictions) where it is not `dim`: VGG's fc2 (4096), MobileNetV3's 1x1 conv before its
         logits (1024 / 1280). See `classifier_dim`.
@@ -136,20 +135,6 @@ def model_summary_rows() -> list[dict[str, Any]]:
     } for row in _TABLE]
 
 
-def weights_argument(weights: str | None) -> str | None:
-    """Parse a user's weights value: "imagenet" -> "imagenet"; "none"/"None"/"" -> None (random
-    init); anything else is a weights file path (legacy ``.h5`` or Keras 3 ``.weights.h5``), returned
-    with ``~`` expanded. The path is not checked here (it may exist only on the workers)."""
-    if weights is None:
-        return None
-    text = str(weights).strip()
-    if text.lower() in ("", "none", "null"):
-        return None
-    if text.lower() == "imagenet":
-        return "imagenet"
-    return os.path.expanduser(text)
-
-
 def preprocess_batch(backbone: Backbone | str, x):
     """RGB 0..255 (N, H, W, 3) -> exactly `keras.applications.<module>.preprocess_input(x)`.
 
@@ -166,4 +151,4 @@ def preprocess_batch(backbone: Backbone | str, x):
 
 
 __all__ = ["BACKBONES", "Backbone", "POOLINGS", "PREPROCESS_MODES", "get_backbone", "model_summary_rows",
-           "preprocess_batch", "weights_argument"]
+           "preprocess_batch"]

@@ -1,20 +1,23 @@
-"""How a model call on a batch survives: out-of-memory back-off, and poison inputs isolated.
+"""How a model call fails, and what the user is told: the one place that decides whether a
+failure is the data's (an error row), the batch size's (try again smaller) or the model's (the
+job stops with one sentence).
 
-Out of memory (TensorFlow's `ResourceExhaustedError`, JAX/XLA `RESOURCE_EXHAUSTED`, torch's CUDA
-`OutOfMemoryError`): the caller halves its batch and tries again (`FeatureModel.infer`).
-
-Any other failure of a batch: `isolate_failures` bisects it until the inputs that fail alone
-are found; they become `infer` error rows and the rest get their vectors. When no input of a
-batch of several succeeds, the failure is the model's or the machine's, not the data's: it is
-raised (the bundle fails and Beam retries it), never turned into error rows for everyone.
-
-A model that cannot be built is never data: `model_failure` says why in one sentence, which the
-launcher's check prints and a worker raises as `ModelLoadError`.
+- Out of memory (TensorFlow's `ResourceExhaustedError`, JAX/XLA `RESOURCE_EXHAUSTED`, torch's
+  CUDA `OutOfMemoryError`; `is_out_of_memory`): the caller halves its batch and tries again
+  (`pipeline.model.runtime.FeatureModel.infer`).
+- Any other failure of a batch: `isolate_failures` bisects it until the inputs that fail alone
+  are found; they become `infer` error rows and the rest get their vectors. When no input of a
+  batch of several succeeds, the failure is the model's or the machine's, not the data's: it is
+  raised (the bundle fails and Beam retries it), never turned into error rows for everyone.
+- A model that cannot be built is never data: `model_failure` says why in one sentence, and
+  `as_model_load_error` raises it as `ModelLoadError`, from the launcher's check
+  (`pipeline.model.preflight`) and from a worker (`pipeline.model.runtime.load_feature_model`) alike.
 """
 from __future__ import annotations
 
+import contextlib
 import re
-from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
+from typing import TYPE_CHECKING, Callable, Iterator, Sequence, TypeVar
 
 from pipeline.logs import JobError
 from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit
@@ -64,15 +67,15 @@ def isolate_failures(run: Callable[[Sequence[Item]], list[Result]], batch: Seque
     return results, failures
 
 
-_URL = re.compile(r"https?://[^\s'\"]+?(?=[:;,]?\s|[:;,]?$|['\"])")
-
-
 class ModelLoadError(JobError):
     """The run's model cannot be built; the message is the one sentence the user sees."""
 
 
+_URL = re.compile(r"https?://[^\s'\"]+?(?=[:;,]?\s|[:;,]?$|['\"])")  # the download's address in Keras's error
+
+
 def _first_reason(text: str) -> str:
-    """The first attempt's reason from keras_models' "does not fit" error (a Keras 3 file), on one line."""
+    """The first attempt's reason from applications' "does not fit" error (a Keras 3 file), on one line."""
     reasons = [line.split(":", 1)[1].strip() for line in text.splitlines() if line.strip().startswith("as an ")]
     reason = " ".join((reasons[0] if reasons else text).split())
     return reason.split(" List of objects", 1)[0][:300]  # Keras then lists every object: the first says enough
@@ -98,3 +101,16 @@ def model_failure(spec: ModelSpec, exc: BaseException) -> str:
                 f"({reason}); give a weights file saved from {spec.backbone}, "
                 f"or --weights imagenet or none")
     return f"{spec.backbone} cannot be built ({type(exc).__name__}: {flat[:300]})"
+
+
+@contextlib.contextmanager
+def as_model_load_error(spec: ModelSpec) -> Iterator[None]:
+    """Around building `spec`'s model: a failure becomes ModelLoadError with `model_failure`'s
+    sentence on top of the original error. ImportError (a missing extra) and MemoryError (the
+    host) pass as they are: they say what is wrong themselves."""
+    try:
+        yield
+    except (ImportError, MemoryError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception for a failed download
+        raise ModelLoadError(model_failure(spec, exc)) from exc

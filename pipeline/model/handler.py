@@ -1,4 +1,5 @@
-"""KerasBackboneHandler: the Beam face of a backbone (pipeline.model.runtime), for RunInference.
+"""KerasBackboneHandler: the Beam face of a backbone, for RunInference. Beam's batching,
+environment and metrics live here; loading and running the model is `pipeline.model.runtime`'s.
 
 Keras (and TensorFlow) are imported in `load_model`, on the worker, after the
 environment (Keras backend, thread pools) is set, never at module import.
@@ -14,10 +15,7 @@ from apache_beam.ml.inference.base import ModelHandler
 
 from pipeline import logs
 from pipeline.elements import METRICS_NAMESPACE, ImageMeta
-from pipeline.logs import VERBOSE_ENV
-from pipeline.model.failures import ModelLoadError, model_failure
-from pipeline.model.runtime import (FeatureModel, build_feature_model, limit_threads, tensorflow_without_jax,
-                                    use_jax_compilation_cache)
+from pipeline.model.runtime import FeatureModel, load_feature_model
 from pipeline.model.spec import ModelSpec
 
 Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
@@ -36,7 +34,7 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
                  keras_backend: str = "tensorflow", jit_compile: bool = False,
                  share_across_processes: bool = False, verbose: bool = False, env_vars: dict[str, str] | None = None):
         min_batch_size = min(min_batch_size or batch_size, batch_size)
-        environment = {"KERAS_BACKEND": keras_backend, **({VERBOSE_ENV: "1"} if verbose else {}), **(env_vars or {})}
+        environment = {"KERAS_BACKEND": keras_backend, **({logs.VERBOSE_ENV: "1"} if verbose else {}), **(env_vars or {})}
         super().__init__(min_batch_size=min_batch_size, max_batch_size=batch_size,
                          large_model=share_across_processes, env_vars=environment)
         self.spec = spec
@@ -52,25 +50,9 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def load_model(self) -> FeatureModel:
         quiet = logs.quiet()
         self.set_environment_vars()
-        if self._env_vars["KERAS_BACKEND"] == "jax":
-            use_jax_compilation_cache()
         with logs.native_stderr_to_log(quiet):  # TensorFlow's import and start-up lines go to the log
-            with tensorflow_without_jax():
-                limit_threads(self._intra_op_threads)
-                import keras
-
-            wanted = self._env_vars["KERAS_BACKEND"]
-            if keras.backend.backend() != wanted:  # Keras was imported in this process before the handler ran
-                raise RuntimeError(f"keras_backend {wanted!r} was asked for, but Keras already runs on "
-                                   f"{keras.backend.backend()!r} in this process; run on separate workers "
-                                   f"(e.g. --direct_running_mode=multi_processing) or set KERAS_BACKEND")
-            try:
-                return build_feature_model(self.spec, self._batch_size, self._jit_compile)
-            except (ImportError, MemoryError):
-                raise
-            except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception for a failed download
-                # The job fails (a model that cannot load is never data), with one sentence on top of the error.
-                raise ModelLoadError(model_failure(self.spec, exc)) from exc
+            return load_feature_model(self.spec, self._batch_size, keras_backend=self._env_vars["KERAS_BACKEND"],
+                                      intra_op_threads=self._intra_op_threads, jit_compile=self._jit_compile)
 
     def run_inference(self, batch: Sequence[Example], model: FeatureModel,
                       inference_args: dict[str, Any] | None = None) -> Iterable[Prediction]:

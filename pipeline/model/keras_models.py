@@ -1,10 +1,12 @@
-"""The Keras models featurize runs: a backbone's include_top=False body with pooled outputs
-(`build_pooled_model`), or its full model with the classifier (`build_classifier_model`, for
---predictions); the layers a backbone offers and the names of the outputs.
+"""The Keras models featurize runs, on top of a backbone built with its weights
+(`pipeline.model.applications`): the include_top=False body with pooled outputs
+(`build_pooled_model`), or the full model with the classifier (`build_classifier_model`, for
+--predictions); the layers a backbone offers (`list_layers`, `default_layer`) and the names of
+the outputs (`output_name`).
 
 Keras and TensorFlow are imported inside the functions only, never at module import, so a
 Beam worker can set `KERAS_BACKEND` and the thread-pool variables before Keras loads (the
-custom layers of `pipeline.model.layers` import Keras at their top, so they are imported here lazily).
+custom layers of `pipeline.model.layers` are made on first use, too).
 
 Output naming (the one rule, used by `output_name` and `build_pooled_model`):
     Every output is keyed ``f"{layer}/{pooling}"``, e.g. ``"conv4_block6_out/gem"``.
@@ -17,10 +19,8 @@ Output naming (the one rule, used by `output_name` and `build_pooled_model`):
     embedding-reader's default column). The classifier model's outputs are
     ``"embedding"`` and ``"predictions"``.
 
-Layer names are those of a model built in a fresh Keras session (the auto
-generated names such as ``activation_187`` do not depend on what the process
-built before), so names listed by `list_layers` on one machine are valid on
-every worker.
+Layer names are reproducible across processes (see `pipeline.model.applications`), so names
+listed by `list_layers` on one machine are valid on every worker.
 
 Features of the final layer are what ``keras.applications.<Name>(include_top=False,
 pooling=...)`` returns: the pooling applied to the final feature map.  ConvNeXt is
@@ -34,23 +34,14 @@ Poolings: ``avg`` (GlobalAveragePooling2D), ``max`` (GlobalMaxPooling2D) and ``g
 (generalized mean, ``mean(clip(x, eps) ** p) ** (1 / p)`` over H and W; ``p=1``
 equals ``avg`` on non-negative feature maps, large ``p`` approaches ``max``).
 With ``l2_normalize`` every output vector is divided by its L2 norm.
-
-Weights: "imagenet" (Keras downloads them), None (random init) or a local file (see
-`pipeline.model.weight_files`): a Keras 3 file is loaded by Keras, as an include_top=False file or
-as a full model whose body is copied; a legacy `.h5` is read layer by layer (any Keras-1/2
-layout, full or notop, Theano or TensorFlow kernel ordering).
 """
 from __future__ import annotations
 
-import collections
-import contextlib
-import os
-import warnings
 from typing import Sequence
 
-from pipeline.model import weight_files
-from pipeline.model.backbones import POOLINGS, Backbone, get_backbone, weights_argument
-from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit
+from pipeline.model import applications
+from pipeline.model.backbones import POOLINGS, Backbone, get_backbone
+from pipeline.model.layers import custom_layers
 
 EMBEDDING = "embedding"
 PREDICTIONS = "predictions"
@@ -83,94 +74,17 @@ def output_name(layer: str | None, pooling: str, n_outputs: int, *,
     return f"{layer}/{pooling}"
 
 
-# --------------------------------------------------------------------------- keras helpers
+# --------------------------------------------------------------------------- layers
 
 
-def _keras():
-    import keras
-
-    return keras
-
-
-@contextlib.contextmanager
-def _fresh_layer_names():
-    """Build with Keras' auto-naming counters reset, as in a fresh session, then restore them.
-
-    Keras names unnamed layers `conv2d_95` etc. from a per-thread global counter, so the
-    same model gets different layer names depending on what was built before. Swapping
-    only the counter (not `clear_session`, which would also drop e.g. the dtype policy)
-    makes the names reproducible across processes.
-    """
-    try:
-        from keras.src.backend.common import global_state
-    except ImportError:  # pragma: no cover - a Keras without this internal: names are then not reset
-        yield
-        return
-    key = "object_name_uids"
-    saved = global_state.get_global_attribute(key)
-    global_state.set_global_attribute(key, collections.defaultdict(int))
-    try:
-        yield
-    finally:
-        global_state.set_global_attribute(key, saved)
-
-
-def _check_size(backbone: Backbone, input_size: Sequence[int]) -> tuple[int, int]:
-    try:
-        height, width = (int(side) for side in input_size)
-    except (TypeError, ValueError):
-        raise ValueError(f"input_size must be (height, width); got {input_size!r}") from None
-    if min(height, width) < backbone.min_size:
-        raise ValueError(f"input size {height}x{width} is below {backbone.name}'s minimum of "
-                         f"{backbone.min_size}x{backbone.min_size}")
-    return height, width
-
-
-def _application(backbone: Backbone):
-    return getattr(_keras().applications, backbone.name)
-
-
-def _build_notop(backbone: Backbone, input_size: Sequence[int], weights: str | None):
-    height, width = _check_size(backbone, input_size)
-    with _fresh_layer_names():
-        return _application(backbone)(include_top=False, weights=weights, input_shape=(height, width, 3),
-                                      pooling=None)
-
-
-def _build_full(backbone: Backbone, input_size: Sequence[int], weights: str | None):
-    """The include_top=True model (1000 classes); "imagenet" only at the default size (Keras's rule)."""
-    height, width = _check_size(backbone, input_size)
-    with _fresh_layer_names():
-        if weights == "imagenet":
-            return _application(backbone)(include_top=True, weights="imagenet")
-        return _application(backbone)(include_top=True, weights=weights, input_shape=(height, width, 3))
-
-
-def _spatial_layers(model) -> dict[str, tuple]:
-    """{name: output shape} of every layer with a 4-D output, in model order (the input excluded)."""
-    keras = _keras()
-    found = {}
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        try:
-            output = layer.output
-        except (AttributeError, ValueError, RuntimeError):  # never called, or called several times
-            continue
-        shape = getattr(output, "shape", None)
-        if shape is not None and len(shape) == 4:
-            found[layer.name] = tuple(shape)
-    return found
-
-
-_FINAL_LAYERS: dict[str, str] = {}
+_FINAL_LAYERS: dict[str, str] = {}  # backbone name -> its final layer's name, once known in this process
 
 
 def default_layer(backbone: Backbone | str) -> str:
     """Name of the final layer of the include_top=False model (builds it once, weights=None)."""
     backbone = get_backbone(backbone)
     if backbone.name not in _FINAL_LAYERS:
-        model = _build_notop(backbone, (backbone.min_size, backbone.min_size), None)
+        model = applications.body(backbone, (backbone.min_size, backbone.min_size))
         _FINAL_LAYERS[backbone.name] = model.layers[-1].name
     return _FINAL_LAYERS[backbone.name]
 
@@ -179,98 +93,9 @@ def list_layers(backbone: Backbone | str, input_size: Sequence[int]) -> list[tup
     """(layer name, output shape) of every layer with a 4-D (N, H, W, C) output, input excluded,
     in model order; the last one is `default_layer`. Built with weights=None."""
     backbone = get_backbone(backbone)
-    model = _build_notop(backbone, input_size, None)
+    model = applications.body(backbone, input_size)
     _FINAL_LAYERS.setdefault(backbone.name, model.layers[-1].name)
-    return list(_spatial_layers(model).items())
-
-
-# --------------------------------------------------------------------------- weights
-
-
-def _check_file(path: str) -> None:
-    if "://" not in path and not os.path.isfile(path):
-        raise ValueError(f"weights file {path!r} does not exist")
-
-
-def _load_legacy(backbone: Backbone, model, path: str, weights_ordering: str, whole: bool):
-    try:
-        weight_files.load_legacy(model, path, weights_ordering, whole=whole)
-    except NoClassifier:
-        raise
-    except WeightsDoNotFit as error:
-        raise WeightsDoNotFit(f"weights file {path!r} does not fit {backbone.name}: {error}", error.reason) from None
-    return model
-
-
-def _load_from_file(backbone: Backbone, input_size: Sequence[int], path: str, weights_ordering: str = "auto"):
-    """The include_top=False model at `input_size` with weights from a local file, which may hold
-    the include_top=False model (any input size) or the full model with its classifier."""
-    _check_file(path)
-    if weight_files.is_legacy_file(path):
-        return _load_legacy(backbone, _build_notop(backbone, input_size, None), path, weights_ordering, whole=False)
-    failures = []
-    # 1. A no-top file (or a Keras 3 full-model `.weights.h5`/`.keras`: Keras skips the head).
-    try:
-        return weight_files.quietly(lambda: _build_notop(backbone, input_size, path))
-    except Exception as error:  # noqa: BLE001 - Keras raises several types; all mean "try the next way"
-        failures.append(f"as an include_top=False file: {error}")
-    model = _build_notop(backbone, input_size, None)
-    # 2. A full (include_top=True, 1000 classes) file: load it at the default size and copy the body.
-    try:
-        full = _build_full(backbone, (backbone.default_size,) * 2, None)
-        weight_files.quietly(lambda: full.load_weights(path))
-        weight_files.copy_weights(full, model)
-        return model
-    except Exception as error:  # noqa: BLE001
-        failures.append(f"as an include_top=True file: {error}")
-    reasons = "\n  ".join(" ".join(str(f).split())[:500] for f in failures)
-    raise ValueError(f"weights file {path!r} does not fit {backbone.name} (tried include_top=False and "
-                     f"include_top=True):\n  {reasons}")
-
-
-def _build_base(backbone: Backbone, input_size: Sequence[int], weights: str | None, weights_ordering: str = "auto"):
-    weights = weights_argument(weights)
-    if weights is None:
-        return _build_notop(backbone, input_size, None)
-    if weights == "imagenet":
-        height, width = _check_size(backbone, input_size)
-        if backbone.imagenet_size and (height, width) != (backbone.imagenet_size,) * 2:
-            warnings.warn(f"{backbone.name}'s ImageNet weights are documented for "
-                          f"{backbone.imagenet_size}x{backbone.imagenet_size} inputs; got {height}x{width}",
-                          stacklevel=3)
-        return _build_notop(backbone, input_size, "imagenet")
-    return _load_from_file(backbone, input_size, weights, weights_ordering)
-
-
-def _build_classifier_base(backbone: Backbone, input_size: Sequence[int], weights: str | None,
-                           weights_ordering: str = "auto"):
-    """The full model at `input_size` with its weights; a file must hold the classifier."""
-    weights = weights_argument(weights)
-    height, width = _check_size(backbone, input_size)
-    if weights == "imagenet":
-        trained = _build_full(backbone, input_size, "imagenet")  # Keras builds it at the default size only
-        if (height, width) == (backbone.default_size,) * 2:
-            return trained
-        model = _build_full(backbone, input_size, None)  # a pooling head: the same weights fit any size
-        weight_files.copy_weights(trained, model)
-        return model
-    model = _build_full(backbone, input_size, None)
-    if weights is None:
-        return model
-    _check_file(weights)
-    if weight_files.is_legacy_file(weights):
-        return _load_legacy(backbone, model, weights, weights_ordering, whole=True)
-    try:
-        weight_files.quietly(lambda: model.load_weights(weights))
-    except ValueError as error:
-        try:
-            weight_files.quietly(lambda: _build_notop(backbone, input_size, weights))
-        except ValueError:
-            raise WeightsDoNotFit(f"weights file {weights!r} does not fit {backbone.name} with its classifier: "
-                                  f"{' '.join(str(error).split())[:300]}") from None
-        raise NoClassifier(f"--predictions needs the full model's weights; {weights!r} holds no classifier "
-                           f"(an include_top=False file)") from None
-    return model
+    return list(applications.spatial_layers(model).items())
 
 
 # --------------------------------------------------------------------------- models
@@ -292,8 +117,9 @@ def build_pooled_model(backbone: Backbone | str, input_size: tuple[int, int], we
     (`weights_ordering`: a legacy file's kernel ordering, see `pipeline.model.weight_files`).
     Names follow the module docstring's rule.
     """
+    import keras
+
     backbone = get_backbone(backbone)
-    keras = _keras()
     poolings = _unique(poolings)
     if not poolings:
         raise ValueError(f"no pooling given; choose from: {', '.join(POOLINGS)}")
@@ -304,10 +130,10 @@ def build_pooled_model(backbone: Backbone | str, input_size: tuple[int, int], we
         raise ValueError(f"gem_p must be > 0; got {gem_p}")
     requested = [None] if not layers else _unique(layers)
 
-    base = _build_base(backbone, input_size, weights, weights_ordering)
+    base = applications.body_with_weights(backbone, input_size, weights, weights_ordering)
     final = base.layers[-1].name
     _FINAL_LAYERS.setdefault(backbone.name, final)
-    spatial = _spatial_layers(base)
+    spatial = applications.spatial_layers(base)
     unknown = [layer for layer in requested if layer is not None and layer not in spatial]
     if unknown:
         raise ValueError(f"{backbone.name} has no layer {', '.join(map(repr, unknown))} with a spatial "
@@ -315,8 +141,7 @@ def build_pooled_model(backbone: Backbone | str, input_size: tuple[int, int], we
     if None in requested and final in requested:  # the same layer twice under two spellings
         requested.remove(None)
 
-    from pipeline.model.layers import GeneralizedMeanPooling2D, L2Normalize
-
+    custom = custom_layers()
     count = len(requested) * len(poolings)
     outputs = {}
     for index, layer_name in enumerate(requested):
@@ -334,12 +159,12 @@ def build_pooled_model(backbone: Backbone | str, input_size: tuple[int, int], we
             elif pooling == "max":
                 pooled = keras.layers.GlobalMaxPooling2D(name=f"{tag}_pool", dtype="float32")(feature_map)
             else:
-                pooled = GeneralizedMeanPooling2D(p=gem_p, name=f"{tag}_pool", dtype="float32")(feature_map)
+                pooled = custom.GeneralizedMeanPooling2D(p=gem_p, name=f"{tag}_pool", dtype="float32")(feature_map)
             if post_norm is not None:
                 pooled = post_norm(pooled)
                 pooled = keras.layers.Activation("linear", name=f"{tag}_float32", dtype="float32")(pooled)
             if l2_normalize:
-                pooled = L2Normalize(name=f"{tag}_l2", dtype="float32")(pooled)
+                pooled = custom.L2Normalize(name=f"{tag}_l2", dtype="float32")(pooled)
             outputs[output_name(layer_name, pooling, count, final_layer=final)] = pooled
     return keras.Model(inputs=base.inputs[0], outputs=outputs, name=f"featurize_{backbone.name.lower()}")
 
@@ -356,18 +181,17 @@ def build_classifier_model(backbone: Backbone | str, input_size: tuple[int, int]
     legacy `.h5` in any layout and kernel ordering); a file without the classifier raises
     NoClassifier. A head that flattens a feature map (VGG) needs the default input size.
     """
+    import keras
+
     backbone = get_backbone(backbone)
-    keras = _keras()
-    full = _build_classifier_base(backbone, input_size, weights, weights_ordering)
+    full = applications.full_with_weights(backbone, input_size, weights, weights_ordering)
     classifier = [layer for layer in full.layers if layer.weights][-1]
     features = classifier.input
     if len(features.shape) > 2:  # MobileNet's 1x1 convolution classifiers take (N, 1, 1, D)
         features = keras.layers.Flatten(name="featurize_classifier_input")(features)
     embedding = keras.layers.Activation("linear", name="featurize_embedding", dtype="float32")(features)
     if l2_normalize:
-        from pipeline.model.layers import L2Normalize
-
-        embedding = L2Normalize(name="featurize_embedding_l2", dtype="float32")(embedding)
+        embedding = custom_layers().L2Normalize(name="featurize_embedding_l2", dtype="float32")(embedding)
     predictions = keras.layers.Activation("linear", name="featurize_predictions", dtype="float32")(full.outputs[0])
     return keras.Model(inputs=full.inputs[0], outputs={EMBEDDING: embedding, PREDICTIONS: predictions},
                        name=f"featurize_{backbone.name.lower()}_classifier")

@@ -34,8 +34,8 @@ class ClassIndexError(ValueError):
 def _keras_class_index() -> str:
     """Keras's cached class index, fetched into Keras's cache first when it is not there. Quietly:
     TensorFlow's start-up lines go to the log and Keras's "Downloading data from" line nowhere."""
-    from pipeline.model.runtime import tensorflow_without_jax
     from pipeline.logs import native_stderr_to_log
+    from pipeline.model.runtime import tensorflow_without_jax
 
     with native_stderr_to_log(), tensorflow_without_jax(), contextlib.redirect_stdout(io.StringIO()):
         import keras

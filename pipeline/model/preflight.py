@@ -14,13 +14,15 @@ import json
 import os
 from typing import Any
 
-from pipeline.model.failures import ModelLoadError, model_failure
+from pipeline.logs import native_stderr_to_log
+from pipeline.model.failures import as_model_load_error
 from pipeline.model.runtime import build_keras_model, tensorflow_without_jax
 from pipeline.model.spec import ModelSpec
-from pipeline.logs import native_stderr_to_log
 from pipeline.model.weights_cache import cache_dir
 
+
 def _marker(spec: ModelSpec) -> str:
+    """The cache file that says `spec`'s model was built here once (weights files by their sha256)."""
     fields: dict[str, Any] = {"backbone": spec.backbone, "input_size": list(spec.input_size),
                               "weights": spec.weights if spec.weights in (None, "imagenet") else spec.weights_sha256,
                               "layers": spec.layers, "precision": spec.precision,
@@ -35,13 +37,8 @@ def check_model(spec: ModelSpec) -> None:
     marker = _marker(spec)
     if spec.weights is None or os.path.exists(marker):
         return
-    try:
-        with native_stderr_to_log(), tensorflow_without_jax():
-            build_keras_model(spec)
-    except (ImportError, MemoryError):
-        raise
-    except Exception as exc:  # noqa: BLE001 - Keras raises bare Exception for a failed download
-        raise ModelLoadError(model_failure(spec, exc)) from exc
+    with as_model_load_error(spec), native_stderr_to_log(), tensorflow_without_jax():
+        build_keras_model(spec)
     os.makedirs(os.path.dirname(marker), exist_ok=True)
     with open(marker, "w") as handle:
         handle.write(json.dumps({"backbone": spec.backbone, "weights": spec.weights}))

@@ -1,7 +1,11 @@
-"""A backbone loaded and run outside Beam: build it from a ModelSpec, compile it for one batch shape,
-run it on uint8 batches (halving the batch on out-of-memory). The handler (pipeline.model.handler),
-`FeatureStore.embed` and the launcher's checks all use it; Keras and TensorFlow are imported inside
-the functions, never at module import.
+"""A backbone loaded and run outside Beam: Keras loaded for the chosen backend, the model built
+from a ModelSpec (`build_keras_model`), compiled for one batch shape and run on uint8 batches,
+halving the batch on out-of-memory (`build_feature_model`, `FeatureModel`).
+
+`load_feature_model` is what a worker calls (through `pipeline.model.handler`, the Beam face);
+`FeatureStore.embed`, the launcher's check (`pipeline.model.preflight`) and the benchmarks build
+with the same functions. Keras and TensorFlow are imported inside the functions, never at module
+import: a process sets KERAS_BACKEND and the thread caps (`limit_threads`) first.
 """
 from __future__ import annotations
 
@@ -14,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.model.failures import is_out_of_memory
+from pipeline.model import backbones, keras_models
+from pipeline.model.failures import as_model_load_error, is_out_of_memory
 from pipeline.model.spec import ModelSpec
 from pipeline.model.weights_cache import cache_dir, machine_lock, stage_weights
 
@@ -71,14 +76,31 @@ class FeatureModel:
     __call__ = infer
 
 
+def load_feature_model(spec: ModelSpec, batch_size: int, *, keras_backend: str = "tensorflow",
+                       intra_op_threads: int | None = None, jit_compile: bool = False) -> FeatureModel:
+    """On a worker whose environment is set (KERAS_BACKEND, thread variables): Keras loaded for
+    `keras_backend`, then `build_feature_model`. A model that cannot be built raises
+    ModelLoadError with one sentence (the job stops: a model is never data)."""
+    if keras_backend == "jax":
+        use_jax_compilation_cache()
+    with tensorflow_without_jax():
+        limit_threads(intra_op_threads)
+        import keras
+
+    if keras.backend.backend() != keras_backend:  # Keras was imported in this process before the handler ran
+        raise RuntimeError(f"keras_backend {keras_backend!r} was asked for, but Keras already runs on "
+                           f"{keras.backend.backend()!r} in this process; run on separate workers "
+                           f"(e.g. --direct_running_mode=multi_processing) or set KERAS_BACKEND")
+    with as_model_load_error(spec):
+        return build_feature_model(spec, batch_size, jit_compile)
+
+
 def build_keras_model(spec: ModelSpec):
     """The Keras model of `spec`: pooled features (keras_models.build_pooled_model), or with
     `spec.predictions` the full model's classifier input and output (build_classifier_model);
     with its weights: a weights file staged into this machine's cache, ImageNet weights
     downloaded by Keras under a machine-wide lock, random weights seeded."""
     import keras
-
-    from pipeline.model import backbones, keras_models
 
     backbone = backbones.get_backbone(spec.backbone)
     weights = spec.weights
@@ -111,8 +133,6 @@ def build_keras_model(spec: ModelSpec):
 def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = False) -> FeatureModel:
     """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
     import keras
-
-    from pipeline.model import backbones
 
     backbone = backbones.get_backbone(spec.backbone)
     model = build_keras_model(spec)

@@ -1,6 +1,7 @@
 """Weights files on shared storage: each worker copies a file once into a local cache keyed by sha256.
 
-`--weights` may be any URI Beam's FileSystems can open (`gs://`, `s3://`, `hdfs://`, local).
+`--weights` may be any URI Beam's FileSystems can open (`gs://`, `s3://`, `hdfs://`) or a local
+path (read without Beam: `pipeline.files.open_read`).
 The launcher hashes it (or takes `--weights-sha256`); every worker then looks the hash up in
 its machine's cache and, on a miss, copies the file under a machine-wide lock, verifies the
 hash and publishes it with an atomic rename, so the processes of one machine copy it once and
@@ -17,8 +18,7 @@ import posixpath
 import tempfile
 from typing import Iterator
 
-from apache_beam.io.filesystem import CompressionTypes
-from apache_beam.io.filesystems import FileSystems
+from pipeline import files
 
 CACHE_ENV = "FEATURIZE_CACHE"
 
@@ -27,11 +27,8 @@ _verified: set[str] = set()
 
 
 def cache_dir() -> str:
+    """featurize's cache on this machine ($FEATURIZE_CACHE, else ~/.cache/featurize/weights)."""
     return os.environ.get(CACHE_ENV) or os.path.join(os.path.expanduser("~"), ".cache", "featurize", "weights")
-
-
-def _open(uri: str):
-    return FileSystems.open(uri, compression_type=CompressionTypes.UNCOMPRESSED)
 
 
 def _chunks(handle) -> Iterator[bytes]:
@@ -39,8 +36,9 @@ def _chunks(handle) -> Iterator[bytes]:
 
 
 def sha256_of(uri: str) -> str:
+    """The sha256 of a file's bytes, read in 4 MiB chunks."""
     digest = hashlib.sha256()
-    with _open(uri) as handle:
+    with files.open_read(uri) as handle:
         for chunk in _chunks(handle):
             digest.update(chunk)
     return digest.hexdigest()
@@ -92,7 +90,7 @@ def _copy_verified(uri: str, sha256: str, directory: str, local: str) -> None:
     handle, partial = tempfile.mkstemp(dir=directory, prefix=".partial-")
     digest = hashlib.sha256()
     try:
-        with os.fdopen(handle, "wb") as target, _open(uri) as source:
+        with os.fdopen(handle, "wb") as target, files.open_read(uri) as source:
             for chunk in _chunks(source):
                 digest.update(chunk)
                 target.write(chunk)

@@ -10,13 +10,15 @@
 
 Rows are in shard order (shards sorted by name, rows in file order) for both formats, so
 row i of `embeddings()` belongs to `keys[i]`. Reading is the format's reader's job
-(pipeline.store.readers), ranking is pipeline.store.search's, the index is pipeline.store.index's. An indexed store
-answers from its index folder (memory-mapped) without decoding a shard, and a local store is read
-without importing Apache Beam (pipeline.files), so a search answers in well under a second.
+(pipeline.store.readers), ranking is pipeline.store.search's, the index is pipeline.store.index's
+(built by pipeline.store.indexing). An indexed store answers from its index folder (memory-mapped)
+without decoding a shard, and a local store is read without importing Apache Beam (pipeline.files),
+so a search answers in well under a second.
 """
 from __future__ import annotations
 
 import json
+import os
 from typing import Any, Iterator, Sequence
 
 import numpy as np
@@ -24,7 +26,8 @@ import pyarrow as pa
 
 from pipeline import files
 from pipeline.store.fingerprint import Fingerprint
-from pipeline.store.schema import ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST
+from pipeline.store.schema import (ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST,
+                                   VIRTUAL_STORE)
 from pipeline.store.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
 from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
 
@@ -39,6 +42,16 @@ def _missing_features(root: str, manifest: dict[str, Any]) -> list[str]:
     present = set(files.list_paths(files.join(root, FEATURES_DIR, "*")))
     return [path for path in manifest["files"]["features"]
             if files.join(root, path) not in present and not files.exists(files.join(root, path))]
+
+
+def _size(path: str) -> int | None:
+    """A file's size in bytes, None when it is not there (Beam's filesystems only for URIs)."""
+    if files.is_local(path):
+        return os.path.getsize(path) if os.path.isfile(path) else None
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([path])[0].metadata_list
+    return found[0].size_in_bytes if found else None
 
 
 def _string_scalar(text: str) -> pa.Scalar:
@@ -278,15 +291,22 @@ class FeatureStore:
         return self._models[len(pixels)](pixels)[self.output_name(output)].astype(self.fingerprint.dtype).astype(np.float32)
 
     # ------------------------------------------------------------------ errors
-    def errors(self):
+    def errors(self) -> pa.Table:
         """The error rows as a pyarrow Table (key, uri, stage, error_type, message)."""
         import pyarrow.parquet as pq
 
-        from pipeline.job.writer import ERROR_SCHEMA
         paths = ([files.join(self.root, p) for p in self.manifest["files"]["errors"]] if self.manifest
                  else files.list_paths(files.join(self.root, ERRORS_DIR, "*.parquet")))
         tables = []
         for path in paths:
             with files.open_read(path) as handle:
-                tables.append(pq.read_table(handle))
-        return pa.concat_tables(tables) if tables else ERROR_SCHEMA.empty_table()
+                tables.append(pq.ParquetFile(handle).read())  # not read_table: pyarrow.dataset imports pandas
+        # Not ERROR_SCHEMA.empty_table(): it imports pandas (a second), which reading errors does not need.
+        return pa.concat_tables(tables) if tables else pa.Table.from_batches([], schema=ERROR_SCHEMA)
+
+    def file_sizes(self) -> dict[str, int | None]:
+        """Every file of a finished store, relative to its root, in the manifest's order (features,
+        features.h5 for HDF5, errors, manifest.json), with its size in bytes (None: missing)."""
+        listed = self.manifest["files"]
+        names = [*listed["features"], *([VIRTUAL_STORE] if self.format == "hdf5" else []), *listed["errors"], MANIFEST]
+        return {name: _size(files.join(self.root, name)) for name in names}

@@ -1,14 +1,19 @@
 """`Fingerprint`: what decides a store's numbers, as one type.
 
-Built by `job.fingerprint` from a run's configuration, written as JSON into the manifest,
-`_featurize/store.json`, the Parquet schema and the HDF5 attributes, and parsed back by the
-store (`Fingerprint.from_json`). The conversions to the model and decode specs that embed a new
-image exactly as the store's rows were embedded live here, in one place.
+Built by the launcher (pipeline.job.launch) from a run's configuration, written as JSON into the
+manifest, `_featurize/store.json`, the Parquet schema and the HDF5 attributes, and parsed back by
+the store (`Fingerprint.from_json`). The conversions to the model and decode specs live here, in one
+place: the specs a run computes with and the specs that embed a new image exactly as the store's
+rows were embedded are the same (tests/store/test_fingerprint.py).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # both Beam-free, imported when a spec is made
+    from pipeline.images import DecodeSpec
+    from pipeline.model.spec import ModelSpec
 
 # What a reader needs; the model fields may be absent from stores of generated vectors (benches, tests).
 _REQUIRED = ("outputs", "dtype")
@@ -65,18 +70,18 @@ class Fingerprint:
             values[name] = tuple(values[name]) if values.get(name) else None
         return cls(**values)
 
-    def model_spec(self):
+    def model_spec(self) -> "ModelSpec":
         """The `ModelSpec` that computes this store's vectors (weights_sha256 makes the staging verify
         that a weights file is the one the store was made with)."""
-        from pipeline.model.spec import ModelSpec
+        from pipeline.model.spec import ModelSpec, weights_argument
 
         self._require_model()
-        return ModelSpec(self.backbone, self.input_size, None if self.weights == "none" else self.weights,
+        return ModelSpec(self.backbone, self.input_size, weights_argument(self.weights),
                          self.layers, self.pooling, self.gem_p or 3.0, self.l2_normalize,
                          weights_sha256=self.weights_sha256, precision=self.precision,
                          weights_ordering=self.weights_ordering or "auto", predictions=self.predictions)
 
-    def decode_spec(self, max_pixels: int | None):
+    def decode_spec(self, max_pixels: int | None) -> "DecodeSpec":
         """The `DecodeSpec` that turned the store's images into pixels (max_pixels is the run's
         configuration, not part of the fingerprint)."""
         from pipeline.images import DecodeSpec

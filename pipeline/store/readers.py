@@ -40,8 +40,13 @@ class StoreReader(Protocol):
 def _as_matrix(column, dim: int) -> np.ndarray:
     """A fixed_size_list Arrow column -> (rows, dim) float32 without a Python loop."""
     values = column.combine_chunks() if hasattr(column, "combine_chunks") else column
-    flat = values.flatten().to_numpy(zero_copy_only=False)
-    return flat.reshape(-1, dim).astype(np.float32, copy=False)
+    flat = values.flatten()
+    if flat.null_count or not pa.types.is_floating(flat.type):
+        data = flat.to_numpy(zero_copy_only=False)
+    else:  # a view of the Arrow buffer: Array.to_numpy imports pandas (a second), even for a zero-copy view
+        dtype = np.dtype(f"float{flat.type.bit_width}")
+        data = np.frombuffer(flat.buffers()[1], dtype, count=len(flat), offset=flat.offset * dtype.itemsize)
+    return data.reshape(-1, dim).astype(np.float32, copy=False)
 
 
 class ParquetReader:
@@ -60,8 +65,8 @@ class ParquetReader:
                 parquet = pq.ParquetFile(handle)
                 names = [name for name in parquet.schema_arrow.names if name not in self.outputs]
                 tables.append(parquet.read(columns=names).replace_schema_metadata(None))
-        return pa.concat_tables(tables) if tables else pa.table({"key": pa.array([], pa.string()),
-                                                                  "uri": pa.array([], pa.string())})
+        return pa.concat_tables(tables) if tables else pa.Table.from_batches(
+            [], schema=pa.schema([("key", pa.string()), ("uri", pa.string())]))
 
     def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         import pyarrow.parquet as pq
@@ -94,14 +99,31 @@ class ParquetReader:
         pass
 
 
+# Arrow arrays built from their buffers: pa.array() imports pandas (a second) on its first call, which
+# reading a store must not pay.
+def _numeric_array(values: np.ndarray) -> pa.Array:
+    values = np.ascontiguousarray(values)
+    return pa.Array.from_buffers(pa.from_numpy_dtype(values.dtype), len(values), [None, pa.py_buffer(values)])
+
+
+def _string_array(values: np.ndarray) -> pa.Array:
+    """UTF-8 strings (an HDF5 string dataset read as bytes) as an Arrow string array."""
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum(np.fromiter(map(len, values), np.int64, len(values)), out=offsets[1:])
+    if offsets[-1] >= 2 ** 31:  # beyond 32-bit offsets: let Arrow chunk it
+        return pa.array([value.decode("utf-8") for value in values], pa.string())
+    data = b"".join(values)
+    return pa.Array.from_buffers(pa.string(), len(values), [None, pa.py_buffer(offsets.astype(np.int32)),
+                                                            pa.py_buffer(data)])
+
+
 def _arrow_column(dataset) -> pa.Array:
     """An HDF5 dataset of N values (or N x K, as Parquet's fixed_size_list) as an Arrow array."""
     strings = dataset.dtype.kind == "O"
-    values = dataset.asstr()[:] if strings else dataset[:]
-    if values.ndim == 1:
-        return pa.array(values.tolist() if strings else values)
-    flat = pa.array(values.reshape(-1).tolist() if strings else values.reshape(-1))
-    return pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
+    values = dataset[:]
+    flat = values.reshape(-1)
+    flat = _string_array(flat) if strings else _numeric_array(flat)
+    return flat if values.ndim == 1 else pa.FixedSizeListArray.from_arrays(flat, values.shape[1])
 
 
 _PARQUET_ORDER = ["key", "uri", "width", "height", predictions.IDS, predictions.NAMES, predictions.SCORES]

@@ -17,8 +17,8 @@ import pytest
 from pipeline.job.config import ConfigError
 from pipeline.job.launch import run
 from tests.helpers.crash import error_keys, read_store, run_and_kill
-from tests.job.test_resume import LOCAL, featurize_args
-from tests.inputs.test_tfrecord import example, write
+from tests.helpers.runs import LOCAL, featurize_args
+from tests.helpers.tfrecords import example, write_tfrecord
 
 IN_MEMORY = "--direct_running_mode=in_memory"
 SERVER_WAIT_S = 20
@@ -36,7 +36,8 @@ def write_tfrecords(root: pathlib.Path, images, shards=3, suffix=".tfrecord", **
     for shard in range(shards):
         records = [example(**{"image/encoded": data, "image/filename": key.encode()})
                    for key, data in images[shard * per:(shard + 1) * per]]
-        write(root / f"train-{shard:05d}{suffix}", records, tf.io.TFRecordOptions(**options) if options else None)
+        writer_options = tf.io.TFRecordOptions(**options) if options else None
+        write_tfrecord(root / f"train-{shard:05d}{suffix}", records, writer_options)
     return f"{root}/train-*{suffix}"
 
 
@@ -138,8 +139,8 @@ def test_a_csv_list_of_urls_is_downloaded_and_a_404_is_an_error_row(http_folder,
 def test_duplicate_record_keys_across_shards_are_error_rows(small_weights, numbered, tmp_path):
     _, folder = numbered
     (key0, data0), (key1, data1), (_, data2) = folder_images(folder)[:3]
-    write(tmp_path / "a.tfrecord", [example(jpg=data0, key=b"same"), example(jpg=data1, key=b"only-a")])
-    write(tmp_path / "b.tfrecord", [example(jpg=data2, key=b"same"), example(label=[1], key=b"no-image")])
+    write_tfrecord(tmp_path / "a.tfrecord", [example(jpg=data0, key=b"same"), example(jpg=data1, key=b"only-a")])
+    write_tfrecord(tmp_path / "b.tfrecord", [example(jpg=data2, key=b"same"), example(label=[1], key=b"no-image")])
     manifest = run(featurize_args(f"{tmp_path}/*.tfrecord", tmp_path / "out", small_weights, "parquet", IN_MEMORY))
     assert sorted(read_store(tmp_path / "out", "parquet")) == ["only-a", "same"]
     errors = {row["key"]: row for row in pq.read_table(tmp_path / "out" / "errors").to_pylist()}

@@ -1,18 +1,14 @@
-"""Inputs: brace expansion, keys, input resolution, listing (skipped files, sniffing), tar streaming;
-and ReadImages, the library transform built on them."""
-import io
-import tarfile
-
+"""pipeline.inputs.listing: brace expansion, input resolution (dataset folders too), keys of plain
+files, listing (skipped files, sniffing, one listing per file however it is spelled)."""
 import apache_beam as beam
 import pytest
 from apache_beam.testing.test_pipeline import TestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
-from pipeline.elements import ImageRecord
-from pipeline.inputs.listing import (expand_braces, file_key, input_layout, list_inputs, read_tar_records, resolve_input,
-                              webdataset_key)
+from pipeline.inputs.listing import expand_braces, file_key, list_inputs, resolve_input
 from pipeline.job.units import shard_unit_id
 from pipeline.transforms import ReadImages
+from tests.helpers.tars import write_tar
 
 
 def test_expand_braces_numeric_range_keeps_zero_padding():
@@ -24,13 +20,6 @@ def test_expand_braces_lists_nested_and_literal():
     assert expand_braces("{a,b}/{1..2}.tar") == ["a/1.tar", "a/2.tar", "b/1.tar", "b/2.tar"]
     assert expand_braces("x{y}z") == ["x{y}z"]
     assert expand_braces("plain/path") == ["plain/path"]
-
-
-@pytest.mark.parametrize("member, key", [
-    ("a.jpg", "a"), ("dir/a.b.jpg", "dir/a"), ("./dir/sub/x.y.z.png", "dir/sub/x"), ("noext", "noext"),
-])
-def test_webdataset_key_cuts_at_first_dot_of_base_name(member, key):
-    assert webdataset_key(member) == key
 
 
 def test_resolve_input_layouts(tmp_path):
@@ -46,18 +35,6 @@ def test_resolve_input_layouts(tmp_path):
     assert tars.layout == "tar" and [p for p, _ in tars.patterns] == [f"{tmp_path}/s-{i}.tar" for i in range(3)]
     with pytest.raises(ValueError, match="mixes"):
         resolve_input(f"{tmp_path}/{{a.tar,b.jpg}}")
-
-
-@pytest.mark.parametrize("path, layout", [
-    ("tfds/mnist/3.0.1/mnist-train.tfrecord-00000-of-00001", "tfrecord"),  # TensorFlow Datasets' own names
-    ("mnist-train.tfrecord-00003-of-00016.gz", "tfrecord"), ("mnist-train.tfrecord-*", "tfrecord"),
-    ("mnist-train.tfrecord-*-of-00016", "tfrecord"), ("a.TFRecords-0000[0-3]-of-00004", "tfrecord"),
-    ("hub/data/train-00000-of-00002.parquet", "parquet"),                   # Hugging Face Hub shards
-    ("saved/data-00000-of-00001.arrow", "arrow"), ("saved/*/data-*.arrow", "arrow"),
-    ("notes.tfrecord-info.txt", "list"), ("photo.tfrecord-1.jpg", "files"), ("photos/", "files"),
-])
-def test_shard_layouts_by_name(path, layout):
-    assert input_layout(path) == layout
 
 
 def test_dataset_folders_resolve_to_their_shards(tmp_path):
@@ -126,129 +103,15 @@ def test_roots_sharing_relative_paths_give_distinct_keys(tmp_path, monkeypatch, 
     assert file_key("/data/a/001.jpg", "") == "data/a/001.jpg" != file_key("/mnt/b/001.jpg", "")
 
 
-def _tar(path, members):
-    with tarfile.open(path, "w") as archive:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size = len(data)
-            archive.addfile(info, io.BytesIO(data))
-
-
-def test_read_folder_keys_are_relative_posix_paths(tmp_path):
-    (tmp_path / "a" / "ü").mkdir(parents=True)
-    (tmp_path / "top.jpg").write_bytes(b"1")
-    (tmp_path / "a" / "ü" / "фото.png").write_bytes(b"2")
-    (tmp_path / "a" / "sidecar.json").write_bytes(b"{}")
-    with TestPipeline(runner="FnApiRunner") as p:
-        read = p | ReadImages(str(tmp_path))
-        assert_that(read["images"], equal_to([
-            ImageRecord("top.jpg", f"{tmp_path}/top.jpg", b"1"),
-            ImageRecord("a/ü/фото.png", f"{tmp_path}/a/ü/фото.png", b"2")]), label="images")
-        assert_that(read["errors"], equal_to([]), label="errors")
-
-
-def test_read_tar_shards_streams_samples_and_reports_missing_and_duplicate(tmp_path):
-    _tar(tmp_path / "s-0.tar", [("x/a.b.jpg", b"A"), ("x/a.b.json", b"{}"), ("c.png", b"C"), ("dup.jpg", b"D0"),
-                                ("c.png", b"C again")])  # tar allows a member name twice
-    _tar(tmp_path / "s-1.tar", [("d.jpg", b"D"), ("dup.png", b"D1")])
-    with TestPipeline(runner="FnApiRunner") as p:
-        read = p | ReadImages(f"{tmp_path}/s-{{0..2}}.tar")  # s-2.tar does not exist
-        images = read["images"] | "I" >> beam.Map(lambda r: (r.key, r.uri, r.data))
-        errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.uri, e.stage, e.error_type))
-        assert_that(images, equal_to([
-            ("x/a", f"{tmp_path}/s-0.tar#x/a.b.jpg", b"A"),
-            ("c", f"{tmp_path}/s-0.tar#c.png", b"C"),
-            ("dup", f"{tmp_path}/s-0.tar#dup.jpg", b"D0"),  # the first in shard order keeps a duplicated key
-            ("d", f"{tmp_path}/s-1.tar#d.jpg", b"D")]), label="images")
-        assert_that(errors, equal_to([
-            ("s-2.tar", f"{tmp_path}/s-2.tar", "read", "FileNotFoundError"),
-            ("c", f"{tmp_path}/s-0.tar#c.png", "read", "DuplicateKey"),
-            ("dup", f"{tmp_path}/s-1.tar#dup.png", "read", "DuplicateKey")]), label="errors")
-
-
-def test_truncated_shard_keeps_complete_members_and_reports_the_rest(tmp_path):
-    members = [(f"m{i}.jpg", bytes([i]) * 5000) for i in range(6)]
-    _tar(tmp_path / "whole.tar", members)
-    data = (tmp_path / "whole.tar").read_bytes()
-    (tmp_path / "cut.tar").write_bytes(data[: len(data) // 2])
-    (tmp_path / "whole.tar").unlink()
-    with TestPipeline(runner="FnApiRunner") as p:
-        read = p | ReadImages(f"{tmp_path}/cut.tar")
-        keys = read["images"] | "K" >> beam.Map(lambda r: r.key)
-        errors = read["errors"] | "E" >> beam.Map(lambda e: (e.key, e.stage))
-        assert_that(keys, equal_to(["m0", "m1", "m2"]), label="images")
-        assert_that(errors, equal_to([("m3", "read")]), label="errors")
-
-
-def test_tar_scan_failure_other_than_a_broken_shard_fails_loudly(tmp_path, monkeypatch):
-    """A broken shard is data (an error row); any other failure is a fault that must fail the bundle."""
-    from pipeline.inputs import listing as sources
-
-    _tar(tmp_path / "s.tar", [("a.jpg", b"A")])
-
-    def explode(*_):
-        raise MemoryError("not a shard problem")
-
-    monkeypatch.setattr(sources, "_open_raw", explode)
-    with pytest.raises(MemoryError):
-        sources.scan_tar_keys(str(tmp_path / "s.tar"))
-    with pytest.raises(MemoryError):
-        list(read_tar_records(str(tmp_path / "s.tar")))
-
-
-def test_read_uri_reads_files_and_tar_members(tmp_path):
-    from pipeline.inputs.listing import read_uri
-
-    (tmp_path / "odd#dir").mkdir()
-    _tar(tmp_path / "odd#dir" / "s.tar", [("a.jpg", b"A"), ("b#1.jpg", b"B")])
-    (tmp_path / "plain.jpg").write_bytes(b"P")
-    assert read_uri(f"{tmp_path}/plain.jpg") == b"P"
-    assert read_uri(f"{tmp_path}/odd#dir/s.tar#b#1.jpg") == b"B"
-    with pytest.raises(FileNotFoundError):
-        read_uri(f"{tmp_path}/odd#dir/s.tar#missing.jpg")
-
-
-def test_key_scan_sees_compressed_shards_whatever_their_name_and_reader_checks_the_count(tmp_path):
-    """A gzip stream named `.tar` is read by the reader (r|*): the scan must see its keys too, and a
-    reader that finds more image members than the scan saw refuses to go on."""
-    import gzip
-
-    from pipeline.elements import ScanMismatch
-    from pipeline.inputs.listing import scan_tar_keys
-
-    _tar(tmp_path / "plain.tar", [("a.jpg", b"A"), ("b.json", b"{}"), ("c.png", b"C")])
-    (tmp_path / "zipped.tar").write_bytes(gzip.compress((tmp_path / "plain.tar").read_bytes()))
-    assert scan_tar_keys(str(tmp_path / "zipped.tar")) == scan_tar_keys(str(tmp_path / "plain.tar")) == ["a", "c"]
-    assert [r.key for r in read_tar_records(str(tmp_path / "zipped.tar"), scanned=2)] == ["a", "c"]
-    with pytest.raises(ScanMismatch, match="saw 1 image members"):
-        list(read_tar_records(str(tmp_path / "zipped.tar"), scanned=1))
-
-
 def test_one_file_spelled_two_ways_is_listed_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    _tar(tmp_path / "a.tar", [("x.jpg", b"X")])
+    write_tar(tmp_path / "a.tar", [("x.jpg", b"X")])
     tars = list_inputs(resolve_input(f"{{a.tar,{tmp_path}/a.tar,./a.tar}}"))
     assert [uri for _, uri, _ in tars.inputs] == [str(tmp_path / "a.tar")]  # absolute, whichever the spelling
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.jpg").write_bytes(b"X")
     files = list_inputs(resolve_input(f"{{p/x.jpg,{tmp_path}/p/x.jpg}}"))
     assert len(files.inputs) == 1 and not files.duplicates
-
-
-def test_transient_failures_are_told_apart_from_unreadable_inputs():
-    import errno
-
-    from apache_beam.io.filesystem import BeamIOError
-
-    from pipeline.inputs.retries import is_transient
-
-    assert is_transient(ConnectionResetError(errno.ECONNRESET, "reset"))
-    assert is_transient(TimeoutError("read timed out"))
-    assert is_transient(OSError(errno.EIO, "Input/output error"))
-    assert is_transient(BeamIOError("Match operation failed", {"gs://b/x": "HttpError 503 Service Unavailable"}))
-    assert not is_transient(FileNotFoundError(errno.ENOENT, "No such file"))
-    assert not is_transient(PermissionError(errno.EACCES, "denied"))
-    assert not is_transient(tarfile.ReadError("unexpected end of data"))
 
 
 @pytest.mark.parametrize("pattern, layout, keys", [("*.jpg", "files", ["a.jpg", "b.jpg"]),

@@ -8,11 +8,12 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.inputs.record_shards import (PARQUET_BATCH_ROWS, check_record_fields, read_record_image, scan_record_keys,
-                                    shard_fields)
+                                           shard_fields)
 from pipeline.elements import ErrorRecord, ImageRecord, RecordFields, ScanMismatch, WorkUnit
-from pipeline.inputs.listing import file_key, list_inputs, read_uri, resolve_input, scan_unit_keys, unit_records
+from pipeline.inputs.listing import file_key, list_inputs, resolve_input
+from pipeline.inputs.reading import read_uri, scan_unit_keys, unit_records
 from tests.helpers.dataset_tools import hf_dataset, save_to_disk, write_hub_parquet
-from tests.inputs.test_tfrecord import example, write
+from tests.helpers.tfrecords import example, write_tfrecord
 
 
 def unit(layout, shard, name, fields=RecordFields()):
@@ -26,7 +27,7 @@ def as_tuples(items):
 
 def test_tfrecord_fields_follow_the_default_rules(tmp_path):
     shard = tmp_path / "a.tfrecord"
-    write(shard, [
+    write_tfrecord(shard, [
         example(**{"image/encoded": b"IMG0", "image/filename": b"cats/0.jpg"}),   # key from image/filename
         example(jpg=b"IMG1", key=b"k1", **{"image/filename": b"ignored.jpg"}),   # `key` wins over filename
         example(png=b"IMG2"),                                                       # no key field: SHARD:INDEX
@@ -46,14 +47,14 @@ def test_tfrecord_fields_follow_the_default_rules(tmp_path):
 
 def test_named_fields_override_the_defaults(tmp_path):
     shard = tmp_path / "a.tfrecord"
-    write(shard, [example(jpg=b"A", thumb=b"a", id=[7]), example(jpg=b"B", thumb=b"b")])
+    write_tfrecord(shard, [example(jpg=b"A", thumb=b"a", id=[7]), example(jpg=b"B", thumb=b"b")])
     got = as_tuples(unit_records(unit("tfrecord", shard, "a.tfrecord", RecordFields(image="thumb", key="id"))))
     assert got == [("ImageRecord", "7", "0", b"a"), ("ImageRecord", "a.tfrecord:1", "1", b"b")]
 
 
 def test_a_truncated_tfrecord_keeps_the_records_before_the_break(tmp_path):
     shard = tmp_path / "a.tfrecord"
-    write(shard, [example(jpg=b"A" * 50, key=f"k{i}".encode()) for i in range(3)])
+    write_tfrecord(shard, [example(jpg=b"A" * 50, key=f"k{i}".encode()) for i in range(3)])
     shard.write_bytes(shard.read_bytes()[:-20])
     got = list(unit_records(unit("tfrecord", shard, "a.tfrecord")))
     assert [item.key for item in got] == ["k0", "k1", "a.tfrecord:2"]
@@ -64,7 +65,7 @@ def test_a_truncated_tfrecord_keeps_the_records_before_the_break(tmp_path):
 
 def test_losers_become_duplicate_key_rows_and_a_longer_shard_than_scanned_is_refused(tmp_path):
     shard = tmp_path / "a.tfrecord"
-    write(shard, [example(jpg=b"A", key=b"same"), example(jpg=b"B", key=b"other")])
+    write_tfrecord(shard, [example(jpg=b"A", key=b"same"), example(jpg=b"B", key=b"other")])
     got = list(unit_records(unit("tfrecord", shard, "a.tfrecord"), {0: "b.tfrecord (image member 4)"}))
     assert isinstance(got[0], ErrorRecord) and got[0].error_type == "DuplicateKey"
     assert "b.tfrecord (image member 4)" in got[0].message and isinstance(got[1], ImageRecord)
@@ -109,7 +110,7 @@ def test_parquet_keys_without_a_key_column_are_positions(tmp_path):
 
 
 def test_a_record_uri_reads_back_its_image(tmp_path):
-    write(tmp_path / "a.tfrecord", [example(jpg=b"A"), example(jpg=b"B")])
+    write_tfrecord(tmp_path / "a.tfrecord", [example(jpg=b"A"), example(jpg=b"B")])
     parquet_shard(tmp_path / "p.parquet", [("x", b"X"), ("y", b"Y")])
     assert read_uri(f"{tmp_path}/a.tfrecord#1") == b"B"
     assert read_uri(f"{tmp_path}/p.parquet#0") == b"X"
@@ -277,7 +278,7 @@ def test_the_launcher_accepts_image_types_and_refuses_others_in_one_sentence(lay
 
 
 def test_a_tfrecord_image_feature_of_numbers_is_an_error_row(tmp_path):
-    write(tmp_path / "a.tfrecord", [example(image=[3, 4], key=b"k")])
+    write_tfrecord(tmp_path / "a.tfrecord", [example(image=[3, 4], key=b"k")])
     got = list(unit_records(unit("tfrecord", tmp_path / "a.tfrecord", "a.tfrecord")))
     assert as_tuples(got) == [("ErrorRecord", "k", "0", "WrongImageType")]
     assert "record 0's 'image' holds int64 values, not image bytes" in got[0].message

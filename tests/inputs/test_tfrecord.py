@@ -8,36 +8,19 @@ import pytest
 import tensorflow as tf
 
 from pipeline.inputs.tfrecord import TFRecordError, iter_records, parse_example
-
-
-def example(**features) -> bytes:
-    def feature(value):
-        if isinstance(value, bytes) or (isinstance(value, list) and value and isinstance(value[0], bytes)):
-            return tf.train.Feature(bytes_list=tf.train.BytesList(value=value if isinstance(value, list) else [value]))
-        if isinstance(value, float) or (isinstance(value, list) and value and isinstance(value[0], float)):
-            return tf.train.Feature(float_list=tf.train.FloatList(value=value if isinstance(value, list) else [value]))
-        return tf.train.Feature(int64_list=tf.train.Int64List(value=value if isinstance(value, list) else [value]))
-
-    return tf.train.Example(features=tf.train.Features(
-        feature={name: feature(value) for name, value in features.items()})).SerializeToString()
-
-
-def write(path, records, options=None):
-    with tf.io.TFRecordWriter(str(path), options) as writer:
-        for record in records:
-            writer.write(record)
+from tests.helpers.tfrecords import example, write_tfrecord
 
 
 def test_records_written_by_tensorflow_read_back_byte_for_byte(tmp_path):
     records = [b"", b"x", bytes(range(256)) * 300, example(key=b"a")]
-    write(tmp_path / "a.tfrecord", records)
+    write_tfrecord(tmp_path / "a.tfrecord", records)
     with open(tmp_path / "a.tfrecord", "rb") as handle:
         assert list(iter_records(handle)) == records
 
 
 def test_gzip_tfrecords_read_through_a_decompressing_handle(tmp_path):
     records = [example(key=f"k{i}".encode()) for i in range(5)]
-    write(tmp_path / "a.tfrecord.gz", records, tf.io.TFRecordOptions(compression_type="GZIP"))
+    write_tfrecord(tmp_path / "a.tfrecord.gz", records, tf.io.TFRecordOptions(compression_type="GZIP"))
     with gzip.open(tmp_path / "a.tfrecord.gz", "rb") as handle:
         assert list(iter_records(handle)) == records
 
@@ -64,7 +47,7 @@ def test_examples_parse_to_the_values_tensorflow_wrote():
 ])
 def test_a_truncated_or_corrupt_record_is_named_after_the_good_ones(tmp_path, damage, message):
     first, second = example(key=b"a"), example(key=b"b", data=b"z" * 100)
-    write(tmp_path / "a.tfrecord", [first, second])
+    write_tfrecord(tmp_path / "a.tfrecord", [first, second])
     data = damage((tmp_path / "a.tfrecord").read_bytes())
     read = []
     with pytest.raises(TFRecordError, match=message):

@@ -44,7 +44,7 @@ def test_find_duplicate_keys_reads_committed_units_kept_keys(tmp_path):
     import io
     import tarfile
 
-    from pipeline.job import journal
+    from pipeline.job.dedupe import save_kept_keys
 
     def tar(path, names):
         with tarfile.open(path, "w") as archive:
@@ -55,7 +55,7 @@ def test_find_duplicate_keys_reads_committed_units_kept_keys(tmp_path):
 
     tar(tmp_path / "a.tar", ["k1.jpg", "k2.jpg"])
     tar(tmp_path / "b.tar", ["k2.png", "k3.jpg", "notes.txt", "k9.jpg"])
-    journal.save_kept_keys(str(tmp_path / "_featurize" / "units" / "tar-old.x.keys.npy"), key_hashes(["k9"]))
+    save_kept_keys(str(tmp_path / "_featurize" / "units" / "tar-old.x.keys.npy"), key_hashes(["k9"]))
     old_entry = {"unit": "tar-old", "source": str(tmp_path / "old.tar"),
                  "files": {"keys": "_featurize/units/tar-old.x.keys.npy"}}
     units = [(WorkUnit("tar-a", "tar", str(tmp_path / "a.tar")), None),

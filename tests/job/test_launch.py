@@ -11,27 +11,14 @@ from pipeline.job.config import ConfigError
 from pipeline.model.runtime import build_feature_model
 from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec, decode_image
-from pipeline.job.launch import run
-from pipeline.job.writer import FINGERPRINT_KEY
-from tests.conftest import TEST_MODEL, TEST_SIZE
+from pipeline.store.schema import FINGERPRINT_KEY
+from tests.helpers.runs import MODES, TEST_MODEL, TEST_SIZE, check_metrics_match_counts, run_small
 from tests.helpers.samples import BOMB_MAX_PIXELS, webdataset_key
-
-MODES = {
-    "in_process": ["--direct_running_mode=in_memory"],
-    "multi_processing": ["--direct_running_mode=multi_processing", "--direct_num_workers=2"],
-}
-
 
 def read_parquet(out, prefix):
     files = sorted(glob.glob(f"{out}/{prefix}/*.parquet"))
     assert files, f"no {prefix} files in {out}"
     return pa.concat_tables([pq.read_table(f) for f in files]), files
-
-
-def run_small(input_path, out, weights, *extra):
-    return run(["--input", str(input_path), "--output", str(out), "--model", TEST_MODEL,
-                "--weights", weights, "--image-size", str(TEST_SIZE), "--batch-size", "8",
-                "--max-pixels", str(BOMB_MAX_PIXELS), *extra])
 
 
 def relative_l2(a, b):
@@ -83,24 +70,6 @@ def test_every_input_ends_in_exactly_one_place(layout, mode, sharing, zoo_sample
     check_metrics_match_counts(manifest)
 
 
-def check_metrics_match_counts(manifest):
-    """The runner's Beam metrics tell the same story as the files the manifest counted."""
-    counters, counts = manifest["metrics"]["counters"], manifest["counts"]
-    by_stage = counts["errors_by_stage"]
-    assert counters["inputs"] == counts["inputs"]
-    assert counters["rows"] == counts["rows"]
-    assert counters.get("decoded", 0) == counts["rows"] + by_stage["infer"]
-    assert counters.get("decode_errors", 0) == by_stage["decode"]
-    assert counters.get("read_errors", 0) == by_stage["read"]
-    assert counters.get("infer_errors", 0) == by_stage["infer"]
-    batch_sizes = manifest["metrics"]["distributions"]["batch_size"]
-    assert batch_sizes["count"] == counters["batches"] and batch_sizes["sum"] == counts["rows"]
-    assert manifest["metrics"]["distributions"]["inference_ms_per_image"]["count"] == counters["batches"]
-    stages = manifest["metrics"]["stages"]
-    assert stages["decode"]["images"] == counters["decoded"] and stages["infer"]["images"] == counts["rows"]
-    assert stages["infer"]["seconds"] > 0 and stages["infer"]["images_per_s"] > 0
-
-
 def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weights, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
@@ -118,22 +87,6 @@ def test_output_directory_is_protected_unless_overwrite(zoo_folder, small_weight
     (out / "features" / "my-notes.parquet").unlink()  # only featurize's files were removed
     features, _ = read_parquet(out, "features")
     assert features.num_rows == manifest["counts"]["rows"] > 0
-
-
-def test_beam_worker_flags_pass_through_and_size_the_thread_pools(monkeypatch):
-    from pipeline.job.config import RunConfig
-    from pipeline.job.launch import local_workers, pipeline_options, tf_threads_per_worker
-
-    monkeypatch.setattr("os.cpu_count", lambda: 8)
-    options = pipeline_options(["--direct_num_workers=4"])
-    assert local_workers(options) == 4
-    config = RunConfig(input="i", output="o")
-    assert tf_threads_per_worker(config, options) == 2
-    assert local_workers(pipeline_options(["--direct_running_mode=multi_processing",
-                                           "--direct_num_workers=0"])) == 8
-    assert local_workers(pipeline_options([])) == 8
-    assert tf_threads_per_worker(RunConfig(input="i", output="o", model_sharing="machine"), options) == 8
-    assert local_workers(pipeline_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"])) is None
 
 
 def test_files_not_read_are_listed_as_skipped_and_inspect_shows_them(small_weights, tmp_path, capsys):
@@ -168,7 +121,7 @@ def test_files_not_read_are_listed_as_skipped_and_inspect_shows_them(small_weigh
 def test_transient_read_faults_are_retried_not_recorded(layout, numbered, small_weights, tmp_path, monkeypatch):
     """Connection resets on open and a timeout in the middle of a shard: the unit is read again, and the
     store equals a run without faults (no read error rows)."""
-    from tests import flaky
+    from tests.helpers import flaky
 
     monkeypatch.setattr("pipeline.inputs.retries.RETRY_BACKOFF_S", 0.01)
     shards, folder = numbered
@@ -189,7 +142,7 @@ def test_transient_read_faults_are_retried_not_recorded(layout, numbered, small_
 
 def test_a_fault_that_persists_fails_the_run_and_commits_nothing_of_that_unit(numbered, small_weights, tmp_path,
                                                                                 monkeypatch):
-    from tests import flaky
+    from tests.helpers import flaky
 
     monkeypatch.setattr("pipeline.inputs.retries.RETRY_BACKOFF_S", 0.01)
     _, folder = numbered
@@ -226,3 +179,47 @@ def test_local_output_and_weights_become_absolute_so_workers_elsewhere_find_them
     assert (remote.output, remote.weights) == ("gs://b/out", "gs://b/w.h5")
     for named in ("imagenet", "none"):
         assert with_absolute_paths(RunConfig(input="in", output="gs://b/out", weights=named)).weights == named
+
+
+def test_the_launchers_fingerprint_is_built_once_and_gives_both_specs(tmp_path):
+    """The fingerprint JSON a run writes keeps its keys and order (old stores resume), and the model and
+    decode specs the workers compute with are the fingerprint's own: the store's parse gives the same."""
+    import dataclasses
+
+    from pipeline.job.config import parse_run_args
+    from pipeline.job.launch import run_fingerprint
+    from pipeline.store.fingerprint import Fingerprint
+
+    legacy = tmp_path / "legacy.h5"  # only its name and given sha256 are used here
+    legacy.write_bytes(b"")
+
+    def config_of(*flags):
+        return parse_run_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), *flags])[0]
+
+    config = config_of("--model", "MobileNetV3Small", "--weights", str(legacy), "--weights-ordering", "th",
+                       "--image-size", "64x80", "--layers", "expanded_conv_project_bn", "--pooling", "gem,max",
+                       "--gem-p", "2.5", "--l2-normalize", "--precision", "mixed_float16", "--resize", "center-crop",
+                       "--interpolation", "bicubic", "--max-pixels", "5000000", "--no-jpeg-draft",
+                       "--no-exif-transpose", "--dtype", "float16")
+    fingerprint = run_fingerprint(config, {"embedding": 8}, "cd" * 32)
+    document = fingerprint.to_json()
+    assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
+                              "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "preprocess",
+                              "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",
+                              "keras_backend", "versions"]
+    assert document["input_size"] == [64, 80] and document["pooling"] == ["gem", "max"]
+    assert fingerprint.model_spec() == ModelSpec(
+        "MobileNetV3Small", (64, 80), str(legacy), ("expanded_conv_project_bn",), ("gem", "max"), 2.5, True,
+        weights_sha256="cd" * 32, precision="mixed_float16", weights_ordering="th", predictions=0)
+    assert fingerprint.decode_spec(config.max_pixels) == DecodeSpec(64, 80, "center-crop", "bicubic", 5_000_000,
+                                                                    False, False)
+    stored = Fingerprint.from_json(document)
+    assert stored.model_spec() == fingerprint.model_spec()
+    assert stored.decode_spec(config.max_pixels) == fingerprint.decode_spec(config.max_pixels)
+    # "none" is stored as typed and computes with no weights file; no sha256, no kernel ordering
+    random_init = run_fingerprint(config_of("--weights", "none", "--predictions", "5"), {"embedding": 8}, None)
+    assert (random_init.weights, random_init.weights_ordering, random_init.predictions) == ("none", None, 5)
+    assert random_init.model_spec().weights is None and random_init.model_spec().weights_ordering == "auto"
+    # without a GeM pooling p decides nothing: not stored, and the spec carries the default
+    no_gem = run_fingerprint(config_of("--pooling", "avg", "--gem-p", "2"), {"embedding": 8}, None)
+    assert no_gem.gem_p is None and no_gem.model_spec() == dataclasses.replace(no_gem.model_spec(), gem_p=3.0)

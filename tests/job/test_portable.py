@@ -20,12 +20,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job.writer import FINGERPRINT_KEY
+from pipeline.store.schema import FINGERPRINT_KEY
 from pipeline.store.feature_store import FeatureStore
-from tests.conftest import TEST_MODEL, TEST_SIZE
+from tests.helpers.runs import TEST_MODEL, TEST_SIZE, check_metrics_match_counts
 from tests.helpers.portable import REPO, LocalCluster, free_port, run_bounded
 from tests.helpers.samples import BOMB_MAX_PIXELS
-from tests.job.test_launch import check_metrics_match_counts
 
 SUBMIT_TIMEOUT_S = 600  # a worker that cannot start hangs a job ~300 s: fail with the logs instead
 

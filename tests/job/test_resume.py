@@ -17,18 +17,9 @@ import pytest
 
 from pipeline.job.config import ConfigError
 from pipeline.job.launch import run
-from tests.conftest import N_SHARDS, TEST_MODEL, TEST_SIZE
+from tests.helpers.runs import IN_MEMORY, LOCAL, N_SHARDS, featurize_args
 from tests.helpers.crash import error_keys, read_store, run_and_kill
 from tests.helpers.samples import _encode, _rgb
-
-LOCAL = ["--direct_running_mode=multi_processing", "--direct_num_workers=2"]
-IN_MEMORY = ["--direct_running_mode=in_memory"]
-
-
-def featurize_args(source, out, weights, fmt="parquet", *extra):
-    return ["--input", str(source), "--output", str(out), "--model", TEST_MODEL, "--weights", weights,
-            "--image-size", str(TEST_SIZE), "--batch-size", "4", "--format", fmt, "--no-progress", *extra]
-
 
 @pytest.fixture(scope="module")
 def reference(numbered_reference):

@@ -22,7 +22,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import TEST_MODEL, TEST_SIZE
+from tests.helpers.runs import TEST_MODEL, TEST_SIZE
 from tests.helpers.crash import KILL_WAIT_S, REPO, group_alive
 from tests.helpers.samples import _encode, _rgb
 
@@ -69,6 +69,14 @@ def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
 
 
+def _ctrl_c(proc: subprocess.Popen) -> tuple[str, str, float]:
+    """SIGINT to the run's process group, as a terminal sends it: its output and the seconds it took to end."""
+    pressed = time.monotonic()
+    os.killpg(proc.pid, signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=STOP_S)
+    return stdout, stderr, time.monotonic() - pressed
+
+
 def _kill(proc: subprocess.Popen) -> None:
     """Whatever happened: no process of the run is left."""
     if group_alive(proc.pid):
@@ -103,10 +111,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
     try:
         _wait(lambda: _journal(out) and (marker / "unit-commit").exists(), proc,
               "a unit was committed and a worker held in the next commit")
-        pressed = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=STOP_S)
-        took = time.monotonic() - pressed
+        stdout, stderr, took = _ctrl_c(proc)
     finally:
         _kill(proc)
     print(f"one Ctrl-C: exit {proc.returncode} after {took:.2f} s")
@@ -140,10 +145,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
               "the resumed run committed a unit and held in the next commit")
         os.killpg(proc.pid, signal.SIGINT)
         _wait(lambda: (marker / "ctrl-c-stop").exists(), proc, "the orderly stop began", timeout=STOP_S)
-        pressed = time.monotonic()
-        os.killpg(proc.pid, signal.SIGINT)
-        stdout, stderr = proc.communicate(timeout=STOP_S)
-        took = time.monotonic() - pressed
+        stdout, stderr, took = _ctrl_c(proc)
     finally:
         _kill(proc)
     print(f"second Ctrl-C: exit {proc.returncode} after {took:.2f} s")

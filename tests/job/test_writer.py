@@ -1,4 +1,4 @@
-"""Writing a store: a unit's rows and errors committed whole (UnitWriter), and the manifest's counts."""
+"""Writing a unit: its rows and errors committed whole (UnitWriter); the schemas it writes."""
 import json
 
 import numpy as np
@@ -6,11 +6,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.job import journal
 from pipeline.elements import ErrorRecord
-from pipeline.job.writer import ERROR_SCHEMA, FINGERPRINT_KEY, MANIFEST, UnitWriter, feature_schema, finalize_store
-
-FINGERPRINT = {"backbone": "X", "outputs": {"embedding": 4}, "dtype": "float32"}
+from pipeline.job import journal
+from pipeline.job.writer import UnitWriter
+from pipeline.store.schema import ERROR_SCHEMA, FINGERPRINT_KEY, feature_schema
+from tests.helpers.units import FINGERPRINT, row, write_unit
 
 
 def test_feature_schema_types_and_fingerprint():
@@ -18,21 +18,6 @@ def test_feature_schema_types_and_fingerprint():
     assert schema.field("embedding").type == pa.list_(pa.float16(), 8)
     assert schema.field("width").type == pa.int32()
     assert json.loads(schema.metadata[FINGERPRINT_KEY]) == {"backbone": "X"}
-
-
-def row(i):
-    return {"key": f"k{i}", "uri": f"u{i}", "width": i, "height": 2 * i,
-            "embedding": np.arange(4, dtype=np.float32) + i}
-
-
-def write_unit(out, unit_id, rows, errors, fmt="parquet"):
-    writer = UnitWriter(str(out), unit_id, fmt, FINGERPRINT)
-    for i in rows:
-        writer.add_row(row(i))
-    for key in errors:
-        writer.add_error(ErrorRecord(key, key, "decode", "E", "m"))
-    return writer.commit({"layout": "files", "source": "", "inputs": len(rows) + len(errors),
-                          "keys": [f"k{i}" for i in rows] + list(errors)})
 
 
 def test_a_unit_is_committed_with_its_rows_errors_and_journal_entry(tmp_path, monkeypatch):
@@ -91,35 +76,6 @@ def test_a_unit_whose_counts_do_not_add_up_is_never_committed(tmp_path):
     assert journal.read_journal(str(tmp_path), "files-c") is None
 
 
-@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
-def test_manifest_counts_every_committed_unit(tmp_path, fmt):
-    import h5py
-
-    write_unit(tmp_path, "files-1", range(3), ["x"], fmt)
-    write_unit(tmp_path, "files-2", range(3, 5), [], fmt)
-    template = {"format": fmt, "fingerprint": FINGERPRINT, "counts": {"reused": 4, "skipped": 1, "removed": 0}}
-    document = finalize_store(str(tmp_path), template, started_at=0.0, expected_units=["files-2"])
-    assert json.loads((tmp_path / MANIFEST).read_text()) == document
-    assert document["counts"] == {"inputs": 6, "rows": 5, "errors": 1, "reused": 4, "skipped": 1, "removed": 0,
-                                  "errors_by_stage": {"read": 0, "decode": 1, "infer": 0, "write": 0}}
-    entries = journal.committed_units(str(tmp_path))
-    assert document["files"] == {"features": [entries["files-1"]["files"]["features"],
-                                              entries["files-2"]["files"]["features"]],
-                                 "errors": [entries["files-1"]["files"]["errors"]]}
-    assert document["units"] == {"committed": 2, "processed": 1}
-    if fmt == "hdf5":
-        with h5py.File(tmp_path / "features.h5") as store:
-            assert store["key"].asstr()[:].tolist() == [f"k{i}" for i in range(5)]
-            assert np.array_equal(store["embedding"][:], np.stack([row(i)["embedding"] for i in range(5)]))
-
-
-def test_manifest_refuses_when_a_unit_of_the_run_is_not_committed(tmp_path):
-    write_unit(tmp_path, "files-1", range(3), [])
-    with pytest.raises(RuntimeError, match="1 work units were not committed.*--resume"):
-        finalize_store(str(tmp_path), {"format": "parquet", "fingerprint": FINGERPRINT}, 0.0, ["files-1", "files-9"])
-    assert not (tmp_path / MANIFEST).exists()
-
-
 def test_error_schema_reads_back_with_pandas(tmp_path):
     import pandas as pd
 
@@ -145,7 +101,8 @@ class NoPandas:  # as if pandas were not installed
 
 sys.meta_path.insert(0, NoPandas())
 import numpy as np
-from pipeline.job.writer import feature_schema, rows_to_table
+from pipeline.job.writer import rows_to_table
+from pipeline.store.schema import feature_schema
 schema = feature_schema({{"embedding": 3}}, "{dtype}", {{}})
 rows = [{{"key": "a", "uri": "u", "width": 1, "height": 2, "embedding": np.array([1, 2, 3], np.float32)}}]
 table = rows_to_table(rows, schema)
@@ -153,5 +110,5 @@ print(table.column("embedding").type, table.column("embedding").to_pylist())
 """
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-2000:]
-    assert out.stdout.split() == [f"fixed_size_list<item:", f"{'halffloat' if dtype == 'float16' else 'float'}>[3]",
+    assert out.stdout.split() == ["fixed_size_list<item:", f"{'halffloat' if dtype == 'float16' else 'float'}>[3]",
                                   "[[1.0,", "2.0,", "3.0]]"]

@@ -10,7 +10,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import backbones  # noqa: E402
+from pipeline.model import backbones  # noqa: E402
 from pipeline.model.backbones import BACKBONES  # noqa: E402
 from tests.helpers.keras_helpers import images, keras_preprocess  # noqa: E402
 
@@ -84,14 +84,6 @@ def test_get_backbone():
     assert "ResNet5'" in str(error.value) and "ResNet50" in str(error.value) and "Xception" in str(error.value)
 
 
-def test_weights_argument():
-    assert backbones.weights_argument("imagenet") == "imagenet"
-    for none in ("none", "None", "", None):
-        assert backbones.weights_argument(none) is None
-    assert backbones.weights_argument("/m/resnet.weights.h5") == "/m/resnet.weights.h5"
-    assert backbones.weights_argument("/m/resnet50_notop.h5") == "/m/resnet50_notop.h5"
-
-
 def test_model_summary_rows():
     rows = backbones.model_summary_rows()
     assert [row["name"] for row in rows] == list(BACKBONES)
@@ -106,7 +98,7 @@ def test_model_summary_rows():
 
 def test_module_imports_neither_keras_tensorflow_nor_beam():
     code = ("import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('bb', {str(ROOT / 'pipeline' / 'backbones.py')!r})\n"
+            f"spec = importlib.util.spec_from_file_location('bb', {str(ROOT / 'pipeline' / 'model' / 'backbones.py')!r})\n"
             "module = sys.modules['bb'] = importlib.util.module_from_spec(spec)\n"
             "spec.loader.exec_module(module)\n"
             "assert len(module.BACKBONES) == 40\n"

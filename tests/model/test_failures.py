@@ -1,7 +1,9 @@
-"""Poison inputs isolated by bisection; out-of-memory errors recognised on every backend."""
+"""Poison inputs isolated by bisection; out-of-memory errors recognised on every backend; a model
+that cannot be built is one sentence."""
 import pytest
 
-from pipeline.model.failures import is_out_of_memory, isolate_failures
+from pipeline.model.failures import ModelLoadError, as_model_load_error, is_out_of_memory, isolate_failures
+from pipeline.model.spec import ModelSpec
 
 
 class Poisoned(Exception):
@@ -70,6 +72,24 @@ def test_tensorflow_out_of_memory_is_recognised():
     assert is_out_of_memory(tf.errors.ResourceExhaustedError(None, None, "OOM when allocating"))
 
 
+def test_a_model_that_cannot_be_built_raises_its_one_sentence_and_keeps_the_cause():
+    spec = ModelSpec("ResNet50", (64, 48), "/m/other.weights.h5")
+    cause = ValueError("as an include_top=False file: Layer count mismatch")
+    with pytest.raises(ModelLoadError) as error:
+        with as_model_load_error(spec):
+            raise cause
+    assert error.value.sentence == ("weights '/m/other.weights.h5' do not fit ResNet50 at 64x48 (Layer count "
+                                    "mismatch); give a weights file saved from ResNet50, or --weights imagenet or none")
+    assert error.value.__cause__ is cause
+
+
+@pytest.mark.parametrize("exc", [ImportError("No module named 'tensorflow'"), MemoryError()])
+def test_a_missing_extra_and_a_full_host_pass_as_they_are(exc):
+    with pytest.raises(type(exc)):
+        with as_model_load_error(ModelSpec("ResNet50", (64, 64), None)):
+            raise exc
+
+
 def clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, batch_size, wrap, white=None):
     """Nine or ten small PNGs (`white`: the position of an all-white one) featurized twice in
     this process: with the real model, then with the model `wrap` returns for it. Returns both
@@ -80,7 +100,7 @@ def clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, batch_size, wra
 
     from pipeline.model.handler import KerasBackboneHandler
     from pipeline.job.launch import run
-    from tests.conftest import TEST_MODEL, TEST_SIZE
+    from tests.helpers.runs import TEST_MODEL, TEST_SIZE
 
     rng = np.random.default_rng(4)
     (tmp_path / "in").mkdir()

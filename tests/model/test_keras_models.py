@@ -12,8 +12,9 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import backbones, keras_models  # noqa: E402
+from pipeline.model import backbones, keras_models  # noqa: E402
 from pipeline.model.backbones import BACKBONES, POOLINGS  # noqa: E402
+from tests.helpers.backbone_checks import check_backbone_builds_with_its_registered_dim  # noqa: E402
 from tests.helpers.keras_helpers import images, keras_preprocess, relative_l2, save_legacy_h5  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,24 +28,6 @@ PARITY_SIZE = 80  # >= every parity model's minimum (InceptionV3: 75)
 # --------------------------------------------------------------------------- every model
 
 
-def check_backbone_builds_with_its_registered_dim(name):
-    """Smallest legal input, weights=None: avg and max give `dim`; one size smaller is refused."""
-    import keras
-
-    backbone = BACKBONES[name]
-    side = backbone.min_size
-    with pytest.raises(ValueError):  # min_size really is Keras' minimum (refused before building)
-        getattr(keras.applications, name)(include_top=False, weights=None, input_shape=(side - 1, side - 1, 3))
-    model = keras_models.build_pooled_model(backbone, (side, side), None, poolings=["avg", "max"])
-    final = keras_models.default_layer(backbone)
-    out = model(backbones.preprocess_batch(backbone, images(1, side)))
-    assert sorted(out) == sorted([f"{final}/avg", f"{final}/max"])
-    for value in out.values():
-        value = np.asarray(value)
-        assert value.shape == (1, backbone.dim) and value.dtype == np.float32
-        assert np.isfinite(value).all()
-
-
 # Building 40 backbones takes minutes of one core (Python builds layer by layer), and the CI machine has
 # two: a helper process checks the second half of the list while this one checks the first. Each test
 # of that half waits for its backbone's outcome and fails with the helper's traceback.
@@ -52,28 +35,11 @@ HELPER_HALF = sorted(BACKBONES)[len(BACKBONES) // 2:]
 HELPER_WAIT_S = 600
 
 
-def check_backbones_in_helper(out_dir: str, names: list[str]) -> None:
-    """The helper's work: `out_dir/NAME` holds "" when NAME passed, else the traceback."""
-    import traceback
-
-    import keras
-
-    for name in names:
-        try:
-            check_backbone_builds_with_its_registered_dim(name)
-            outcome = ""
-        except BaseException:  # noqa: BLE001 - reported to the test of this backbone
-            outcome = traceback.format_exc()
-        keras.backend.clear_session()
-        Path(out_dir, f"{name}.tmp").write_text(outcome)
-        os.replace(Path(out_dir, f"{name}.tmp"), Path(out_dir, name))
-
-
 class BackboneHelper:
     def __init__(self, out_dir: Path, names: list[str]):
         self.out_dir, self.log = out_dir, out_dir / "helper.log"
         code = ("import sys\n"
-                "from tests.model.test_keras_models import check_backbones_in_helper\n"
+                "from tests.helpers.backbone_checks import check_backbones_in_helper\n"
                 "check_backbones_in_helper(sys.argv[1], sys.argv[2:])\n")
         with open(self.log, "w") as log:
             self.process = subprocess.Popen([sys.executable, "-c", code, str(out_dir), *names], cwd=str(ROOT),
@@ -326,7 +292,8 @@ def test_output_name_rule():
 def test_modules_import_neither_keras_tensorflow_nor_beam():
     """The launcher imports these eagerly; the workers set KERAS_BACKEND before Keras loads."""
     code = ("import sys\n"
-            "import pipeline.model.keras_models, pipeline.model.weight_files\n"
+            "import pipeline.model.keras_models, pipeline.model.applications, pipeline.model.layers\n"
+            "import pipeline.model.weight_files\n"
             "bad = [m for m in ('keras', 'tensorflow', 'apache_beam', 'jax', 'torch') if m in sys.modules]\n"
             "assert not bad, bad\n")
     subprocess.run([sys.executable, "-c", code], check=True, cwd=str(ROOT))

@@ -11,7 +11,7 @@ import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from pipeline import backbones, keras_models, weight_files  # noqa: E402
+from pipeline.model import backbones, keras_models, weight_files  # noqa: E402
 from pipeline.job.config import ConfigError  # noqa: E402
 from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit  # noqa: E402
 from tests.helpers.keras_helpers import images  # noqa: E402

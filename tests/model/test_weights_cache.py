@@ -97,7 +97,7 @@ def test_a_corrupted_cache_of_a_changed_source_is_refused_and_removed(tmp_path, 
 
 def test_run_stages_weights_through_the_cache_and_checks_the_given_digest(
         zoo_folder, small_weights, tmp_path, cache):
-    from tests.store.test_feature_store import featurize
+    from tests.helpers.runs import featurize
 
     digest = hashlib.sha256(open(small_weights, "rb").read()).hexdigest()
     manifest = featurize(zoo_folder, tmp_path / "out", small_weights, "--weights-sha256", digest)

@@ -5,9 +5,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.store.index import build_index
+from pipeline.store.indexing import build_index
 from pipeline.store.feature_store import FeatureStore
-from tests.store.test_index import clustered, generated_store
+from tests.helpers.stores import clustered, generated_store
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 

@@ -9,7 +9,7 @@ from pipeline.store.feature_store import FeatureStore
 
 @pytest.fixture(scope="module")
 def store(tmp_path_factory, zoo_folder, small_weights):
-    from tests.store.test_feature_store import featurize
+    from tests.helpers.runs import featurize
 
     out = tmp_path_factory.mktemp("interop") / "out"
     featurize(zoo_folder, out, small_weights)

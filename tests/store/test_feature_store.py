@@ -1,16 +1,19 @@
-"""FeatureStore over real runs: both formats agree, search is exact, readers see the same numbers."""
+"""FeatureStore over real runs: both formats agree, search is exact, readers see the same numbers, and
+reading a store (`featurize inspect` included) imports neither Beam nor TensorFlow nor pandas."""
+import os
 import re
 import shutil
+import subprocess
+import sys
 
 import h5py
 import numpy as np
 import pytest
 
-from pipeline.job.writer import finalize_store
+from pipeline.job.manifest import finalize_store
 from pipeline.store.feature_store import FeatureStore, IncompleteStore
-from tests.conftest import TEST_MODEL, TEST_SIZE
-from tests.job.test_launch import MODES, run_small
-from tests.job.test_writer import FINGERPRINT, row, write_unit
+from tests.helpers.runs import TEST_MODEL, TEST_SIZE, featurize
+from tests.helpers.units import FINGERPRINT, row, write_unit
 
 INTERMEDIATE = "expanded_conv_project_bn"
 
@@ -19,11 +22,6 @@ def layer_dims():
     from pipeline.model import keras_models
 
     return dict(keras_models.list_layers(TEST_MODEL, (TEST_SIZE, TEST_SIZE))), keras_models.default_layer(TEST_MODEL)
-
-
-def featurize(source, out, weights, *extra):
-    """A small run on the in-process runner (the shared settings live in test_job.run_small)."""
-    return run_small(source, out, weights, *MODES["in_process"], *extra)
 
 
 @pytest.fixture(scope="module")
@@ -184,3 +182,40 @@ def test_columns_the_reader_does_not_know_are_ignored(tmp_path, fmt, monkeypatch
     for i in range(6):
         np.testing.assert_array_equal(store.get(f"k{i}"), expected[i])
     assert store.search(expected[4], k=1, metric="l2").keys == [["k4"]]
+
+
+READ_PATH_NEVER_LOADS = ("apache_beam", "tensorflow", "keras", "pandas")
+
+
+def run_fresh(script):
+    """Run `script` in a fresh interpreter; returns its stdout lines, the last being the heavy modules it loaded."""
+    done = subprocess.run([sys.executable, "-c", f"import sys\n{script}\n"
+                           f"print(sorted(m for m in {READ_PATH_NEVER_LOADS!r} if m in sys.modules))"],
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout.splitlines()
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_featurize_inspect_imports_no_beam_and_sizes_the_stores_files(stores, fmt):
+    root = stores[fmt].root
+    lines = run_fresh(f"from pipeline.cli import main\nassert main(['inspect', {root!r}]) == 0")
+    assert lines[-1] == "[]", f"featurize inspect loaded {lines[-1]}"
+    assert lines[0] == f"store      {root}  ({fmt}, complete)"
+    table = lines[lines.index("files") + 3:-1]
+    manifest = stores[fmt].manifest
+    listed = [*manifest["files"]["features"], *(["features.h5"] if fmt == "hdf5" else []),
+              *manifest["files"]["errors"], "manifest.json"]
+    assert [line.split()[0] for line in table] == listed
+    assert [int(line.split()[1]) for line in table] == [os.path.getsize(os.path.join(root, name)) for name in listed]
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_reading_a_store_and_its_error_rows_imports_no_beam(stores, fmt):
+    store = stores[fmt]
+    lines = run_fresh(f"from pipeline.store.feature_store import FeatureStore\n"
+                      f"store = FeatureStore.open({store.root!r})\n"
+                      f"print(len(store.keys), store.embeddings().shape, store.rows.num_rows, store.errors().num_rows)")
+    assert lines[-1] == "[]", f"reading a store loaded {lines[-1]}"
+    errors = store.manifest["counts"]["errors"]
+    assert lines[0] == f"19 (19, 576) 19 {errors}" and store.errors().num_rows == errors

@@ -1,11 +1,12 @@
 """Fingerprint: the JSON stores hold round-trips key for key, and it converts to the model and decode specs."""
+
 import pytest
 
 from pipeline.job.config import parse_run_args
 from pipeline.store.fingerprint import Fingerprint
 from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec
-from pipeline.job.launch import fingerprint, model_spec
+from pipeline.job.launch import run_fingerprint
 
 # A fingerprint as a manifest written before weights_ordering / predictions / keras_backend existed.
 OLDER = {"backbone": "ResNet50", "weights": "imagenet", "weights_sha256": None, "input_size": [224, 224],
@@ -21,8 +22,8 @@ def test_the_jobs_fingerprint_round_trips_key_for_key(tmp_path):
     config, _ = parse_run_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model",
                                 "MobileNetV3Small", "--weights", str(weights), "--image-size", "48x64",
                                 "--pooling", "avg,max", "--resize", "pad"])
-    spec = model_spec(config, weights_sha256="ab" * 32)
-    document = fingerprint(config, {"avg": 576, "max": 576}, spec)
+    run = run_fingerprint(config, {"avg": 576, "max": 576}, "ab" * 32)
+    spec, document = run.model_spec(), run.to_json()
     assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
                               "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "preprocess",
                               "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",

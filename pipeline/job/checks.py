@@ -1,0 +1,142 @@
+"""The launcher's checks: everything that stops a run with one sentence before any worker starts.
+
+The input (it must list something; options only another kind of input reads are refused; a
+record shard's image field), the output (not empty without --resume or --overwrite; a resumed
+store's identity must match), and the model (built once here where that is cheap).
+"""
+from __future__ import annotations
+
+import importlib.metadata
+from typing import Any
+
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipeline import files
+from pipeline.elements import RecordFields
+from pipeline.errors import ConfigError
+from pipeline.inputs.layouts import LAYOUT_NAMES, RECORD_LAYOUTS
+from pipeline.inputs.listing import Listing, list_inputs, normalized_path, resolve_input
+from pipeline.inputs.record_shards import check_record_fields
+from pipeline.job.config import RunConfig, as_typed
+from pipeline.job.journal import committed_units, read_store_state
+from pipeline.job.runner import local_workers
+from pipeline.model.failures import ModelLoadError
+from pipeline.model.preflight import check_model
+from pipeline.model.spec import ModelSpec
+from pipeline.store.schema import STORE_STATE
+
+# Fingerprint fields that do not change a single vector: versions are reported, not enforced.
+_NOT_COMPARED = ("versions",)
+
+
+def package_version(package: str) -> str | None:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def _in_words(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else f"{', '.join(names[:-1])} and {names[-1]}"
+
+
+def _check_layout_options(config: RunConfig, layout: str) -> None:
+    """Options that only one kind of input reads are refused for the others, not ignored."""
+    for name, layouts in (("image_field", RECORD_LAYOUTS), ("key_field", RECORD_LAYOUTS),
+                          ("uri_column", ("list",))):
+        if getattr(config, name) is not None and layout not in layouts:
+            raise ConfigError(f"{name} {getattr(config, name)!r} applies to {_in_words([LAYOUT_NAMES[l] for l in layouts])} "
+                              f"only; input {config.input!r} is {LAYOUT_NAMES[layout]}")
+
+
+def _check_record_fields(config: RunConfig, listing: Listing) -> None:
+    """The first readable shard must have the image field, in a type that holds an image (and a
+    --key-field that was asked for)."""
+    shard = next((uri for _, uri, _ in listing.inputs if uri not in listing.missing), None)
+    if shard is not None:
+        check_record_fields(listing.layout, shard, RecordFields(config.image_field, config.key_field))
+
+
+def check_input(config: RunConfig) -> Listing:
+    """List the input (once, on the launcher); it must hold something."""
+    try:
+        spec = resolve_input(config.input)
+        _check_layout_options(config, spec.layout)
+        listing = list_inputs(spec, config.uri_column)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    except Exception as exc:  # noqa: BLE001 - e.g. a filesystem that is not installed: said in one sentence
+        raise ConfigError(f"input {config.input!r} cannot be read ({type(exc).__name__}: {exc})") from None
+    if len(listing.inputs) == len(listing.missing) and not listing.duplicates:
+        skipped = f" ({len(listing.skipped)} other files skipped)" if listing.skipped else ""
+        raise ConfigError(f"input {config.input!r} matches no {LAYOUT_NAMES[listing.layout]}{skipped}; give a folder "
+                          f"of images, a glob, a path list (.txt/.csv/.tsv), or shards like "
+                          f"'shards/train-{{000000..000127}}.tar' (.tar, .tfrecord, .parquet, .arrow)")
+    if listing.layout in RECORD_LAYOUTS:
+        _check_record_fields(config, listing)
+    return listing
+
+
+def output_is_empty(output: str) -> bool:
+    # A match, not exists(): on object stores a "folder" is a prefix, which exists() never sees.
+    return not FileSystems.match([FileSystems.join(output, "**")], limits=[1])[0].metadata_list
+
+
+def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: Listing) -> dict[str, Any]:
+    """What a store is, written before its first unit and checked by every --resume."""
+    return {"fingerprint": fingerprint, "format": config.format, "layout": listing.layout,
+            "key_root": normalized_path(listing.root) if listing.root else "",
+            "record_fields": [config.image_field, config.key_field], "featurize": package_version("featurize")}
+
+
+def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
+    """--resume into a store made with another configuration is refused, naming the first difference."""
+    theirs, ours = state["fingerprint"], wanted["fingerprint"]
+    differences = [(f"{name}", theirs.get(name), ours.get(name)) for name in sorted(set(theirs) | set(ours))
+                   if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
+    if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):
+        differences = [d for d in differences if d[0] != "weights"]  # the same file at another path
+    differences += [(name, state.get(name, default), wanted[name])
+                    for name, default in (("format", None), ("layout", None), ("key_root", None),
+                                          ("record_fields", [None, None]))
+                    if state.get(name, default) != wanted[name]]
+    if differences:
+        name, before, now = differences[0]
+        raise ConfigError(f"--resume: the store in {output!r} was made with {as_typed(name, before)} but this run "
+                          f"has {as_typed(name, now)}; resume with the same configuration, or start over with "
+                          f"--overwrite or a new --output")
+
+
+def committed_for(config: RunConfig, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The journal entries a run may reuse: none unless --resume (or --dry-run) into a matching store.
+
+    Refuses a non-empty output without --resume or --overwrite, and a --resume into a store
+    made with another configuration or into a folder that is not a featurize store.
+    """
+    if config.overwrite or output_is_empty(config.output):
+        return {}
+    state = read_store_state(config.output)
+    if not (config.resume or config.dry_run):
+        what = "an interrupted or finished featurize run" if state else "files"
+        raise ConfigError(f"output {config.output!r} is not empty (it holds {what}); pass --resume to continue "
+                          f"it with the same configuration, --overwrite to replace featurize's files there, "
+                          f"or choose an empty directory")
+    if state is None:
+        raise ConfigError(f"--resume: output {config.output!r} is not a featurize store (no {STORE_STATE}); "
+                          f"choose an empty directory, or --overwrite to replace featurize's files there")
+    check_same_store(config.output, state, identity)
+    return committed_units(config.output)
+
+
+def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> None:
+    """Build the model once here, so a download that fails or weights that do not fit are one
+    sentence before any worker starts: ImageNet on local runs (its download lands in the cache
+    the local workers use), a weights file on this machine always."""
+    local_file = spec.weights not in (None, "imagenet") and files.is_local(spec.weights)
+    if not (local_file or (spec.weights == "imagenet" and local_workers(options))):
+        return
+    try:
+        check_model(spec)
+    except ModelLoadError as exc:
+        raise ConfigError(exc.sentence) from None

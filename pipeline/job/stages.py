@@ -1,0 +1,310 @@
+"""The run's own stages: `PendingUnits` (the units, with the members that lose a duplicate key) and
+`ProcessUnits` (read -> decode -> infer -> write -> commit, one work unit per DoFn call).
+
+Each unit is read, decoded, run through the backbone in fixed-size batches and written by one
+DoFn call, then committed, from `process()`, so a unit is in the store as soon as it is done
+(the local runner would only run a `finish_bundle` at the very end of the stage) and nothing per
+image crosses a shuffle. The counters every stage reports (`StageMetrics`), decoding one record
+(`decode_record`) and a store row (`feature_row`) are shared with the library transforms
+(`pipeline.transforms`).
+"""
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections import Counter
+from typing import Any, Iterator, NamedTuple
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.metrics import Metrics
+from apache_beam.utils import multi_process_shared, shared
+
+from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
+from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
+from pipeline.inputs.reading import unit_records
+from pipeline.inputs.retries import retry_transient
+from pipeline.job import journal
+from pipeline.job.dedupe import FindDuplicateKeys, key_hashes
+from pipeline.job.manifest import check_error_rate
+from pipeline.job.progress import ProgressWriter
+from pipeline.job.writer import UnitWriter
+from pipeline.model.devices import pin_process_to_gpu
+from pipeline.model.failures import isolate_failures
+from pipeline.model.handler import KerasBackboneHandler
+from pipeline.model.predictions import CLASSIFIER_OUTPUT, top_classes
+
+# One model per worker process, whatever the number of DoFn instances (threads) in it.
+_MODELS = shared.Shared()
+
+
+def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray] | ErrorRecord:
+    """(meta, HxWx3 uint8) for a decodable image; a decode ErrorRecord otherwise."""
+    try:
+        pixels, (width, height) = decode_image(record.data, spec)
+    except DECODE_ERRORS as exc:  # a bad image is one error row; anything else is a bug that fails the bundle
+        return error_from_exception(record.key, record.uri, "decode", exc)
+    return ImageMeta(record.key, record.uri, width, height), pixels
+
+
+class StageMetrics:
+    """The `featurize` counters every stage reports (see README, Progress and metrics).
+
+    Counts are collected in `pending` and reported by `flush()`: once per committed unit
+    (a unit retried after a transient failure counts once), once per bundle for the readers.
+    """
+
+    def __init__(self):
+        self.pending: Counter[str] = Counter()
+        self.read_seconds = self.decode_seconds = 0.0
+
+    def flush(self) -> None:
+        # Times summed, then counted once: a millisecond counter bumped per image would round small images to 0.
+        self.pending.update(read_ms=int(round(self.read_seconds * 1000)),
+                            decode_ms=int(round(self.decode_seconds * 1000)))
+        for name, value in self.pending.items():
+            if value:
+                Metrics.counter(METRICS_NAMESPACE, name).inc(value)
+        self.discard()
+
+    def discard(self) -> None:
+        self.pending = Counter()
+        self.read_seconds = self.decode_seconds = 0.0
+
+    def read(self, item: ImageRecord | ErrorRecord) -> None:
+        self.pending["inputs"] += 1
+        if isinstance(item, ErrorRecord):
+            self.pending["read_errors"] += 1
+        else:
+            self.pending["bytes_read"] += len(item.data)
+
+    def decoded(self, result: tuple[ImageMeta, np.ndarray] | ErrorRecord) -> None:
+        if isinstance(result, ErrorRecord):
+            self.pending.update(["decode_errors", f"decode_errors_{result.error_type}"])
+        else:
+            self.pending["decoded"] += 1
+
+
+def _timed(iterator: Iterator, metrics: StageMetrics) -> Iterator:
+    """Yield from `iterator`, adding the time spent inside it (reading) to the read-stage time."""
+    while True:
+        started = time.perf_counter()
+        try:
+            item = next(iterator)
+        except StopIteration:
+            return
+        finally:
+            metrics.read_seconds += time.perf_counter() - started
+        yield item
+
+
+class _ProcessUnit(beam.DoFn):
+    """(WorkUnit, {member position: where its key is kept}, image members scanned or None)
+    -> the unit's journal entry, once committed."""
+
+    def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
+                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
+                 max_error_rate: float | None = None, expected_inputs: int | None = None,
+                 class_names: list[str] | None = None):
+        self._output, self._handler, self._decode, self._format = output, handler, decode, fmt
+        self._top = TopClasses(fingerprint.get("predictions") or 0, class_names)
+        self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
+        self._max_error_rate, self._expected_inputs = max_error_rate, expected_inputs
+        self._model_tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one tag for every worker of the job
+        self._dtype = np.dtype(fingerprint["dtype"])
+
+    def setup(self):
+        self._model = None
+        self._done: list[dict[str, Any]] = []  # this process's committed units, for --max-error-rate
+        self._metrics = StageMetrics()
+        self._progress = (ProgressWriter(self._progress_dir)
+                          if self._progress_dir and os.path.isdir(self._progress_dir) else None)
+
+    def _loaded_model(self):
+        # Loaded on the first batch, not in setup(): a resumed run with nothing left loads no model.
+        # A model that cannot load fails the bundle (Beam retries it); it is never an error row.
+        if self._model is None:
+            gpu = pin_process_to_gpu()  # before the backend loads; one shared model per GPU
+            tag = self._model_tag if gpu is None else f"{self._model_tag}-gpu{gpu}"
+            if self._handler.share_model_across_processes():
+                self._model = multi_process_shared.MultiProcessShared(
+                    self._handler.load_model, tag=tag, always_proxy=True).acquire()
+            else:
+                self._model = _MODELS.acquire(self._handler.load_model, tag=tag)
+        return self._model
+
+    def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
+        unit, losers, scanned = element
+        committed = journal.read_journal(self._output, unit.unit_id)
+        if journal.is_final(committed):  # an earlier attempt of this job committed it
+            yield committed
+            return
+        # A transient read failure (connection reset, timeout) redoes the whole unit: nothing of it is kept.
+        committed = retry_transient(lambda: self._attempt(unit, losers, scanned), f"unit {unit.unit_id}")
+        self._metrics.flush()
+        if self._progress:
+            self._progress.unit_done()
+        # Stop early on what this worker has seen; the manifest step judges the whole run.
+        self._done.append(committed)
+        check_error_rate(sum(e["inputs"] for e in self._done), sum(e["errors"] for e in self._done), self._done,
+                         self._max_error_rate, self._expected_inputs)
+        yield committed
+
+    def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> dict[str, Any]:
+        writer = UnitWriter(self._output, unit.unit_id, self._format, self._fingerprint)
+        try:
+            entry, kept = self._write_unit(unit, losers, scanned, writer)
+            committed = writer.commit(entry, kept)
+        except BaseException:
+            writer.abort()
+            self._metrics.discard()
+            raise
+        self._metrics.pending["units"] += 1
+        return committed
+
+    def _write_unit(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None, writer: UnitWriter):
+        metrics, batch, inputs, kept_keys, unreadable = self._metrics, [], 0, [], False
+        for item in _timed(unit_records(unit, losers, scanned), metrics):
+            inputs += 1
+            metrics.read(item)
+            if isinstance(item, ErrorRecord):
+                writer.add_error(item)
+                if item.error_type != "DuplicateKey":
+                    kept_keys.append(item.key)  # an unreadable input still holds its key
+                    unreadable = True
+                continue
+            kept_keys.append(item.key)
+            started = time.perf_counter()
+            decoded = decode_record(item, self._decode)
+            metrics.decode_seconds += time.perf_counter() - started
+            metrics.decoded(decoded)
+            if self._progress:
+                self._progress.add()
+            if isinstance(decoded, ErrorRecord):
+                writer.add_error(decoded)
+                continue
+            batch.append(decoded)
+            if len(batch) == self._batch_size:
+                self._infer(batch, writer)
+                batch = []
+                journal.failpoint("unit-read")
+        if batch:
+            self._infer(batch, writer)
+        entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs}
+        if self._model is not None and self._model.current_batch_size() < self._batch_size:
+            entry["batch_size"] = self._model.current_batch_size()  # halved after running out of memory
+        if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again
+            entry["retry"] = True
+        if unit.layout == "files":
+            entry["keys"] = sorted({key for key, _ in unit.members} | {e.key for e in unit.rejected})
+            entry["rejected"] = sorted((e.key, e.uri) for e in unit.rejected)
+            return entry, None
+        return entry, key_hashes(kept_keys)
+
+    def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
+        model = self._loaded_model()
+        # A batch that fails is bisected: only inputs that fail alone become error rows (pipeline.model.failures).
+        predictions, failures = isolate_failures(lambda part: self._handler.run_inference(part, model), batch)
+        for position, exc in failures:
+            meta = batch[position][0]
+            writer.add_error(error_from_exception(meta.key, meta.uri, "infer", exc))
+        self._metrics.pending["infer_errors"] += len(failures)
+        for prediction in predictions:
+            if prediction is not None:
+                meta, outputs = prediction
+                writer.add_row(feature_row(meta, outputs, self._dtype, self._top))
+                self._metrics.pending["rows"] += 1
+
+
+class TopClasses(NamedTuple):
+    """--predictions: how many classes a row keeps (0: none) and their names."""
+    k: int = 0
+    names: list[str] | None = None
+
+
+def feature_row(meta: ImageMeta, outputs: dict[str, np.ndarray], dtype: np.dtype,
+                top: TopClasses = TopClasses()) -> dict[str, Any]:
+    """A store row; the classifier's probabilities (output `predictions`) become the top-K columns."""
+    row = {"key": meta.key, "uri": meta.uri, "width": meta.width, "height": meta.height}
+    for name, vector in outputs.items():
+        if name == CLASSIFIER_OUTPUT:
+            row.update(top_classes(np.asarray(vector), top.k, top.names))
+        else:
+            row[name] = np.asarray(vector, dtype=dtype)
+    return row
+
+
+def _with_losers(joined):
+    _, groups = joined
+    scanned = groups["scanned"][0] if groups["scanned"] else None
+    return [(unit, dict(groups["losers"]), scanned) for unit in groups["unit"]]
+
+
+class PendingUnits(beam.PTransform):
+    """The units a run processes, each with the members that must give up a duplicate key.
+
+    Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept},
+    inputs the key scan saw (shards) or None), spread over the workers by a shuffle of
+    units (never of images). For shard units, keys are checked across every shard of the store
+    (`pipeline.job.dedupe`), including `committed` units (their journal entries, by unit id) read
+    from `output`.
+    """
+
+    def __init__(self, pending: list[WorkUnit], committed: dict[str, dict[str, Any]] | None = None,
+                 output: str = ""):
+        super().__init__()
+        self._pending, self._committed, self._output = list(pending), dict(committed or {}), output
+
+    def expand(self, pbegin):
+        keyed = pbegin | "Units" >> beam.Create([(unit.unit_id, unit) for unit in self._pending])
+        if all(unit.layout == "files" for unit in self._pending):
+            return (keyed | "Spread" >> beam.Reshuffle()
+                    | "NoLosers" >> beam.Map(lambda item: (item[1], {}, None)))
+        everything = [(unit, None) for unit in self._pending] + [
+            (WorkUnit(unit_id, entry.get("layout", "tar"), entry["source"]), entry)
+            for unit_id, entry in self._committed.items()]
+        found = (pbegin | "StoreUnits" >> beam.Create(everything)
+                 | "DuplicateKeys" >> FindDuplicateKeys(self._output))
+        return ({"unit": keyed, "losers": found["losers"], "scanned": found["scanned"]}
+                | "JoinLosers" >> beam.CoGroupByKey()  # also spreads the units over the workers
+                | "WithLosers" >> beam.FlatMap(_with_losers))
+
+
+class ReadUnit(beam.DoFn):
+    """(WorkUnit, losers) -> its ImageRecords; read errors (and duplicate keys) -> 'errors'."""
+
+    def setup(self):
+        self._metrics = StageMetrics()
+
+    def finish_bundle(self):
+        self._metrics.flush()
+
+    def process(self, element):
+        for item in _timed(unit_records(*element), self._metrics):
+            self._metrics.read(item)
+            if isinstance(item, ErrorRecord):
+                yield beam.pvalue.TaggedOutput("errors", item)
+            else:
+                yield item
+
+
+class ProcessUnits(beam.PTransform):
+    """Read -> decode -> infer -> write -> commit, one work unit per element.
+
+    Input: a PCollection of (WorkUnit, {member position: where its key is kept}) (see
+    `pipeline.job.dedupe`). Output: the journal entry of every unit, once committed into
+    `output` (see `pipeline.job.journal`). Every input of a unit ends in exactly one place: a
+    feature row or an error row (stages read, decode, infer).
+    """
+
+    def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
+                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
+                 max_error_rate: float | None = None, expected_inputs: int | None = None,
+                 class_names: list[str] | None = None):
+        super().__init__()
+        self._dofn = _ProcessUnit(output, handler, decode, fmt, fingerprint, batch_size, progress_dir,
+                                  max_error_rate, expected_inputs, class_names)
+
+    def expand(self, units):
+        return units | "ProcessUnit" >> beam.ParDo(self._dofn)
