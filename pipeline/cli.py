@@ -432,6 +432,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # `featurize inspect out/ | head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+        return 0
     except ImportError as exc:
         module = missing_extra(exc)
         if module is None:

@@ -285,3 +285,12 @@ def test_a_missing_extra_is_one_sentence_naming_it(command, module, extra, how, 
     [line] = done.stderr.strip().splitlines()
     assert line.startswith(f"featurize: error: featurize {command} needs {module}: pip install 'featurize[{extra}]' ("), line
     assert not done.stdout
+
+
+def test_a_reader_that_stops_early_gets_no_traceback(parquet_store, tmp_path):
+    """`featurize inspect out/ | head -1`: the pipe closes before featurize writes; it exits 0, quietly."""
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "inspect", str(parquet_store)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=quiet_env(tmp_path), stdin=subprocess.DEVNULL)
+    proc.stdout.close()  # the reader is gone before the first line
+    stderr = proc.stderr.read()
+    assert proc.wait(timeout=120) == 0 and stderr == "", stderr
