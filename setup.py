@@ -33,7 +33,11 @@ setup(
                  # --keras-backend jax, proven against TensorFlow's vectors (tests/model/test_backends.py).
                  "jax>=0.4.30",
                  # Hugging Face and TensorFlow Datasets inputs, written by the libraries themselves.
-                 "datasets>=3", "tensorflow-datasets>=4.9"],
+                 "datasets>=3", "tensorflow-datasets>=4.9",
+                 # tests/job/test_dask.py starts a dask.distributed cluster on 127.0.0.1.
+                 "apache-beam[dask]>=2.77,<2.79"],
+        # --runner DaskRunner on a dask.distributed cluster (install it on the workers too).
+        "dask": ["apache-beam[dask]>=2.77,<2.79"],
         # --keras-backend jax (CPU; on GPU workers install jax[cuda12] instead).
         "jax": ["jax>=0.4.30"],
         # bench/host_cost.py: real photos to cut ImageNet-like JPEGs from.

@@ -2,7 +2,7 @@
 `ExtractFeatures` (ImageRecords -> rows, through RunInference).
 
 `featurize run` does not use them: its stages are `pipeline.job.stages`. Both read through
-`pipeline.inputs.listing`, decode through `decode_record` and make rows with `feature_row`, so a
+`pipeline.inputs.reading`, decode through `decode_record` and make rows with `feature_row`, so a
 graph of your own gives the rows `featurize run` would.
 """
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Each layout has its reader (`pipeline.inputs.fetch` for listed files, `pipeline.inputs.tar`,
 `pipeline.inputs.record_shards`); this module picks it by the unit's layout. The readers are
-plain generators: the unit stage (`pipeline.transforms`) and the `ReadImages` transform both
+plain generators: the unit stage (`pipeline.job.stages`) and the `ReadImages` transform both
 drive them.
 """
 from __future__ import annotations

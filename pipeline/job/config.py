@@ -427,6 +427,41 @@ def beam_parser() -> argparse.ArgumentParser:
     return parser
 
 
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in `args` (`--flag v` or `--flag=v`; the last one given), or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def names_dask_runner(args: Sequence[str]) -> bool:
+    """Whether Beam's --runner is the DaskRunner, by its short name or its full path."""
+    runner = _flag_value(args, "--runner")
+    return runner is not None and runner.rsplit(".", 1)[-1].lower() in ("daskrunner", "dask")
+
+
+def is_dask(args: Sequence[str]) -> bool:
+    """Whether Beam's arguments need the DaskRunner's options (its name, or any --dask_ flag)."""
+    return names_dask_runner(args) or any(arg.startswith("--dask_") for arg in args)
+
+
+def import_dask_runner() -> None:
+    """Declare the DaskRunner's --dask_* options: Beam adds them only once its module is imported."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 - imported for its DaskOptions
+        import dask.distributed  # noqa: F401 - Beam's module imports without it, then fails at run time
+    except ImportError as exc:
+        raise ConfigError(f"the DaskRunner needs dask.distributed ({exc}); install it with "
+                          f"pip install 'featurize[dask]'") from None
+
+
 def _options(parser: argparse.ArgumentParser) -> list[str]:
     return [s for action in parser._actions for s in action.option_strings]  # pylint: disable=protected-access
 
@@ -447,6 +482,8 @@ def parse_run_args(argv: Sequence[str]) -> tuple[RunConfig, list[str]]:
                                 allow_abbrev=False)  # exact names, as Beam: `--batch` is not `--batch-size`
     add_run_arguments(parser)
     flags, rest = parser.parse_known_args(list(argv))
+    if is_dask(rest):
+        import_dask_runner()
     beam = beam_parser()
     _, unknown = beam.parse_known_args(rest)  # consumes each Beam flag's value too, in either form
     if unknown:

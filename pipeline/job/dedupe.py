@@ -106,9 +106,23 @@ def resolve_partition(partition_sets: tuple[int, Iterable[KeySet]]) -> Iterator[
             yield key_set.unit_id, (position, winner)
 
 
+KEYS, SCANNED = "keys", "scanned"
+
+
+def _tagged(tag: str):
+    """The items of `tag` in a PCollection of (tag, item) pairs."""
+    def pick(tagged):
+        if tagged[0] == tag:
+            yield tagged[1]
+    return pick
+
+
 class _ScanKeys(beam.DoFn):
-    """(WorkUnit, journal entry or None) -> (partition, KeySet): load a committed unit's kept keys,
-    or scan a pending shard (its image-member count goes to the 'scanned' output)."""
+    """(WorkUnit, journal entry or None) -> (KEYS, (partition, KeySet)): load a committed unit's kept
+    keys, or scan a pending shard (and (SCANNED, (unit id, its image-member count))).
+
+    One output of tagged pairs, not a multi-output ParDo: the DaskRunner hands every consumer
+    of a multi-output ParDo all its outputs mixed."""
 
     def __init__(self, output: str):
         self._output = output
@@ -122,9 +136,10 @@ class _ScanKeys(beam.DoFn):
             hashes = load_kept_keys(self._output, entry)
         else:
             keys = retry_transient(lambda: scan_unit_keys(unit), f"key scan of {unit.source}")
-            yield beam.pvalue.TaggedOutput("scanned", (unit.unit_id, len(keys)))
+            yield SCANNED, (unit.unit_id, len(keys))
             hashes = key_hashes(keys)
-        yield from partition_keys(unit.unit_id, unit.source, entry is not None, hashes)
+        for partition in partition_keys(unit.unit_id, unit.source, entry is not None, hashes):
+            yield KEYS, partition
 
 
 class FindDuplicateKeys(beam.PTransform):
@@ -143,8 +158,9 @@ class FindDuplicateKeys(beam.PTransform):
         self._output = output
 
     def expand(self, units):
-        scanned = units | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output)).with_outputs("scanned", main="keys")
-        losers = (scanned.keys
+        tagged = units | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output))
+        losers = (tagged
+                  | "Keys" >> beam.FlatMap(_tagged(KEYS))
                   | "GroupPartitions" >> beam.GroupByKey()
                   | "Resolve" >> beam.FlatMap(resolve_partition))
-        return {"losers": losers, "scanned": scanned.scanned}
+        return {"losers": losers, "scanned": tagged | "Scanned" >> beam.FlatMap(_tagged(SCANNED))}

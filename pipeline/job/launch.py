@@ -30,7 +30,7 @@ from pipeline.job.checks import (check_input, check_model_before_workers, commit
 from pipeline.job.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.job.journal import (clear_previous_output, committed_unit_ids, committed_units, read_store_state,
                                   remove_orphans, write_store_state)
-from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, pipeline_options,
+from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, pipeline_options, release,
                                  runs_in_process, tf_threads_per_worker)
 from pipeline.job.stages import PendingUnits, ProcessUnits
 from pipeline.job.stopping import CtrlC, Interrupted
@@ -230,12 +230,13 @@ def _stopped(job: Job, stop: Interrupted, log: RunLog) -> RunStopped:
 def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:
     """Build, run and wait; raises unless the pipeline ended DONE and wrote its manifest, and
     RunStopped after a Ctrl-C (a second one: stopping.Interrupted, at once)."""
-    stop_progress = None
+    stop_progress, started = None, []
 
     def start() -> PipelineResult:
         p = beam.Pipeline(options=job.options)
         build(p, job)
-        return p.run()
+        started.append(p.run())
+        return started[-1]
 
     with terminal_stderr_to_log(log.path, enabled=quiet()) as terminal:
         if job.config.progress and local_workers(job.options):
@@ -253,6 +254,8 @@ def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:
                     # Still under CtrlC: a second Ctrl-C while this counts stops at once.
                     raise _stopped(job, stop, log) from None
         finally:
+            for result in started:  # done or failed: a Dask run's client connection goes
+                release(result)
             if stop_progress:
                 stop_progress()
             if job.progress_dir:
@@ -271,7 +274,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     sentence and the log file's path) when the run dies. With --dry-run,
     returns `dry_run_report` instead. When the runner reports metrics, the manifest gains
     `metrics` (counters, distributions, per-stage time and images/s; stage seconds are
-    summed over workers).
+    summed over workers); when it reports none (the DaskRunner), `metrics` says so.
     """
     job = prepare(argv)
     config = job.config
@@ -288,4 +291,4 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         raise log.failed(exc) from exc
     finally:
         log.close()
-    return manifest.with_metrics(config.output, metrics_summary(result))
+    return manifest.with_metrics(config.output, metrics_summary(result, job.manifest["runner"]))

@@ -3,6 +3,7 @@ the job service probe, and the metrics a finished pipeline reports."""
 from __future__ import annotations
 
 import os
+import sys
 from typing import Any, Sequence
 
 from apache_beam.metrics.metric import MetricsFilter
@@ -11,7 +12,7 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.elements import METRICS_NAMESPACE
 from pipeline.errors import ConfigError
-from pipeline.job.config import RunConfig
+from pipeline.job.config import DASK_RUNNER, RunConfig, names_dask_runner
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 
@@ -26,6 +27,13 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     Only the flags the user did not give are added.
     """
     args = list(beam_args)
+    if names_dask_runner(args):
+        # Beam finds the DaskRunner by its full path only: the short name is featurize's.
+        args = [f"--runner={DASK_RUNNER}" if a.startswith("--runner=") else a for a in args]
+        args = [DASK_RUNNER if i and args[i - 1] == "--runner" else a for i, a in enumerate(args)]
+        if not (_given(args, "--dask_partition_size") or _given(args, "--dask_npartitions")):
+            # Dask puts 128 elements in a partition, run by one worker: one unit each spreads them all.
+            args += ["--dask_partition_size=1"]
     if not _given(args, "--runner"):
         cores = os.cpu_count() or 1
         args += ["--runner=FnApiRunner"]
@@ -82,12 +90,16 @@ def check_job_endpoint(options: PipelineOptions, timeout_s: float = 10.0) -> Non
         channel.close()
 
 
-def metrics_summary(result: PipelineResult) -> dict[str, Any]:
-    """Committed featurize counters and distributions, plus per-stage time and images/s."""
+def metrics_summary(result: PipelineResult, runner: str | None = None) -> dict[str, Any]:
+    """Committed featurize counters and distributions, plus per-stage time and images/s; for a runner
+    that reports none, {"unavailable": why}, so the manifest never shows zeros it did not count."""
+    name = (runner or type(result).__name__).rsplit(".", 1)[-1]
     try:
         queried = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
-    except Exception:  # noqa: BLE001 - a runner without metrics support still produced the output
-        return {}
+    except NotImplementedError:  # the DaskRunner's metrics() raises it
+        return {"unavailable": f"{name} reports no metrics"}
+    except Exception as exc:  # noqa: BLE001 - a runner without metrics support still produced the output
+        return {"unavailable": f"{name} reports no metrics ({type(exc).__name__}: {exc})"}
     counters: dict[str, int] = {}
     for counter in queried["counters"]:
         counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(counter.committed or 0)
@@ -105,3 +117,11 @@ def metrics_summary(result: PipelineResult) -> dict[str, Any]:
         stages[stage] = {"seconds": round(seconds, 3), "images": count,
                          "images_per_s": round(count / seconds, 2) if seconds else None}
     return {"counters": counters, "distributions": distributions, "stages": stages}
+
+
+def release(result: PipelineResult) -> None:
+    """Close the dask Client a DaskRunner result holds: Beam leaves it connected, so a library caller
+    would keep one connection per run, retrying once the scheduler is gone."""
+    dask_runner = sys.modules.get("apache_beam.runners.dask.dask_runner")  # imported only for a Dask run
+    if dask_runner is not None and isinstance(result, dask_runner.DaskRunnerResult):
+        result.client.close()

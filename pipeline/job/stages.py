@@ -11,6 +11,8 @@ image crosses a shuffle. The counters every stage reports (`StageMetrics`), deco
 from __future__ import annotations
 
 import os
+import socket
+import threading
 import time
 import uuid
 from collections import Counter
@@ -37,6 +39,35 @@ from pipeline.model.predictions import CLASSIFIER_OUTPUT, top_classes
 
 # One model per worker process, whatever the number of DoFn instances (threads) in it.
 _MODELS = shared.Shared()
+
+
+class _ErrorTally:
+    """What a worker process committed for one job: inputs, error rows and their kinds, for
+    --max-error-rate. Kept per process, not per DoFn instance: the DaskRunner runs setup() for
+    every partition (one unit each), so an instance sees a single unit."""
+
+    _lock = threading.Lock()
+    _jobs: dict[str, "_ErrorTally"] = {}
+
+    def __init__(self):
+        self.inputs = self.errors = 0
+        self.kinds: Counter[str] = Counter()
+        self.examples: dict[str, str] = {}
+
+    @classmethod
+    def of(cls, job: str) -> "_ErrorTally":
+        with cls._lock:
+            return cls._jobs.setdefault(job, cls())
+
+    def add(self, entry: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
+        """Count a committed entry; returns (inputs, errors, the tally as the one entry check_error_rate reads)."""
+        with self._lock:
+            self.inputs += entry["inputs"]
+            self.errors += entry["errors"]
+            self.kinds.update(entry.get("errors_by_type", {}))
+            for kind, example in entry.get("error_examples", {}).items():
+                self.examples.setdefault(kind, example)
+            return self.inputs, self.errors, [{"errors_by_type": dict(self.kinds), "error_examples": dict(self.examples)}]
 
 
 def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray] | ErrorRecord:
@@ -116,7 +147,7 @@ class _ProcessUnit(beam.DoFn):
 
     def setup(self):
         self._model = None
-        self._done: list[dict[str, Any]] = []  # this process's committed units, for --max-error-rate
+        self._tally = _ErrorTally.of(self._model_tag)  # this process's committed units, for --max-error-rate
         self._metrics = StageMetrics()
         self._progress = (ProgressWriter(self._progress_dir)
                           if self._progress_dir and os.path.isdir(self._progress_dir) else None)
@@ -146,9 +177,8 @@ class _ProcessUnit(beam.DoFn):
         if self._progress:
             self._progress.unit_done()
         # Stop early on what this worker has seen; the manifest step judges the whole run.
-        self._done.append(committed)
-        check_error_rate(sum(e["inputs"] for e in self._done), sum(e["errors"] for e in self._done), self._done,
-                         self._max_error_rate, self._expected_inputs)
+        inputs, errors, summary = self._tally.add(committed)
+        check_error_rate(inputs, errors, summary, self._max_error_rate, self._expected_inputs)
         yield committed
 
     def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> dict[str, Any]:
@@ -191,7 +221,9 @@ class _ProcessUnit(beam.DoFn):
                 journal.failpoint("unit-read")
         if batch:
             self._infer(batch, writer)
-        entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs}
+        # Which worker process did the unit: how a cluster run's spread shows in the journal.
+        entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs,
+                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
         if self._model is not None and self._model.current_batch_size() < self._batch_size:
             entry["batch_size"] = self._model.current_batch_size()  # halved after running out of memory
         if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again

@@ -1,11 +1,16 @@
-"""The journal: commit protocol, orphans a crash leaves, failpoints."""
+"""The journal: commit protocol, orphans a crash leaves, failpoints, entries read in parallel."""
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import pytest
+
+from pipeline import files
 from pipeline.job import journal
+from tests.helpers import slow_fs
 
 
 def test_commit_moves_files_into_place_then_writes_the_entry(tmp_path):
@@ -58,3 +63,88 @@ def test_failpoint_holds_only_at_the_asked_hit(tmp_path):
     stdout, _ = child.communicate(timeout=30)
     assert "passed first" in stdout and "passed second" not in stdout
     journal.failpoint("unit-commit")  # this process has no FEATURIZE_FAILPOINTS: a no-op
+
+
+def write_entries(out, count):
+    """`count` journal entries (no files), committed as featurize commits them; their unit ids."""
+    ids = [f"files-{index:04d}" for index in range(count)]
+    for unit in ids:
+        journal.commit_unit(out, {"unit": unit, "inputs": 1, "keys": [f"{unit}/k"]}, {})
+    return ids
+
+
+def test_parallel_read_of_the_journal_equals_the_sequential_one_in_unit_id_order(tmp_path):
+    out = str(tmp_path)
+    # "tar-s-1-x.json" sorts before "tar-s-1.json" but its id after: the order is the ids'
+    ids = write_entries(out, 48)
+    for unit in ("tar-s-1", "tar-s-1-x"):
+        journal.commit_unit(out, {"unit": unit, "inputs": 1}, {})
+    sequential = journal.committed_units(out, threads=1)
+    parallel = journal.committed_units(out, threads=32)
+    assert parallel == sequential and len(parallel) == 50
+    assert list(parallel) == list(sequential) == sorted(ids + ["tar-s-1", "tar-s-1-x"])
+    assert all(parallel[unit]["keys"] == [f"{unit}/k"] for unit in ids)
+
+
+def test_read_many_returns_results_in_the_order_of_paths_not_of_completion():
+    """Each read waits for the next one to finish, so they complete in reverse order."""
+    paths = [f"p{index}" for index in range(10)]
+    done = {path: threading.Event() for path in paths}
+    finished = []
+
+    def read(path):
+        index = paths.index(path)
+        if index + 1 < len(paths):
+            assert done[paths[index + 1]].wait(timeout=30), "the reads did not run concurrently"
+        finished.append(path)
+        done[path].set()
+        return path.upper()
+
+    assert files.read_many(read, paths, threads=len(paths)) == [path.upper() for path in paths]
+    assert finished == paths[::-1]
+
+
+def test_read_many_raises_a_failing_read_and_starts_no_more_reads():
+    paths = [f"p{index}" for index in range(200)]
+    calls = []
+
+    def read(path):
+        calls.append(path)
+        if path == "p0":
+            raise PermissionError(f"{path}: access denied")
+        time.sleep(0.01)
+        return path
+
+    with pytest.raises(PermissionError, match="p0: access denied"):
+        files.read_many(read, paths, threads=2)
+    assert len(calls) < len(paths)  # the queued reads were cancelled, not run and dropped
+
+
+def test_an_unreadable_entry_fails_the_parallel_read_of_the_journal(tmp_path):
+    out = str(tmp_path)
+    write_entries(out, 50)
+    (tmp_path / "_featurize" / "units" / "files-0031.json").write_text('{"unit": "files-0031", ')
+    with pytest.raises(json.JSONDecodeError):
+        journal.committed_units(out, threads=32)
+
+
+@pytest.fixture
+def slow_disk():
+    slow_fs.configure(latency_s=0.005)
+    yield slow_fs
+    slow_fs.configure()
+
+
+def test_the_journal_on_a_slow_filesystem_is_read_with_many_requests_in_flight(tmp_path, slow_disk):
+    out = str(tmp_path)
+    ids = write_entries(out, 200)
+    slow_disk.configure(latency_s=0.005)
+    sequential = journal.committed_units(slow_fs.slow_path(out), threads=1)
+    one_by_one = slow_disk.stats()
+    slow_disk.configure(latency_s=0.005)
+    parallel = journal.committed_units(slow_fs.slow_path(out), threads=32)
+    overlapped = slow_disk.stats()
+    assert list(parallel) == list(sequential) == ids and parallel == sequential
+    assert one_by_one["calls"] == overlapped["calls"] == 201  # one listing, one read per entry
+    assert one_by_one["peak_in_flight"] == 1
+    assert overlapped["peak_in_flight"] >= 8  # up to 32 waits overlap instead of 200 in a row

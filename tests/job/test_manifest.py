@@ -1,13 +1,19 @@
 """The manifest: counts of every committed unit, checked against the files; written last or not at all."""
 import json
+import pathlib
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job import journal
 from pipeline.job.manifest import finalize_store
 from pipeline.store.schema import MANIFEST
+from tests.helpers import slow_fs
 from tests.helpers.units import FINGERPRINT, row, write_unit
+
+TIMES = ("wall_time_s", "images_per_s", "finished_at")  # what differs between two finalizations
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
@@ -37,3 +43,60 @@ def test_manifest_refuses_when_a_unit_of_the_run_is_not_committed(tmp_path):
     with pytest.raises(RuntimeError, match="1 work units were not committed.*--resume"):
         finalize_store(str(tmp_path), {"format": "parquet", "fingerprint": FINGERPRINT}, 0.0, ["files-1", "files-9"])
     assert not (tmp_path / MANIFEST).exists()
+
+
+def write_units(out, count):
+    """`count` units of 2 rows each (every 5th with an error row); their ids."""
+    ids = [f"files-{index:03d}" for index in range(count)]
+    for index, unit in enumerate(ids):
+        write_unit(out, unit, range(2 * index, 2 * index + 2), [f"bad{index}"] if index % 5 == 0 else [])
+    return ids
+
+
+def template():
+    return {"format": "parquet", "fingerprint": FINGERPRINT, "counts": {"reused": 0, "skipped": 0, "removed": 0}}
+
+
+def test_parallel_finalize_counts_exactly_what_the_sequential_one_counts(tmp_path):
+    ids = write_units(tmp_path, 50)
+    sequential = finalize_store(str(tmp_path), template(), 0.0, ids, threads=1)
+    parallel = finalize_store(str(tmp_path), template(), 0.0, ids, threads=32)
+    assert {k: v for k, v in parallel.items() if k not in TIMES} == {k: v for k, v in sequential.items()
+                                                                     if k not in TIMES}
+    assert parallel["counts"]["rows"] == 100 and parallel["counts"]["errors"] == 10
+    assert parallel["units"] == {"committed": 50, "processed": 50}
+    entries = journal.committed_units(str(tmp_path))
+    assert parallel["files"]["features"] == [entries[unit]["files"]["features"] for unit in ids]
+
+
+def test_parallel_finalize_still_catches_a_shard_that_lost_rows(tmp_path):
+    ids = write_units(tmp_path, 20)
+    shard = tmp_path / journal.committed_units(str(tmp_path))["files-013"]["files"]["features"]
+    pq.write_table(pq.read_table(shard).slice(0, 1), shard)
+    with pytest.raises(RuntimeError, match="feature files hold 39 rows but the journal says 40"):
+        finalize_store(str(tmp_path), template(), 0.0, ids, threads=32)
+    assert not (tmp_path / MANIFEST).exists()
+
+
+def test_an_unreadable_shard_footer_fails_the_parallel_finalize(tmp_path):
+    ids = write_units(tmp_path, 20)
+    shard = tmp_path / journal.committed_units(str(tmp_path))["files-007"]["files"]["features"]
+    shard.write_bytes(b"not parquet at all")
+    with pytest.raises(pa.ArrowInvalid):
+        finalize_store(str(tmp_path), template(), 0.0, ids, threads=32)
+    assert not (tmp_path / MANIFEST).exists()
+
+
+def test_finalize_on_a_slow_filesystem_overlaps_its_reads_and_keeps_every_file(tmp_path):
+    ids = write_units(tmp_path, 40)
+    before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
+    slow_fs.configure(latency_s=0.005)
+    try:
+        document = finalize_store(slow_fs.slow_path(str(tmp_path)), template(), 0.0, ids, threads=32)
+        seen = slow_fs.stats()
+    finally:
+        slow_fs.configure()
+    assert document["counts"]["rows"] == 80 and json.loads((tmp_path / MANIFEST).read_text()) == document
+    after = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
+    assert after == sorted(before + [pathlib.Path(MANIFEST)])  # orphan removal through slow:// deleted nothing
+    assert seen["calls"] > 80 and seen["peak_in_flight"] >= 8  # 40 entries + 40 footers, not one at a time
