@@ -23,16 +23,14 @@ from pipeline.job.runner import metrics_summary, pipeline_options  # noqa: E402
 from tests.helpers.crash import read_store  # noqa: E402
 from tests.helpers.dask_cluster import DaskCluster  # noqa: E402
 from tests.helpers.runs import featurize_args  # noqa: E402
+from tests.helpers.servers import serving  # noqa: E402
 
 RUN_TIMEOUT_S = 240  # a run on the cluster; a hung one fails the test instead of the suite
 
 
 @pytest.fixture(scope="module")
 def dask_cluster(tmp_path_factory):
-    cluster = DaskCluster(tmp_path_factory.mktemp("dask")).start()
-    yield cluster
-    leftovers = cluster.stop()
-    assert not leftovers, "processes of the dask cluster still running after teardown:\n" + "\n".join(leftovers)
+    yield from serving(DaskCluster(tmp_path_factory.mktemp("dask")), "the dask cluster")
 
 
 def dask_args(cluster, source, out, weights, *extra):

@@ -24,6 +24,7 @@ from pipeline.store.schema import FINGERPRINT_KEY
 from pipeline.store.feature_store import FeatureStore
 from tests.helpers.runs import TEST_MODEL, TEST_SIZE, check_metrics_match_counts
 from tests.helpers.portable import REPO, LocalCluster, free_port, run_bounded
+from tests.helpers.servers import serving
 from tests.helpers.samples import BOMB_MAX_PIXELS
 
 SUBMIT_TIMEOUT_S = 600  # a worker that cannot start hangs a job ~300 s: fail with the logs instead
@@ -31,10 +32,7 @@ SUBMIT_TIMEOUT_S = 600  # a worker that cannot start hangs a job ~300 s: fail wi
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
-    cluster = LocalCluster(tmp_path_factory.mktemp("cluster")).start()
-    yield cluster
-    leftovers = cluster.stop()
-    assert not leftovers, "processes of the cluster still running after teardown:\n" + "\n".join(leftovers)
+    yield from serving(LocalCluster(tmp_path_factory.mktemp("cluster")), "the cluster")
 
 
 @pytest.fixture(scope="module")
