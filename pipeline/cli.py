@@ -159,10 +159,9 @@ def _print_next_steps(output: str) -> None:
 
     store = _open_store(output)
     try:
-        uri, key = store.uri_of(0), store.rows["key"][0].as_py()
+        query, uri = store.reader.first()  # one row group, not every key of what may be a huge store
     finally:
         store.close()
-    query = key
     if os.path.isfile(uri):  # a local file: shown as the user would type it from here
         relative = os.path.relpath(uri)
         query = uri if relative.startswith(os.pardir) else relative

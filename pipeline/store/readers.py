@@ -27,6 +27,9 @@ class StoreReader(Protocol):
     def metadata(self) -> pa.Table:
         """Every per-row column except the vectors (`key`, `uri`, ...), in row order."""
 
+    def first(self) -> tuple[str, str]:
+        """Row 0's (key, uri), reading no more than its row group: for a hint after a run of any size."""
+
     def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         """(first row index, float32 block of at most chunk_rows x D), in row order."""
 
@@ -67,6 +70,17 @@ class ParquetReader:
                 tables.append(parquet.read(columns=names).replace_schema_metadata(None))
         return pa.concat_tables(tables) if tables else pa.Table.from_batches(
             [], schema=pa.schema([("key", pa.string()), ("uri", pa.string())]))
+
+    def first(self) -> tuple[str, str]:
+        import pyarrow.parquet as pq
+
+        for path in self.paths:
+            with files.open_read(path) as handle:
+                parquet = pq.ParquetFile(handle)
+                if parquet.metadata.num_rows:
+                    group = parquet.read_row_group(0, columns=["key", "uri"])
+                    return group["key"][0].as_py(), group["uri"][0].as_py()
+        raise IndexError("the store has no rows")
 
     def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         import pyarrow.parquet as pq
@@ -151,6 +165,10 @@ class HDF5Reader:
                  if name not in self.outputs and isinstance(self.file[name], h5py.Dataset)]
         names.sort(key=lambda name: (_PARQUET_ORDER.index(name) if name in _PARQUET_ORDER else len(_PARQUET_ORDER), name))
         return pa.table({name: _arrow_column(self.file[name]) for name in names})
+
+    def first(self) -> tuple[str, str]:
+        key, uri = self.file["key"][0], self.file["uri"][0]
+        return tuple(v.decode() if isinstance(v, bytes) else str(v) for v in (key, uri))
 
     def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         dataset = self.file[output]

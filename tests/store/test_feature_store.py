@@ -219,3 +219,10 @@ def test_reading_a_store_and_its_error_rows_imports_no_beam(stores, fmt):
     assert lines[-1] == "[]", f"reading a store loaded {lines[-1]}"
     errors = store.manifest["counts"]["errors"]
     assert lines[0] == f"19 (19, 576) 19 {errors}" and store.errors().num_rows == errors
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
+def test_first_row_is_row_zero_without_reading_every_row(stores, fmt):
+    # What a finished run's "next:" hint quotes: the same row as rows[0], from one row group.
+    store = stores[fmt]
+    assert store.reader.first() == (store.rows["key"][0].as_py(), store.rows["uri"][0].as_py())
