@@ -1,7 +1,7 @@
 """featurize: batch feature extraction for large image datasets (Apache Beam + Keras).
 
 `run(argv)` runs the `featurize run` command as a function; the composite transforms
-`ReadImages` and `ExtractFeatures` build custom Beam graphs (`PendingUnits`,
+`ReadImages` and `ExtractFeatures` build custom Beam graphs (`PlannedUnits`,
 `ProcessUnits` and `WriteManifest` are the stages `run` wires, see pipeline/job/launch.py);
 `FeatureStore` opens a finished output.
 """

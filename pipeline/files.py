@@ -15,8 +15,9 @@ import fnmatch
 import json
 import os
 import re
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, BinaryIO, Callable, Sequence, TypeVar
+from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
 
 # Beam's FileSystems.URI_SCHEMA_PATTERN: a scheme, then "://".
 _SCHEME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9+.]*://")
@@ -88,18 +89,33 @@ def read_json(path: str) -> dict[str, Any]:
         return json.load(handle)
 
 
+def read_iter(read: Callable[[str], T], paths: Iterable[str], threads: int = READ_THREADS) -> Iterator[T]:
+    """`read(path)` for each of `paths`, yielded in the order of `paths` whatever order the reads
+    finish in, with up to `threads` reads in flight and at most `2 * threads` results waiting: a
+    consumer that keeps only a summary of each holds O(threads) of them. The first failing read's
+    exception is raised (the reads not yet started are not begun). `threads=1` reads one by one."""
+    if threads <= 1:
+        yield from (read(path) for path in paths)
+        return
+    with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="featurize-read") as pool:
+        waiting: deque = deque()
+        try:
+            for path in paths:
+                waiting.append(pool.submit(read, path))
+                if len(waiting) >= 2 * threads:
+                    yield waiting.popleft().result()
+            while waiting:
+                yield waiting.popleft().result()
+        finally:
+            for future in waiting:
+                future.cancel()
+
+
 def read_many(read: Callable[[str], T], paths: Sequence[str], threads: int = READ_THREADS) -> list[T]:
-    """`[read(path) for path in paths]`, with up to `threads` reads in flight; results in the order
-    of `paths` whatever order the reads finish in. The first failing read's exception is raised
-    (the reads not yet started are cancelled). `threads=1` reads one by one in this thread."""
-    if threads <= 1 or len(paths) <= 1:
-        return [read(path) for path in paths]
-    with ThreadPoolExecutor(max_workers=min(threads, len(paths)), thread_name_prefix="featurize-read") as pool:
-        # map yields in submission order and re-raises a worker's exception here; leaving its
-        # iterator early cancels the reads still queued.
-        return list(pool.map(read, paths))
+    """`[read(path) for path in paths]`, with up to `threads` reads in flight (see `read_iter`)."""
+    return list(read_iter(read, paths, min(threads, len(paths))))
 
 
-def read_json_many(paths: Sequence[str], threads: int = READ_THREADS) -> list[dict[str, Any]]:
-    """Every file of `paths` as JSON, in the order of `paths` (see `read_many`)."""
-    return read_many(read_json, paths, threads)
+def read_json_iter(paths: Iterable[str], threads: int = READ_THREADS) -> Iterator[dict[str, Any]]:
+    """Every file of `paths` as JSON, in the order of `paths` (see `read_iter`)."""
+    return read_iter(read_json, paths, threads)

@@ -17,7 +17,7 @@ from apache_beam.ml.inference.base import RunInference
 from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageRecord
 from pipeline.images import DecodeSpec
 from pipeline.inputs.listing import list_inputs, resolve_input
-from pipeline.job.stages import PendingUnits, ReadUnit, StageMetrics, decode_record, feature_row
+from pipeline.job.stages import ReadUnit, StageMetrics, decode_record, feature_row, with_losers
 from pipeline.job.units import plan_units
 from pipeline.model.handler import KerasBackboneHandler
 
@@ -35,8 +35,13 @@ class ReadImages(beam.PTransform):
         self._listing = list_inputs(resolve_input(input_spec))
 
     def expand(self, pbegin):
-        plan = plan_units(self._listing, {}, unit_size=1000, batch_size=1)
-        read = (pbegin | "PendingUnits" >> PendingUnits(plan.pending)
+        # Planned when the graph is built and carried in it: a library graph has no store to hold a plan.
+        units = plan_units(self._listing, (), unit_size=1000, batch_size=1).units()
+        created = pbegin | "Units" >> beam.Create(units)
+        store = None
+        if any(unit.layout != "files" for unit in units):
+            store = created | "StoreUnits" >> beam.Map(lambda unit: (unit, None))
+        read = (with_losers(created, store, "")
                 | "ReadUnits" >> beam.ParDo(ReadUnit()).with_outputs("errors", main="images"))
         return {"images": read.images, "errors": read.errors}
 

@@ -2,6 +2,7 @@
 paths with a scheme go to Beam."""
 import gzip
 import json
+import time
 
 import pytest
 from apache_beam.io.filesystems import FileSystems
@@ -55,3 +56,39 @@ def test_a_uri_goes_to_beams_filesystems():
     # No filesystem for this scheme is installed: Beam's own refusal proves the call went to Beam.
     with pytest.raises(ValueError, match="Unable to get filesystem from specified path"):
         files.exists("nosuchscheme://bucket/manifest.json")
+
+
+def test_read_iter_keeps_a_bounded_number_of_reads_ahead_of_its_consumer():
+    """Resume planning reads 10^5 journal entries holding every key: only a window may be in memory."""
+    import threading
+
+    started, lock = [], threading.Lock()
+
+    def read(path):
+        with lock:
+            started.append(path)
+        return path
+
+    paths = [f"p{index}" for index in range(1000)]
+    results = files.read_iter(read, paths, threads=4)
+    taken = [next(results) for _ in range(10)]
+    time.sleep(0.2)  # whatever the pool could start, it has started by now
+    assert taken == paths[:10]
+    assert 10 < len(started) <= 10 + 2 * 4 + 1
+    assert list(results) == paths[10:]
+
+
+def test_a_folder_is_listed_as_beam_lists_it_while_it_is_walked(tmp_path):
+    """The launcher walks a local folder with os.scandir (streamed) where Beam's match of `folder/**`
+    would return one list: the same files, hidden ones and those below a symlinked file included,
+    a symlinked folder not entered."""
+    from pipeline.inputs.listing import _walk_local
+
+    for name in ("a.jpg", ".hidden.jpg", "d/b.jpg", "d/e/c.png", "other/x.jpg"):
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(name.encode())
+    (tmp_path / "in" / "link.jpg").symlink_to(tmp_path / "in" / "a.jpg")
+    (tmp_path / "in" / "linked").symlink_to(tmp_path / "in" / "other", target_is_directory=True)
+    folder = str(tmp_path / "in")
+    beam = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([folder + "/**"])[0].metadata_list)
+    assert sorted(_walk_local(folder)) == beam and len(beam) == 6

@@ -7,18 +7,27 @@ docs/design.md: plain files are keyed by their path relative to the input root (
 prefix of every folder or glob given, so `{cats,dogs}` keys `cats/001.jpg` and `dogs/001.jpg`);
 shards are listed whole, their records keyed by their readers (`pipeline.inputs.tar`,
 `pipeline.inputs.record_shards`).
+
+A listing streams: local folders are walked as they are read and the listed files are sorted
+into a local spill (`pipeline.external_sort`), so a launcher listing 10^6 files holds about as
+much as one listing 10^4.
 """
 from __future__ import annotations
 
 import os
 import posixpath
 import re
+import shutil
+import tempfile
+import weakref
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from typing import Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
+from pipeline.external_sort import CHUNK, SortedSpill
 from pipeline.elements import ErrorRecord, relative_path
 from pipeline.image_headers import SNIFF_BYTES, sniff_image_format
 from pipeline.images import extension_of, is_image_name
@@ -142,33 +151,122 @@ def file_key(path: str, root: str) -> str:
     return path.lstrip("/") if files.is_local(path) else path
 
 
-@dataclass
 class Listing:
-    """What an input spec holds, sorted: images (files) or shards (tar), and the files not read."""
-    layout: str
-    root: str
-    inputs: list[tuple[str, str, int]] = field(default_factory=list)  # (key, uri, bytes); tar: key = uri
-    duplicates: list[ErrorRecord] = field(default_factory=list)  # files whose key another file has
-    skipped: list[tuple[str, str]] = field(default_factory=list)  # (key, extension) of files not read
-    missing: list[str] = field(default_factory=list)  # literal paths (a brace range) that do not exist
-    sized: bool = True  # False for a path list: its files are not statted
+    """What an input spec holds, sorted by key, kept in a local spill rather than in memory.
+
+    Images (files) or shards, as (key, uri, bytes) by `inputs()` (a shard's key is its uri);
+    files whose key another file has (`duplicates()`, error rows); files not read (`skipped()`);
+    literal paths that do not exist (`missing`). Counts are attributes: the launcher's totals
+    come from them, never from a list. Built by `list_inputs` (or `add` / `skip` / `finish`).
+    """
+
+    def __init__(self, layout: str, root: str, sized: bool = True, chunk: int = CHUNK,
+                 repeats_are_duplicates: bool = False):
+        self.layout, self.root, self.sized = layout, root, sized
+        self._repeats_are_duplicates = repeats_are_duplicates  # else one file matched by two patterns is one input
+        self.missing: list[str] = []  # literal paths (a brace range) that do not exist
+        self.count = self.duplicate_count = self.skipped_count = 0
+        self._bytes = 0
+        self.skipped_extensions: Counter[str] = Counter()
+        self.workspace = tempfile.mkdtemp(prefix="featurize-listing-")
+        weakref.finalize(self, shutil.rmtree, self.workspace, True)  # the spill goes with the listing
+        self._prefix = root.rstrip("/") + "/" if root else None
+        self._entries = SortedSpill(self.workspace, "entries", chunk)  # (key, path or "" for root/key, bytes)
+        self._skipped = SortedSpill(self.workspace, "skipped", chunk)  # (key, extension)
+        self._finished = False
+
+    def add(self, key: str, path: str, size: int) -> None:
+        """One listed file or shard (repeats of a key are sorted out by `finish`)."""
+        derived = self._prefix is not None and path.startswith(self._prefix) and path[len(self._prefix):] == key
+        self._entries.add((key, "" if derived else path, size))  # "": most paths are root/key, stored once
+
+    def skip(self, key: str, extension: str) -> None:
+        self._skipped.add((key, extension))
+        self.skipped_count += 1
+        self.skipped_extensions[extension or "(none)"] += 1
+
+    def finish(self) -> "Listing":
+        """Count kept inputs and duplicates (one pass over the sorted spill)."""
+        for _, _, size, duplicate in self.entries():
+            if duplicate:
+                self.duplicate_count += 1
+            else:
+                self.count += 1
+                self._bytes += size
+        self._finished = True
+        return self
+
+    def entries(self) -> Iterator[tuple[str, str, int, bool]]:
+        """(key, uri, bytes, duplicate) by key, then uri: the first of a key is kept, the others are duplicates."""
+        previous = None
+        for key, path, size in self._entries:
+            if (key, path) != previous or self._repeats_are_duplicates:
+                yield key, path or self._prefix + key, size, key == (previous or ("",))[0]
+            previous = (key, path)
+
+    def inputs(self) -> Iterator[tuple[str, str, int]]:
+        """(key, uri, bytes) of every kept input, sorted by key."""
+        return ((key, uri, size) for key, uri, size, duplicate in self.entries() if not duplicate)
+
+    def duplicates(self) -> Iterator[ErrorRecord]:
+        """A `DuplicateKey` error row for every input whose key an earlier (smaller) path has."""
+        kept = None
+        for key, uri, _, duplicate in self.entries():
+            if duplicate:
+                yield duplicate_key_error(key, uri, kept)
+            else:
+                kept = uri
+
+    def skipped(self) -> Iterator[tuple[str, str]]:
+        """(key, extension) of the files not read, sorted by key."""
+        return iter(self._skipped)
 
     @property
     def bytes(self) -> int | None:
-        return sum(size for _, _, size in self.inputs) if self.sized else None
+        return self._bytes if self.sized else None
 
     def skipped_by_extension(self) -> dict[str, int]:
-        return dict(sorted(Counter(ext or "(none)" for _, ext in self.skipped).items()))
+        return dict(sorted(self.skipped_extensions.items()))
 
 
-def _match(pattern: str) -> list[tuple[str, int]]:
-    """(path, bytes) of every match; a literal path that does not exist gives (path, -1)."""
+def duplicate_key_error(key: str, uri: str, kept: str) -> ErrorRecord:
+    return ErrorRecord(key, uri, "read", "DuplicateKey", f"key {key!r} also comes from {kept}; kept that one")
+
+
+def _walk_local(folder: str) -> Iterator[tuple[str, int]]:
+    """(path, bytes) of every file below a local folder, as Beam's `folder/**` lists them (os.walk:
+    symlinked folders not entered), streamed: a flat folder of 10^6 files is never one list."""
+    stack = [folder]
+    while stack:
+        try:
+            found = os.scandir(stack.pop())
+        except (FileNotFoundError, NotADirectoryError):
+            continue
+        with found:
+            for entry in found:
+                if entry.is_dir():
+                    if not entry.is_symlink():
+                        stack.append(entry.path)
+                    continue
+                try:
+                    size = entry.stat().st_size
+                except OSError:  # a broken link: listed, so reading it makes an error row
+                    size = 0
+                yield entry.path, size
+
+
+def _match(pattern: str) -> Iterator[tuple[str, int]]:
+    """(path, bytes) of every match; a literal path that does not exist gives (path, -1). A local
+    folder is walked as it is read; other patterns are Beam matches (one list per pattern: brace
+    patterns split an object-store listing, and are matched in parallel by `list_inputs`)."""
+    if pattern.endswith("/**") and files.is_local(pattern) and not has_glob(pattern[:-3]):
+        return _walk_local(pattern[:-3])
     if not has_glob(pattern) and not pattern.endswith("/**"):
         found = FileSystems.match([pattern])[0].metadata_list if files.exists(pattern) else []
     else:
         found = FileSystems.match([pattern])[0].metadata_list
     paths = [(m.path, m.size_in_bytes) for m in found]
-    return paths or ([] if has_glob(pattern) or pattern.endswith("/**") else [(pattern, -1)])
+    return iter(paths or ([] if has_glob(pattern) or pattern.endswith("/**") else [(pattern, -1)]))
 
 
 def _sniffs_as_image(path: str) -> bool:
@@ -179,20 +277,39 @@ def _sniffs_as_image(path: str) -> bool:
         return True
 
 
-def _listed_paths(lists: list[str], uri_column: str | None) -> tuple[str, list[str]]:
-    """The key root and every path the lists name, repeats included (sizes are not looked up: a
-    list of a million object-store paths would cost a million requests)."""
+def _list_root(lists: list[str], uri_column: str | None) -> str:
+    """The key root of path lists: the common folder of every path they name (a first pass over
+    the lists, holding one path at a time; sizes are not looked up: a list of a million
+    object-store paths would cost a million requests)."""
     missing = [path for path in lists if not files.exists(path)]
     if missing:
         raise ValueError(f"input list {missing[0]!r} does not exist; give the path of a .txt, .csv or .tsv list")
-    paths = [path for listed in lists for path in read_path_list(listed, uri_column)]
-    if not paths:
+    root, named = None, False
+    for listed in lists:
+        for path in read_path_list(listed, uri_column):
+            folder = posixpath.dirname(path)
+            root = folder if root is None else _common_root([root, folder])
+            named = True
+    if not named:
         raise ValueError(f"input {', '.join(lists)} names no paths; a list has one path or URL per row")
-    return _common_root([posixpath.dirname(path) for path in paths]), paths
+    return root
 
 
-def list_inputs(spec: InputSpec, uri_column: str | None = None) -> Listing:
-    """List every input of `spec` (on the launcher: units, totals and resume need the whole list).
+def _matched(patterns: list[str]) -> Iterator[tuple[str, int]]:
+    """Every pattern's matches. Object-store patterns are matched up to READ_THREADS at a time (an
+    object store's listing of `{000..999}` prefixes is a thousand independent requests); local
+    ones one after another, each streamed."""
+    if all(files.is_local(pattern) for pattern in patterns) or len(patterns) == 1:
+        for pattern in patterns:
+            yield from _match(pattern)
+        return
+    for matches in files.read_iter(lambda pattern: list(_match(pattern)), patterns, files.READ_THREADS):
+        yield from matches
+
+
+def list_inputs(spec: InputSpec, uri_column: str | None = None, chunk: int = CHUNK) -> Listing:
+    """List every input of `spec`, sorted by key into a local spill (`Listing`): memory stays flat
+    however many files there are.
 
     Files without an image extension are `skipped`, except files without any extension,
     which are read when their first bytes are an image's (a path list's entries are all read:
@@ -201,34 +318,32 @@ def list_inputs(spec: InputSpec, uri_column: str | None = None) -> Listing:
     and make the others `DuplicateKey` error rows.
     """
     root = spec.patterns[0][1] if spec.patterns else ""
-    listing = Listing(LAYOUTS[spec.layout].unit_layout, root)
-    found: dict[str, int] = {}
-    spellings: set[str] = set()
-    for pattern, _ in spec.patterns:
-        for path, size in sorted(_match(pattern)):
+    patterns = [pattern for pattern, _ in spec.patterns]
+    row = LAYOUTS[spec.layout]
+    if row.shard:
+        listing = Listing(row.unit_layout, root, chunk=chunk)
+        for path, size in _matched(patterns):
+            # `shards/a.tar` and `/data/shards/a.tar`: one input, the same spelling (repeats are dropped below).
             spelling = normalized_path(path)
-            if spelling not in spellings:  # `shards/a.tar` and `/data/shards/a.tar`: one input
-                spellings.add(spelling)
-                found[path] = size
-    # A missing literal shard stays in the listing: it becomes a read error row, not a silent gap.
-    listing.missing = sorted(path for path, size in found.items() if size < 0)
-    found = {path: max(size, 0) for path, size in found.items()}
-    if LAYOUTS[spec.layout].shard:
-        listing.inputs = [(path, path, size) for path, size in sorted(found.items())]
-        return listing
-    named = list(found.items())
+            if size < 0:  # a missing literal shard stays listed: it becomes a read error row, not a silent gap
+                listing.missing.append(spelling)
+            listing.add(spelling, spelling, max(size, 0))
+        listing.missing.sort()
+        return listing.finish()
     if spec.layout == "list":
-        root, paths = _listed_paths(sorted(found), uri_column)
-        listing.root, listing.sized, named = root, False, [(path, 0) for path in paths]
-    by_key: dict[str, tuple[str, int]] = {}
-    for path, size in sorted(named):
+        lists = sorted({path for path, _ in _matched(patterns)})
+        root = _list_root(lists, uri_column)
+        # A path listed twice is a duplicate key (an error row), not one file matched twice.
+        listing = Listing(row.unit_layout, root, sized=False, chunk=chunk, repeats_are_duplicates=True)
+        for listed in lists:
+            for path in read_path_list(listed, uri_column):
+                listing.add(file_key(path, root), path, 0)
+        return listing.finish()
+    listing = Listing(row.unit_layout, root, chunk=chunk)
+    for path, size in _matched(patterns):
         key, extension = file_key(path, root), extension_of(path)
-        if spec.layout == "files" and not (is_image_name(path) or (not extension and _sniffs_as_image(path))):
-            listing.skipped.append((key, extension))
-        elif key in by_key:
-            listing.duplicates.append(ErrorRecord(key, path, "read", "DuplicateKey",
-                                                  f"key {key!r} also comes from {by_key[key][0]}; kept that one"))
+        if not (is_image_name(path) or (not extension and _sniffs_as_image(path))):
+            listing.skip(key, extension)
         else:
-            by_key[key] = (path, size)
-    listing.inputs = [(key, path, size) for key, (path, size) in sorted(by_key.items())]
-    return listing
+            listing.add(key, normalized_path(path) if len(patterns) > 1 else path, max(size, 0))
+    return listing.finish()

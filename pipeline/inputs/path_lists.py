@@ -7,9 +7,10 @@ folder; absolute paths and URIs (`gs://...`, `https://...`) are taken as they ar
 """
 from __future__ import annotations
 
+import codecs
 import csv
-import io
 import posixpath
+from typing import Iterator
 
 from pipeline import files
 
@@ -24,13 +25,25 @@ def _is_absolute(entry: str) -> bool:
     return entry.startswith("/") or not files.is_local(entry)
 
 
-def _text_of(path: str) -> str:
+def _lines_of(path: str, block: int = 1 << 20) -> Iterator[str]:
+    """The list's lines with their endings, decoded a block at a time (a list of 10^8 paths is never
+    held whole; any Beam file object will do, it only needs `read`)."""
+    decoder = codecs.getincrementaldecoder("utf-8-sig")()
+    pending = ""
     with files.open_read(path, decompress=True) as handle:
-        data = handle.read()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as exc:
-        raise PathListError(f"input {path!r} is not UTF-8 text ({exc}); a path list has one path or URL per line")
+        while True:
+            data = handle.read(block)
+            try:
+                pending += decoder.decode(data, final=not data)
+            except UnicodeDecodeError as exc:
+                raise PathListError(f"input {path!r} is not UTF-8 text ({exc}); a path list has one path or URL "
+                                    f"per line") from None
+            lines = pending.splitlines(keepends=True)
+            # The last piece may be a line cut by the block's end: kept until the next block.
+            pending = lines.pop() if lines and data and not lines[-1].endswith(("\n", "\r")) else ""
+            yield from lines
+            if not data:
+                return
 
 
 def _column(path: str, header: list[str], uri_column: str | None) -> int:
@@ -47,24 +60,24 @@ def _column(path: str, header: list[str], uri_column: str | None) -> int:
                         f"{', '.join(header)}; name the column of paths with --uri-column")
 
 
-def read_path_list(path: str, uri_column: str | None = None) -> list[str]:
-    """The paths or URIs a list names, in list order, relative ones joined to the list's folder."""
-    text = _text_of(path)
+def read_path_list(path: str, uri_column: str | None = None) -> Iterator[str]:
+    """The paths or URIs a list names, in list order, relative ones joined to the list's folder (lazily)."""
     if path.lower().endswith(".txt"):
         if uri_column is not None:
             raise PathListError(f"uri_column {uri_column!r} applies to .csv and .tsv lists; {path!r} is a .txt "
                                 f"list with one path per line")
-        entries = [line.strip() for line in text.splitlines()]
-        entries = [entry for entry in entries if entry and not entry.startswith("#")]
+        entries = (line.strip() for line in _lines_of(path))
+        entries = (entry for entry in entries if entry and not entry.startswith("#"))
     else:
-        rows = csv.reader(io.StringIO(text), delimiter="\t" if path.lower().endswith(".tsv") else ",")
+        rows = csv.reader(_lines_of(path), delimiter="\t" if path.lower().endswith(".tsv") else ",")
         header = next(rows, None)
         if not header:
             raise PathListError(f"input {path!r} is empty; a .csv / .tsv list starts with a header row")
         column = _column(path, header, uri_column)
-        entries = [row[column].strip() for row in rows if len(row) > column and row[column].strip()]
+        entries = (row[column].strip() for row in rows if len(row) > column and row[column].strip())
     folder = posixpath.dirname(path)
-    return [entry if _is_absolute(entry) else _below(folder, entry) for entry in entries]
+    for entry in entries:
+        yield entry if _is_absolute(entry) else _below(folder, entry)
 
 
 def _below(folder: str, entry: str) -> str:

@@ -7,7 +7,7 @@ store's identity must match), and the model (built once here where that is cheap
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Any
+from typing import Any, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
@@ -19,7 +19,7 @@ from pipeline.inputs.layouts import LAYOUT_NAMES, RECORD_LAYOUTS
 from pipeline.inputs.listing import Listing, list_inputs, normalized_path, resolve_input
 from pipeline.inputs.record_shards import check_record_fields
 from pipeline.job.config import RunConfig, as_typed
-from pipeline.job.journal import committed_units, read_store_state
+from pipeline.job.journal import iter_committed_units, read_store_state
 from pipeline.job.runner import local_workers
 from pipeline.model.failures import ModelLoadError
 from pipeline.model.preflight import check_model
@@ -53,7 +53,7 @@ def _check_layout_options(config: RunConfig, layout: str) -> None:
 def _check_record_fields(config: RunConfig, listing: Listing) -> None:
     """The first readable shard must have the image field, in a type that holds an image (and a
     --key-field that was asked for)."""
-    shard = next((uri for _, uri, _ in listing.inputs if uri not in listing.missing), None)
+    shard = next((uri for _, uri, _ in listing.inputs() if uri not in listing.missing), None)
     if shard is not None:
         check_record_fields(listing.layout, shard, RecordFields(config.image_field, config.key_field))
 
@@ -68,8 +68,8 @@ def check_input(config: RunConfig) -> Listing:
         raise ConfigError(str(exc)) from None
     except Exception as exc:  # noqa: BLE001 - e.g. a filesystem that is not installed: said in one sentence
         raise ConfigError(f"input {config.input!r} cannot be read ({type(exc).__name__}: {exc})") from None
-    if len(listing.inputs) == len(listing.missing) and not listing.duplicates:
-        skipped = f" ({len(listing.skipped)} other files skipped)" if listing.skipped else ""
+    if listing.count == len(listing.missing) and not listing.duplicate_count:
+        skipped = f" ({listing.skipped_count} other files skipped)" if listing.skipped_count else ""
         raise ConfigError(f"input {config.input!r} matches no {LAYOUT_NAMES[listing.layout]}{skipped}; give a folder "
                           f"of images, a glob, a path list (.txt/.csv/.tsv), or shards like "
                           f"'shards/train-{{000000..000127}}.tar' (.tar, .tfrecord, .parquet, .arrow)")
@@ -108,14 +108,15 @@ def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any])
                           f"--overwrite or a new --output")
 
 
-def committed_for(config: RunConfig, identity: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """The journal entries a run may reuse: none unless --resume (or --dry-run) into a matching store.
+def committed_for(config: RunConfig, identity: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The journal entries a run may reuse, read as they are consumed: none unless --resume (or
+    --dry-run) into a matching store.
 
     Refuses a non-empty output without --resume or --overwrite, and a --resume into a store
     made with another configuration or into a folder that is not a featurize store.
     """
     if config.overwrite or output_is_empty(config.output):
-        return {}
+        return iter(())
     state = read_store_state(config.output)
     if not (config.resume or config.dry_run):
         what = "an interrupted or finished featurize run" if state else "files"
@@ -126,7 +127,7 @@ def committed_for(config: RunConfig, identity: dict[str, Any]) -> dict[str, dict
         raise ConfigError(f"--resume: output {config.output!r} is not a featurize store (no {STORE_STATE}); "
                           f"choose an empty directory, or --overwrite to replace featurize's files there")
     check_same_store(config.output, state, identity)
-    return committed_units(config.output)
+    return iter_committed_units(config.output)
 
 
 def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> None:

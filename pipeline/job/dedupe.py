@@ -109,7 +109,7 @@ def resolve_partition(partition_sets: tuple[int, Iterable[KeySet]]) -> Iterator[
 KEYS, SCANNED = "keys", "scanned"
 
 
-def _tagged(tag: str):
+def items_tagged(tag: str):
     """The items of `tag` in a PCollection of (tag, item) pairs."""
     def pick(tagged):
         if tagged[0] == tag:
@@ -160,7 +160,7 @@ class FindDuplicateKeys(beam.PTransform):
     def expand(self, units):
         tagged = units | "ScanKeys" >> beam.ParDo(_ScanKeys(self._output))
         losers = (tagged
-                  | "Keys" >> beam.FlatMap(_tagged(KEYS))
+                  | "Keys" >> beam.FlatMap(items_tagged(KEYS))
                   | "GroupPartitions" >> beam.GroupByKey()
                   | "Resolve" >> beam.FlatMap(resolve_partition))
-        return {"losers": losers, "scanned": tagged | "Scanned" >> beam.FlatMap(_tagged(SCANNED))}
+        return {"losers": losers, "scanned": tagged | "Scanned" >> beam.FlatMap(items_tagged(SCANNED))}

@@ -28,6 +28,7 @@ import numpy as np
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from pipeline.files import read_many
 from pipeline.model import predictions
 from pipeline.job.journal import replace
 from pipeline.store.schema import FINGERPRINT_ATTR, VIRTUAL_STORE
@@ -113,8 +114,9 @@ def shard_rows(path: str) -> int:
 
 def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, int], dtype: str,
                         fingerprint: dict[str, Any]) -> int:
-    """Write `features.h5` mapping every shard, in order, into one dataset per name; returns rows."""
-    counts = [shard_rows(path) for path in shard_paths]
+    """Write `features.h5` mapping every shard, in order, into one dataset per name; returns rows.
+    Shards are opened 32 at a time (h5py reads one at a time, but an object store's opens overlap)."""
+    counts = read_many(shard_rows, shard_paths)
     total = sum(counts)
     relative = [relative_path(path, output) for path in shard_paths]
     layouts = {name: h5py.VirtualLayout(shape=(total, dim), dtype=kind)

@@ -28,13 +28,13 @@ import json
 import os
 import time
 from datetime import datetime, timezone
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
-from pipeline.files import READ_THREADS, join, list_paths, read_json, read_json_many
+from pipeline.files import READ_THREADS, join, list_paths, read_json, read_json_iter
 from pipeline.store.schema import (ERRORS_DIR, FEATURES_DIR, OWNED_PATTERNS, STORE_STATE, TMP_DIR, UNIT_PREFIXES,
                                    UNITS_DIR)
 
@@ -97,14 +97,23 @@ def write_store_state(output: str, state: dict[str, Any]) -> None:
     write_json_atomically(join(output, STORE_STATE), state)
 
 
-def committed_units(output: str, threads: int = READ_THREADS) -> dict[str, dict[str, Any]]:
-    """Every committed unit's journal entry, by unit id (in unit id order).
+def iter_committed_units(output: str, threads: int = READ_THREADS) -> Iterator[dict[str, Any]]:
+    """Every committed unit's journal entry, in unit id order, read `threads` at a time as the
+    caller consumes them (one listing, then the entries: on an object store 10^5 of them one after
+    another take an hour, and a files store's entries hold every key, so they are never all kept)."""
+    paths = list_paths(join(output, UNITS_DIR, "*.json"))
+    return read_json_iter(sorted(paths, key=lambda path: path.rsplit("/", 1)[-1][:-len(".json")]), threads)
 
-    One listing, then the entries read `threads` at a time: resume planning and the manifest step
-    read every entry, and on an object store 10^5 of them one after another take an hour.
-    """
-    entries = read_json_many(list_paths(join(output, UNITS_DIR, "*.json")), threads)
-    return {entry["unit"]: entry for entry in sorted(entries, key=lambda entry: entry["unit"])}
+
+def committed_units(output: str, threads: int = READ_THREADS) -> dict[str, dict[str, Any]]:
+    """Every committed unit's journal entry, by unit id (in unit id order)."""
+    return {entry["unit"]: entry for entry in iter_committed_units(output, threads)}
+
+
+def summary(entry: dict[str, Any]) -> dict[str, Any]:
+    """A journal entry without its key lists (a files unit names every key it holds): what the
+    launcher and the manifest step keep of each of 10^5 entries."""
+    return {name: value for name, value in entry.items() if name not in ("keys", "rejected")}
 
 
 def committed_unit_ids(output: str) -> set[str]:

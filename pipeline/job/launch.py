@@ -1,7 +1,8 @@
 """`run(argv)`: prepare a run (parse, check, plan, build the fingerprint), build its graph, run it.
 
-`prepare` -> `Job`; `build` wires the stages (`PendingUnits` -> `ProcessUnits` ->
-`WriteManifest`, see pipeline.job.stages and pipeline.job.manifest) into a pipeline; `run` starts
+`prepare` -> `Job` (its plan written to a local folder); `stage_plan` copies the plan into the
+store; `build` wires the stages (`PlannedUnits` -> `ProcessUnits` -> `WriteManifest`, see
+pipeline.job.stages and pipeline.job.manifest) into a pipeline that reads it there; `run` starts
 over or resumes the store, runs the pipeline and returns the manifest. The checks that stop a run
 before any worker starts are in pipeline.job.checks, the runner's options and metrics in
 pipeline.job.runner, planning in pipeline.job.units, the journal in pipeline.job.journal.
@@ -28,11 +29,12 @@ from pipeline.job import manifest, progress
 from pipeline.job.checks import (check_input, check_model_before_workers, committed_for, package_version,
                                  store_identity)
 from pipeline.job.config import ConfigError, RunConfig, input_size, parse_run_args
-from pipeline.job.journal import (clear_previous_output, committed_unit_ids, committed_units, read_store_state,
+from pipeline.job.journal import (clear_previous_output, committed_unit_ids, iter_committed_units, read_store_state,
                                   remove_orphans, write_store_state)
 from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, pipeline_options, release,
                                  runs_in_process, tf_threads_per_worker)
-from pipeline.job.stages import PendingUnits, ProcessUnits
+from pipeline.job.plan_files import StagedPlan, stage
+from pipeline.job.stages import PlannedUnits, ProcessUnits
 from pipeline.job.stopping import CtrlC, Interrupted
 from pipeline.job.units import Plan, plan_units
 from pipeline.model import backbones, keras_models
@@ -114,10 +116,10 @@ class Job:
     manifest: dict[str, Any]  # the manifest so far; finalize_store completes it
     plan: Plan
     identity: dict[str, Any]
-    journal: dict[str, dict[str, Any]]  # every committed entry of the store (retry ones too), read once
     started_at: float
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
     class_names: list[str] | None = None  # --predictions: every class's name, handed to the workers
+    staged: StagedPlan | None = None  # set by stage_plan: the plan in the store, which the graph reads
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -142,8 +144,7 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     fingerprint = run_fingerprint(config, outputs, weights_digest(config))
     spec, fp = fingerprint.model_spec(), fingerprint.to_json()
     identity = store_identity(config, fp, listing)
-    journal = committed_for(config, identity)
-    plan = plan_units(listing, journal, config.unit_size, config.batch_size,
+    plan = plan_units(listing, committed_for(config, identity), config.unit_size, config.batch_size,
                       RecordFields(config.image_field, config.key_field))
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
@@ -160,19 +161,28 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
         check_model_before_workers(spec, options)
     started_at = time.time()
     return Job(config, options, handler, fingerprint, manifest.manifest_template(config, fp, options, plan, started_at),
-               plan, identity, journal, started_at, class_names=class_names)
+               plan, identity, started_at, class_names=class_names)
+
+
+def stage_plan(job: Job) -> StagedPlan:
+    """Copy the plan into the store, where the workers read it (before `build`)."""
+    job.staged = stage(job.plan.writer, job.config.output)
+    return job.staged
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
-    """Wire PendingUnits -> ProcessUnits -> WriteManifest into `p`; returns the manifest PCollection."""
+    """Wire PlannedUnits -> ProcessUnits -> WriteManifest into `p` (after `stage_plan`); returns the
+    manifest PCollection."""
     config, plan = job.config, job.plan
-    units = p | "PendingUnits" >> PendingUnits(plan.pending, plan.committed, config.output)
+    if job.staged is None:
+        raise RuntimeError("build() reads the plan from the store: call stage_plan(job) first")
+    units = p | "PlannedUnits" >> PlannedUnits(job.staged, config.output)
     decode = job.fingerprint.decode_spec(config.max_pixels)
     entries = units | "ProcessUnits" >> ProcessUnits(
         config.output, job.handler, decode, config.format, job.manifest["fingerprint"], config.batch_size,
         job.progress_dir, config.max_error_rate, plan.pending_inputs, job.class_names)
     return entries | "WriteManifest" >> manifest.WriteManifest(
-        config.output, job.manifest, job.started_at, [unit.unit_id for unit in plan.pending])
+        config.output, job.manifest, job.started_at, job.staged)
 
 
 def dry_run_report(job: Job) -> dict[str, Any]:
@@ -180,9 +190,9 @@ def dry_run_report(job: Job) -> dict[str, Any]:
     plan, listing = job.plan, job.plan.listing
     return {
         "dry_run": True, "layout": listing.layout, "key_root": listing.root,
-        "inputs": len(listing.inputs) + len(listing.duplicates), "bytes": listing.bytes,
-        "units": [{"unit": u.unit_id, "source": u.source, "inputs": len(u.members) + len(u.rejected) or None,
-                   "bytes": u.size_bytes} for u in plan.pending],
+        "inputs": listing.count + listing.duplicate_count, "bytes": listing.bytes,
+        "units": [{"unit": u.unit_id, "source": u.source, "inputs": u.inputs or None, "bytes": u.size_bytes}
+                  for u in plan.pending],
         "pending_inputs": plan.pending_inputs,
         "reused_units": len(plan.reused_units), "reused_inputs": plan.reused_inputs,
         "removed": job.manifest["removed"], "skipped": job.manifest["skipped"],
@@ -199,7 +209,7 @@ def _start_over_or_resume(job: Job) -> None:
     if read_store_state(output) is None:
         write_store_state(output, job.identity)
         return
-    remove_orphans(output, job.journal.values())
+    remove_orphans(output, job.plan.journal.values())
     if job.plan.pending:
         manifest.withdraw(output)
 
@@ -219,7 +229,7 @@ def _stopped(job: Job, stop: Interrupted, log: RunLog) -> RunStopped:
     it), and count the committed units of this run's plan."""
     output = job.config.output
     if stop.quiescent:
-        remove_orphans(output, committed_units(output).values())
+        remove_orphans(output, iter_committed_units(output))
     planned = {unit.unit_id for unit in job.plan.pending} | set(job.plan.reused_units)
     committed = len(committed_unit_ids(output) & planned)
     log.note(f"stopped by Ctrl-C: {committed} of {len(planned)} units committed"
@@ -286,6 +296,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         if not job.plan.pending:  # everything is committed already: only the manifest is left to write
             return manifest.finalize_store(config.output, job.manifest, job.started_at)
+        stage_plan(job)
         result = _run_pipeline(job, log)
     except Exception as exc:  # noqa: BLE001 - logged in full, raised again as one sentence (RunFailed)
         raise log.failed(exc) from exc

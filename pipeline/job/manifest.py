@@ -16,6 +16,7 @@ the manifest points to when it is too long to hold.
 """
 from __future__ import annotations
 
+import itertools
 import time
 from datetime import datetime, timezone
 from typing import Any, Iterable
@@ -32,12 +33,12 @@ from pipeline.inputs.listing import Listing
 from pipeline.job import journal
 from pipeline.job.config import RunConfig
 from pipeline.job.hdf5 import write_virtual_store
-from pipeline.job.units import Plan
+from pipeline.job.plan_files import StagedPlan, planned_unit_ids
+from pipeline.job.units import LISTED_LIMIT, Plan
 from pipeline.logs import JobError
 from pipeline.store.schema import MANIFEST, STATE_DIR, VIRTUAL_STORE
 
 SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
-LISTED_LIMIT = 1000  # skipped / removed keys listed in the manifest itself; the rest in a file
 ERROR_RATE_SAMPLE = 1000  # --max-error-rate judges once min(this, all inputs) are done
 SUMMARY_ERROR_RATE = 0.10  # above this the run summary says so, even without --max-error-rate
 
@@ -49,28 +50,29 @@ def manifest_path(output: str) -> str:
 def manifest_template(config: RunConfig, fingerprint: dict[str, Any], options: PipelineOptions, plan: Plan,
                       started_at: float) -> dict[str, Any]:
     """The manifest as far as the launcher knows it; `finalize_store` completes it."""
-    skipped = [key for key, _ in plan.listing.skipped]
+    listing = plan.listing
     return {
         "format": config.format,
         "config": config.to_dict(),
         "fingerprint": fingerprint,
         "runner": options.view_as(StandardOptions).runner,
         "started_at": datetime.fromtimestamp(started_at, timezone.utc).isoformat(timespec="seconds"),
-        "counts": {"reused": plan.reused_inputs, "skipped": len(skipped), "removed": len(plan.removed)},
-        "skipped": {"count": len(skipped), "by_extension": plan.listing.skipped_by_extension(),
-                    "keys": skipped[:LISTED_LIMIT],
-                    "file": SKIPPED_FILE if len(skipped) > LISTED_LIMIT else None},
-        "removed": {"count": len(plan.removed), "listed": plan.removed[:LISTED_LIMIT],
-                    "kind": "files" if plan.listing.layout == "files" else "shards"},
+        "counts": {"reused": plan.reused_inputs, "skipped": listing.skipped_count, "removed": plan.removed_count},
+        "skipped": {"count": listing.skipped_count, "by_extension": listing.skipped_by_extension(),
+                    "keys": [key for key, _ in itertools.islice(listing.skipped(), LISTED_LIMIT)],
+                    "file": SKIPPED_FILE if listing.skipped_count > LISTED_LIMIT else None},
+        "removed": {"count": plan.removed_count, "listed": plan.removed,
+                    "kind": "files" if listing.layout == "files" else "shards"},
     }
 
 
 def write_skipped(output: str, listing: Listing) -> None:
     """Every skipped file's key, when there are more than the manifest lists (its `skipped.file`)."""
     path = FileSystems.join(output, SKIPPED_FILE)
-    if len(listing.skipped) > LISTED_LIMIT:
+    if listing.skipped_count > LISTED_LIMIT:
         with FileSystems.create(path) as handle:
-            handle.write("".join(f"{key}\n" for key, _ in listing.skipped).encode("utf-8"))
+            for key, _ in listing.skipped():
+                handle.write(f"{key}\n".encode("utf-8"))
     elif FileSystems.exists(path):  # an earlier run's list, which the manifest no longer names
         FileSystems.delete([path])
 
@@ -124,7 +126,8 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     `threads` at a time (one small read each: sequential reads cost an hour at 10^5 units on an
     object store).
     """
-    entries = journal.committed_units(output, threads)
+    # Summaries: a files unit's entry names every key it holds, 10^8 of them in a large store.
+    entries = {entry["unit"]: journal.summary(entry) for entry in journal.iter_committed_units(output, threads)}
     expected_units = set(expected_units)
     missing = sorted(expected_units - set(entries))
     if missing:
@@ -184,26 +187,28 @@ def with_metrics(output: str, metrics: dict[str, Any]) -> dict[str, Any]:
 class _Finalize(beam.DoFn):
     """Runs once, after every unit of the run is committed (its side input is their journal entries)."""
 
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: StagedPlan):
         self._output, self._template, self._started_at = output, template, started_at
-        self._expected = expected_units
+        self._plan = plan
 
-    def process(self, _, entries):
-        yield finalize_store(self._output, self._template, self._started_at, self._expected)
+    def process(self, _, committed):
+        yield finalize_store(self._output, self._template, self._started_at, planned_unit_ids(self._plan))
 
 
 class WriteManifest(beam.PTransform):
     """Input: the journal entries of the units this run committed. Output: the manifest document,
-    written once every unit is committed; `expected_units` (the run's plan) must all be there
-    (see `finalize_store`)."""
+    written once every unit is committed; every unit of `plan` (read from the store) must be
+    there (see `finalize_store`)."""
 
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, expected_units: list[str]):
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: StagedPlan):
         super().__init__()
         self._output, self._template, self._started_at = output, template, started_at
-        self._expected = list(expected_units)
+        self._expected = plan
 
     def expand(self, entries):
+        # Only the ids wait for the side input: a files unit's entry carries every key it holds.
+        done = entries | "UnitIds" >> beam.Map(lambda entry: entry["unit"])
         return (entries.pipeline
                 | "Trigger" >> beam.Create([None])
                 | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._expected),
-                                           beam.pvalue.AsList(entries)))
+                                           beam.pvalue.AsList(done)))

@@ -1,4 +1,4 @@
-"""The run's own stages: `PendingUnits` (the units, with the members that lose a duplicate key) and
+"""The run's own stages: `PlannedUnits` (the plan's units, with the members that lose a duplicate key) and
 `ProcessUnits` (read -> decode -> infer -> write -> commit, one work unit per DoFn call).
 
 Each unit is read, decoded, run through the backbone in fixed-size batches and written by one
@@ -28,8 +28,9 @@ from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
 from pipeline.inputs.reading import unit_records
 from pipeline.inputs.retries import retry_transient
 from pipeline.job import journal
-from pipeline.job.dedupe import FindDuplicateKeys, key_hashes
+from pipeline.job.dedupe import FindDuplicateKeys, items_tagged, key_hashes
 from pipeline.job.manifest import check_error_rate
+from pipeline.job.plan_files import PENDING, STORE, StagedPlan, read_plan_file
 from pipeline.job.progress import ProgressWriter
 from pipeline.job.writer import UnitWriter
 from pipeline.model.devices import pin_process_to_gpu
@@ -273,34 +274,46 @@ def _with_losers(joined):
     return [(unit, dict(groups["losers"]), scanned) for unit in groups["unit"]]
 
 
-class PendingUnits(beam.PTransform):
-    """The units a run processes, each with the members that must give up a duplicate key.
+def with_losers(units: beam.PCollection, store: beam.PCollection | None, output: str) -> beam.PCollection:
+    """(WorkUnit, {member position: where its key is kept}, inputs the key scan saw or None) for each
+    unit, spread over the workers by a shuffle of units (never of images). `store`: (WorkUnit,
+    journal entry or None) of every shard unit of the store (committed ones read from `output`),
+    whose keys are checked against each other (`pipeline.job.dedupe`); None for files units."""
+    if store is None:
+        return (units | "Spread" >> beam.Reshuffle()
+                | "NoLosers" >> beam.Map(lambda unit: (unit, {}, None)))
+    found = store | "DuplicateKeys" >> FindDuplicateKeys(output)
+    keyed = units | "Keyed" >> beam.Map(lambda unit: (unit.unit_id, unit))
+    return ({"unit": keyed, "losers": found["losers"], "scanned": found["scanned"]}
+            | "JoinLosers" >> beam.CoGroupByKey()  # also spreads the units over the workers
+            | "WithLosers" >> beam.FlatMap(_with_losers))
 
-    Input: a pipeline root. Output: (WorkUnit, {member position: where its key is kept},
-    inputs the key scan saw (shards) or None), spread over the workers by a shuffle of
-    units (never of images). For shard units, keys are checked across every shard of the store
-    (`pipeline.job.dedupe`), including `committed` units (their journal entries, by unit id) read
-    from `output`.
+
+class PlannedUnits(beam.PTransform):
+    """The units of a run's plan, read from the store by the workers (`pipeline.job.plan_files`),
+    each with the members that must give up a duplicate key (see `with_losers`).
+
+    Input: a pipeline root. The graph holds the plan's folder and file count only, so it is the
+    same size for 10^4 files and 10^8.
     """
 
-    def __init__(self, pending: list[WorkUnit], committed: dict[str, dict[str, Any]] | None = None,
-                 output: str = ""):
+    def __init__(self, plan: StagedPlan, output: str):
         super().__init__()
-        self._pending, self._committed, self._output = list(pending), dict(committed or {}), output
+        self._plan, self._output = plan, output
 
     def expand(self, pbegin):
-        keyed = pbegin | "Units" >> beam.Create([(unit.unit_id, unit) for unit in self._pending])
-        if all(unit.layout == "files" for unit in self._pending):
-            return (keyed | "Spread" >> beam.Reshuffle()
-                    | "NoLosers" >> beam.Map(lambda item: (item[1], {}, None)))
-        everything = [(unit, None) for unit in self._pending] + [
-            (WorkUnit(unit_id, entry.get("layout", "tar"), entry["source"]), entry)
-            for unit_id, entry in self._committed.items()]
-        found = (pbegin | "StoreUnits" >> beam.Create(everything)
-                 | "DuplicateKeys" >> FindDuplicateKeys(self._output))
-        return ({"unit": keyed, "losers": found["losers"], "scanned": found["scanned"]}
-                | "JoinLosers" >> beam.CoGroupByKey()  # also spreads the units over the workers
-                | "WithLosers" >> beam.FlatMap(_with_losers))
+        records = (pbegin | "PlanFiles" >> beam.Create(list(range(self._plan.files)))
+                   | "SpreadPlanFiles" >> beam.Reshuffle()
+                   | "ReadPlan" >> beam.FlatMap(_read_plan, self._plan))
+        units = records | "Units" >> beam.FlatMap(items_tagged(PENDING))
+        store = None
+        if self._plan.shards:
+            store = records | "StoreUnits" >> beam.FlatMap(items_tagged(STORE))
+        return with_losers(units, store, self._output)
+
+
+def _read_plan(index: int, plan: StagedPlan):
+    return read_plan_file(plan, index)
 
 
 class ReadUnit(beam.DoFn):

@@ -14,16 +14,20 @@ import hashlib
 import math
 import posixpath
 import re
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, Iterable, NamedTuple
 
-from pipeline.job.journal import is_final
-from pipeline.elements import RecordFields, WorkUnit
+from pipeline.elements import ErrorRecord, RecordFields, WorkUnit
+from pipeline.external_sort import SortedSpill
 from pipeline.inputs.layouts import SHARD_SUFFIXES
-from pipeline.inputs.listing import Listing, file_key, normalized_path
+from pipeline.inputs.listing import Listing, duplicate_key_error, file_key, normalized_path
+from pipeline.job.journal import is_final, summary
+from pipeline.job.plan_files import PlanWriter, unit_from_record
 
 # Files per unit for small runs: enough units that every worker gets some.
 MIN_UNITS = 16
+# Removed (and skipped) keys the manifest lists itself; the rest are counted (skipped: in a file).
+LISTED_LIMIT = 1000
 
 
 def shard_unit_id(layout: str, shard: str) -> str:
@@ -56,14 +60,27 @@ def kept(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return {unit_id: entry for unit_id, entry in committed.items() if is_final(entry)}
 
 
+class PlannedUnit(NamedTuple):
+    """What the launcher keeps of a unit to process (its members are in the plan files)."""
+    unit_id: str
+    source: str
+    inputs: int | None  # files: members and rejected inputs; shards: unknown before reading
+    size_bytes: int
+
+
 @dataclass
 class Plan:
-    """What a run must do, and what the store already holds."""
+    """What a run must do, and what the store already holds. The units themselves are in `writer`'s
+    local plan files (staged into the store by `pipeline.job.plan_files.stage`): the launcher
+    holds O(units), never O(files)."""
     listing: Listing
-    pending: list[WorkUnit]
-    committed: dict[str, dict[str, Any]]  # journal entries of units committed before this run, kept
+    writer: PlanWriter
+    pending: list[PlannedUnit]
+    committed: dict[str, dict[str, Any]]  # entries (summaries) of units committed before this run, kept
+    journal: dict[str, dict[str, Any]]  # every committed entry's summary, retry ones too
     reused_units: list[str] = field(default_factory=list)  # committed units this listing still has
-    removed: list[str] = field(default_factory=list)  # keys (files) or shards (tar) the listing lost
+    removed: list[str] = field(default_factory=list)  # the first LISTED_LIMIT keys (files) or shards the listing lost
+    removed_count: int = 0
 
     @property
     def reused_inputs(self) -> int:
@@ -74,67 +91,145 @@ class Plan:
         """Inputs to process when known before reading (files); None for shards."""
         if self.listing.layout != "files":
             return None
-        return sum(len(unit.members) + len(unit.rejected) for unit in self.pending)
+        return sum(unit.inputs for unit in self.pending)
+
+    def units(self) -> list[WorkUnit]:
+        """The pending units whole, in `pending` order (read back from the plan files: small plans only)."""
+        found = {record["unit"]: unit_from_record(record) for record in self.writer.records() if "unit" in record}
+        return [found[unit.unit_id] for unit in self.pending]
 
 
-def plan_units(listing: Listing, committed: dict[str, dict[str, Any]], unit_size: int,
+def plan_units(listing: Listing, journal: Iterable[dict[str, Any]], unit_size: int,
                batch_size: int, fields: RecordFields = RecordFields()) -> Plan:
-    """Split a listing into pending units, given the journal entries of committed ones.
+    """Split a listing into pending units, given the store's committed journal entries (read as they
+    come: a files store's entries hold every key, which only pass through a sorted spill here).
     `fields`: where TFRecord, Parquet and Arrow records hold their image and key."""
-    retry = {unit_id: entry for unit_id, entry in committed.items() if entry.get("retry")}
-    if listing.layout != "files":  # a shard's unit id does not change: a retry unit is simply pending again
-        return _plan_shards(listing, kept(committed), fields)
-    return _plan_files(listing, kept(committed), retry, unit_size, batch_size)
+    writer = PlanWriter()
+    try:
+        if listing.layout != "files":  # a shard's unit id does not change: a retry unit is simply pending again
+            plan = _plan_shards(listing, writer, {entry["unit"]: summary(entry) for entry in journal}, fields)
+        else:
+            plan = _plan_files(listing, writer, journal, unit_size, batch_size)
+    finally:
+        writer.close()
+    return plan
 
 
-def _plan_shards(listing: Listing, committed: dict[str, dict[str, Any]], fields: RecordFields) -> Plan:
+def _plan_shards(listing: Listing, writer: PlanWriter, journal: dict[str, dict[str, Any]],
+                 fields: RecordFields) -> Plan:
+    committed = kept(journal)
     pending, reused, listed = [], [], set()
-    for shard, _, size in listing.inputs:
+    for shard, _, size in listing.inputs():
         unit_id = shard_unit_id(listing.layout, shard)
         listed.add(unit_id)
         if unit_id in committed:
             reused.append(unit_id)
         else:
-            pending.append(WorkUnit(unit_id, listing.layout, shard, size_bytes=size,
-                                    name=file_key(shard, listing.root), fields=fields))
+            writer.add(WorkUnit(unit_id, listing.layout, shard, size_bytes=size,
+                                name=file_key(shard, listing.root), fields=fields))
+            pending.append(PlannedUnit(unit_id, shard, None, size))
+    for entry in committed.values():  # every shard of the store takes part in the duplicate-key check
+        writer.add_committed(entry)
     removed = sorted(entry["source"] for unit_id, entry in committed.items() if unit_id not in listed)
-    return Plan(listing, pending, committed, reused, removed)
+    return Plan(listing, writer, pending, committed, journal, reused, removed[:LISTED_LIMIT], len(removed))
 
 
-def _plan_files(listing: Listing, committed: dict[str, dict[str, Any]], retry: dict[str, dict[str, Any]],
+class _Chunk:
+    """The files unit being cut: consecutive pending keys, their duplicates' error rows."""
+
+    def __init__(self):
+        self.members: list[tuple[str, str]] = []
+        self.rejected: list[ErrorRecord] = []
+        self.size = 0
+
+    def add(self, key: str, uri: str, size: int) -> None:
+        self.members.append((key, uri))
+        self.size += size
+
+    def unit(self, root: str) -> WorkUnit:
+        return WorkUnit(files_unit_id([key for key, _ in self.members]), "files", root, tuple(self.members),
+                        tuple(self.rejected), self.size)
+
+
+def _write(writer: PlanWriter, unit: WorkUnit) -> PlannedUnit:
+    """Write a files unit into the plan; what the launcher keeps of it."""
+    writer.add(unit)
+    return PlannedUnit(unit.unit_id, unit.source, len(unit.members) + len(unit.rejected), unit.size_bytes)
+
+
+def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str, Any]],
                 unit_size: int, batch_size: int) -> Plan:
-    done_keys: dict[str, str] = {}  # key -> committed unit id
-    for unit_id, entry in committed.items():
+    """Walk the sorted listing beside the sorted keys of committed units (a merge join): a listed key
+    is reused (a kept unit has it), redone (a `retry` unit has it) or pending; a committed key the
+    listing no longer has is removed. Pending keys are cut into units as they come."""
+    owners = SortedSpill(listing.workspace, "committed")  # (key, final?, unit id)
+    summaries: dict[str, dict[str, Any]] = {}
+    recorded: set[tuple[str, str]] = set()  # (key, uri) of duplicates a kept unit already has as error rows
+    for entry in journal:
+        final = is_final(entry)
         for key in entry.get("keys", ()):
-            done_keys[key] = unit_id
-    # A retry unit runs again as the same unit (its entry is replaced), with the keys still listed.
-    retry_keys = {key: unit_id for unit_id, entry in retry.items() for key in entry.get("keys", ())}
-    todo = [item for item in listing.inputs if item[0] not in done_keys and item[0] not in retry_keys]
-    rejected: dict[str, list] = {}
-    # New paths whose key a committed unit already holds: error rows in a unit of their own.
-    recorded = {(key, uri) for entry in committed.values() for key, uri in entry.get("rejected", ())}
-    late_rejects = []
-    for error in listing.duplicates:
-        if error.key not in done_keys:
-            rejected.setdefault(error.key, []).append(error)
-        elif (error.key, error.uri) not in recorded:
-            late_rejects.append(error)
-    uris = {key: uri for key, uri, _ in listing.inputs}
+            owners.add((key, not final, entry["unit"]))  # a kept owner sorts before a retry one
+        if final:
+            recorded.update((key, uri) for key, uri in entry.get("rejected", ()))
+        summaries[entry["unit"]] = summary(entry)
+    committed = kept(summaries)
     # Sized by the whole listing, not what is left: a resume then cuts the pending keys into
     # the very units the interrupted run had (every unit but the last is full).
-    per_unit = files_per_unit(len(listing.inputs), unit_size, batch_size)
-    pending = [WorkUnit(unit_id, "files", listing.root, tuple((key, uris[key]) for key in entry["keys"] if key in uris),
-                        tuple(error for key in entry["keys"] for error in rejected.get(key, ())))
-               for unit_id, entry in sorted(retry.items())]
-    for start in range(0, len(todo), per_unit):
-        chunk = todo[start:start + per_unit]
-        keys = [key for key, _, _ in chunk]
-        pending.append(WorkUnit(
-            files_unit_id(keys), "files", listing.root, tuple((key, uri) for key, uri, _ in chunk),
-            tuple(error for key in keys for error in rejected.get(key, ())), sum(size for _, _, size in chunk)))
-    if late_rejects:
-        pending.append(WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late_rejects]), "files", listing.root,
-                                rejected=tuple(late_rejects)))
-    reused = sorted({unit_id for key, unit_id in done_keys.items() if key in uris})
-    removed = sorted(key for key in [*done_keys, *retry_keys] if key not in uris)
-    return Plan(listing, pending, committed, reused, removed)
+    per_unit = files_per_unit(listing.count, unit_size, batch_size)
+    chunks: list[PlannedUnit] = []
+    retry: dict[str, _Chunk] = {unit_id: _Chunk() for unit_id, entry in summaries.items() if entry.get("retry")}
+    reused: set[str] = set()
+    removed: list[str] = []
+    late = _Chunk()  # new paths whose key a kept unit already holds: error rows in a unit of their own
+    chunk = _Chunk()
+
+    committed_keys = iter(owners)
+    current = next(committed_keys, None)
+    removed_count, last_removed = 0, None
+
+    def owners_up_to(key: str | None) -> tuple | None:
+        """Consume the committed keys up to `key` (None: all); returns the owner of `key` (a kept one
+        first), counting the keys passed over as removed."""
+        nonlocal current, removed_count, last_removed
+        owner = None
+        while current is not None and (key is None or current[0] <= key):
+            if current[0] == key:
+                owner = owner or current
+            elif current[0] != last_removed:
+                last_removed = current[0]
+                removed_count += 1
+                if len(removed) < LISTED_LIMIT:
+                    removed.append(current[0])
+            current = next(committed_keys, None)
+        return owner
+
+    owner, kept_uri = None, ""
+    for key, uri, size, duplicate in listing.entries():
+        if not duplicate:
+            owner, kept_uri = owners_up_to(key), uri
+            if owner is not None and not owner[1]:
+                reused.add(owner[2])
+            elif owner is not None:
+                retry[owner[2]].add(key, uri, size)
+            else:
+                if len(chunk.members) == per_unit:
+                    chunks.append(_write(writer, chunk.unit(listing.root)))
+                    chunk = _Chunk()
+                chunk.add(key, uri, size)
+            continue
+        error = duplicate_key_error(key, uri, kept_uri)
+        if owner is None:
+            chunk.rejected.append(error)
+        elif owner[1]:
+            retry[owner[2]].rejected.append(error)
+        elif (key, uri) not in recorded:
+            late.rejected.append(error)
+    owners_up_to(None)
+    if chunk.members:
+        chunks.append(_write(writer, chunk.unit(listing.root)))
+    # A retry unit runs again as the same unit (its entry is replaced), with the keys still listed.
+    redone = [_write(writer, replace(retry[unit_id].unit(listing.root), unit_id=unit_id)) for unit_id in sorted(retry)]
+    if late.rejected:
+        chunks.append(_write(writer, WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late.rejected]), "files",
+                                              listing.root, rejected=tuple(late.rejected))))
+    return Plan(listing, writer, redone + chunks, committed, summaries, sorted(reused), removed, removed_count)

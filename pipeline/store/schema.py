@@ -4,7 +4,7 @@
     errors/          error rows (Parquet, ERROR_SCHEMA)
     manifest.json    written last: the store is finished
     index/OUTPUT/    `featurize index` (pipeline.store.indexing, read by pipeline.store.index)
-    _featurize/      run state: store.json, one journal entry per unit, temporaries
+    _featurize/      run state: store.json, one journal entry per unit, the run's plan, temporaries
 
 Also the Parquet schemas of feature and error rows, and what featurize may delete in an output
 folder (`UNIT_PREFIXES`, `OWNED_PATTERNS`): only its own files. Imports pyarrow, nothing heavier.
@@ -28,6 +28,7 @@ STATE_DIR = "_featurize"
 STORE_STATE = f"{STATE_DIR}/store.json"
 UNITS_DIR = f"{STATE_DIR}/units"
 TMP_DIR = f"{STATE_DIR}/tmp"
+PLAN_DIR = f"{STATE_DIR}/plan"
 FINGERPRINT_KEY = b"featurize.fingerprint"  # Parquet schema metadata
 FINGERPRINT_ATTR = "featurize.fingerprint"  # HDF5 file attribute
 

@@ -81,8 +81,8 @@ def test_listing_records_skipped_files_and_sniffs_files_without_extension(tmp_pa
     (tmp_path / "README").write_text("no extension, not an image")
     (tmp_path / "clip.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42")
     listing = list_inputs(resolve_input(str(tmp_path)))
-    assert [key for key, _, _ in listing.inputs] == ["IMG_0001", "deep/er/x.PNG"]
-    assert sorted(listing.skipped) == [("README", ""), ("clip.mp4", ".mp4"), ("notes.txt", ".txt")]
+    assert [key for key, _, _ in listing.inputs()] == ["IMG_0001", "deep/er/x.PNG"]
+    assert sorted(listing.skipped()) == [("README", ""), ("clip.mp4", ".mp4"), ("notes.txt", ".txt")]
     assert listing.skipped_by_extension() == {"(none)": 1, ".mp4": 1, ".txt": 1}
     assert listing.bytes == len(png.getvalue()) + 1
 
@@ -97,8 +97,8 @@ def test_roots_sharing_relative_paths_give_distinct_keys(tmp_path, monkeypatch, 
     monkeypatch.chdir(tmp_path)
     spec = f"{{{tmp_path}/{folders[0]},{tmp_path}/{folders[1]}}}" if absolute else "{cats,dogs}"
     listing = list_inputs(resolve_input(spec))
-    assert [key for key, _, _ in listing.inputs] == [f"{folders[0]}/001.jpg", f"{folders[1]}/001.jpg"]
-    assert not listing.duplicates
+    assert [key for key, _, _ in listing.inputs()] == [f"{folders[0]}/001.jpg", f"{folders[1]}/001.jpg"]
+    assert listing.duplicate_count == 0
     # unrelated absolute roots have no common root: the whole path is the key
     assert file_key("/data/a/001.jpg", "") == "data/a/001.jpg" != file_key("/mnt/b/001.jpg", "")
 
@@ -107,11 +107,11 @@ def test_one_file_spelled_two_ways_is_listed_once(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     write_tar(tmp_path / "a.tar", [("x.jpg", b"X")])
     tars = list_inputs(resolve_input(f"{{a.tar,{tmp_path}/a.tar,./a.tar}}"))
-    assert [uri for _, uri, _ in tars.inputs] == [str(tmp_path / "a.tar")]  # absolute, whichever the spelling
+    assert [uri for _, uri, _ in tars.inputs()] == [str(tmp_path / "a.tar")]  # absolute, whichever the spelling
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.jpg").write_bytes(b"X")
     files = list_inputs(resolve_input(f"{{p/x.jpg,{tmp_path}/p/x.jpg}}"))
-    assert len(files.inputs) == 1 and not files.duplicates
+    assert files.count == 1 and files.duplicate_count == 0
 
 
 @pytest.mark.parametrize("pattern, layout, keys", [("*.jpg", "files", ["a.jpg", "b.jpg"]),
@@ -126,6 +126,25 @@ def test_a_glob_without_a_folder_matches_in_the_current_directory(pattern, layou
         (tmp_path / name).write_bytes(b"x")
     monkeypatch.chdir(tmp_path)
     listing = list_inputs(resolve_input(pattern))
-    assert listing.layout == layout and [path for _, path, _ in listing.inputs] == [str(tmp_path / k) for k in keys]
+    assert listing.layout == layout and [path for _, path, _ in listing.inputs()] == [str(tmp_path / k) for k in keys]
     if layout == "files":  # (a tar's listing is of shards; its keys come from the members)
-        assert [key for key, _, _ in listing.inputs] == keys
+        assert [key for key, _, _ in listing.inputs()] == keys
+
+
+def test_a_listing_spilled_to_disk_equals_one_sorted_in_memory(tmp_path):
+    """A million files are sorted in spilled runs (pipeline.external_sort); 3 records per run here."""
+    names = [f"{folder}/{i:03d}.jpg" for folder in ("b", "a/deep", "c") for i in range(9, -1, -1)]
+    for name in names + ["a/notes.txt", "c/clip.mp4"]:
+        (tmp_path / "in" / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / "in" / name).write_bytes(name.encode())
+    listed = "\n".join(str(tmp_path / "in" / name) for name in names + names[:4]) + "\n"
+    (tmp_path / "l.txt").write_text(listed)
+    for spec in (str(tmp_path / "in"), str(tmp_path / "l.txt")):
+        whole, spilled = (list_inputs(resolve_input(spec), chunk=chunk) for chunk in (10**6, 3))
+        assert list(spilled.inputs()) == list(whole.inputs()) and spilled.count == len(names) == whole.count
+        assert [key for key, _, _ in spilled.inputs()] == sorted(names)
+        assert list(spilled.duplicates()) == list(whole.duplicates())
+        assert list(spilled.skipped()) == list(whole.skipped())
+    assert [e.key for e in spilled.duplicates()] == sorted(names[:4])  # the list repeats 4 paths
+    assert list(whole.skipped()) == [] and list(list_inputs(resolve_input(str(tmp_path / "in")), chunk=3).skipped()) == [
+        ("a/notes.txt", ".txt"), ("c/clip.mp4", ".mp4")]

@@ -9,7 +9,7 @@ def test_a_txt_list_skips_blanks_and_comments_and_resolves_relative_paths(tmp_pa
     (tmp_path / "lists").mkdir()
     listed = tmp_path / "lists" / "l.txt"
     listed.write_text("# my images\n\n../img/a.jpg\n  /data/b.png  \ngs://bucket/c.jpg\nhttps://example.org/d.jpg\n")
-    assert read_path_list(str(listed)) == [str(tmp_path / "img" / "a.jpg"), "/data/b.png", "gs://bucket/c.jpg",
+    assert list(read_path_list(str(listed))) == [str(tmp_path / "img" / "a.jpg"), "/data/b.png", "gs://bucket/c.jpg",
                                            "https://example.org/d.jpg"]
 
 
@@ -20,7 +20,7 @@ def test_a_txt_list_skips_blanks_and_comments_and_resolves_relative_paths(tmp_pa
 ])
 def test_csv_and_tsv_lists_read_the_uri_column(tmp_path, name, text, column):
     (tmp_path / name).write_text(text)
-    assert read_path_list(str(tmp_path / name), column) == ["http://h/a.jpg", "http://h/b.jpg"]
+    assert list(read_path_list(str(tmp_path / name), column)) == ["http://h/a.jpg", "http://h/b.jpg"]
 
 
 @pytest.mark.parametrize("name, text, column, message", [
@@ -32,7 +32,7 @@ def test_csv_and_tsv_lists_read_the_uri_column(tmp_path, name, text, column):
 def test_a_list_that_cannot_be_read_is_one_sentence(tmp_path, name, text, column, message):
     (tmp_path / name).write_text(text)
     with pytest.raises(PathListError, match=message):
-        read_path_list(str(tmp_path / name), column)
+        list(read_path_list(str(tmp_path / name), column))
 
 
 def test_listed_paths_are_keyed_below_their_common_folder_and_repeats_are_duplicates(tmp_path):
@@ -45,9 +45,9 @@ def test_listed_paths_are_keyed_below_their_common_folder_and_repeats_are_duplic
     assert listing.layout == "files" and listing.root == str(tmp_path / "photos")
     # Every listed path is read, whatever its extension (a list names what to read); a missing one too
     # (it becomes a read error row); a path listed twice is one input and one DuplicateKey row.
-    assert [key for key, _, _ in listing.inputs] == ["cats/1.jpg", "dogs/1.jpg", "dogs/notes.txt", "missing.jpg"]
-    assert [(e.key, e.error_type) for e in listing.duplicates] == [("cats/1.jpg", "DuplicateKey")]
-    assert listing.skipped == [] and listing.bytes is None  # list entries are not statted
+    assert [key for key, _, _ in listing.inputs()] == ["cats/1.jpg", "dogs/1.jpg", "dogs/notes.txt", "missing.jpg"]
+    assert [(e.key, e.error_type) for e in listing.duplicates()] == [("cats/1.jpg", "DuplicateKey")]
+    assert listing.skipped_count == 0 and listing.bytes is None  # list entries are not statted
 
 
 def test_a_missing_or_empty_list_is_refused(tmp_path):

@@ -141,7 +141,7 @@ def shard_units(spec: str, fields=RecordFields()):
     """resolve_input + list_inputs + the units a run would plan, as a user's --input gives them."""
     listing = list_inputs(resolve_input(spec))
     return listing.layout, [unit(listing.layout, shard, file_key(shard, listing.root), fields)
-                            for shard, _, _ in listing.inputs]
+                            for shard, _, _ in listing.inputs()]
 
 
 def test_hub_parquet_shards_read_the_image_struct_s_bytes_keyed_by_shard_and_index(tmp_path):

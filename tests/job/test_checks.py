@@ -34,4 +34,4 @@ def test_a_non_empty_output_needs_resume_or_overwrite_and_a_resume_needs_a_store
         committed_for(RunConfig(input="i", output=str(out)), STATE)
     with pytest.raises(ConfigError, match="is not a featurize store"):
         committed_for(RunConfig(input="i", output=str(out), resume=True), STATE)
-    assert committed_for(RunConfig(input="i", output=str(out), overwrite=True), STATE) == {}
+    assert list(committed_for(RunConfig(input="i", output=str(out), overwrite=True), STATE)) == []

@@ -87,10 +87,11 @@ def test_the_graph_has_no_multi_output_pardo(numbered, small_weights, tmp_path):
     import apache_beam as beam
     from apache_beam.pipeline import PipelineVisitor
 
-    from pipeline.job.launch import build, prepare
+    from pipeline.job.launch import build, prepare, stage_plan
 
     shards, _ = numbered
     job = prepare(featurize_args(shards, tmp_path / "out", small_weights, "parquet", "--runner", "DaskRunner"))
+    stage_plan(job)
     p = beam.Pipeline(options=job.options)
     build(p, job)
     pardos = []

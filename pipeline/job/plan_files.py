@@ -1,0 +1,177 @@
+"""The plan in the store: the units a run processes, written by the launcher and read by the workers.
+
+The job graph carries where the plan is and how many files it has, never the units themselves:
+a `beam.Create` of a million files' member lists is ~6 MB of graph, and Dataflow refuses graphs
+over 10 MB. The launcher writes the plan to a local folder while planning (`PlanWriter`), and
+`stage` copies it into the store before the pipeline starts:
+
+    _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit, spread round-robin over
+                                               at most PLAN_FILES files; for shard layouts also
+                                               a line per committed unit (its kept keys' file,
+                                               for the duplicate-key check across the store)
+    _featurize/plan/RUN/units.txt              the id of every unit to process, one per line:
+                                               what the manifest step checks is committed
+
+PLAN_FILES bounds the graph (one Create element per file) and is the most partitions a runner
+that does not rebalance (the DaskRunner) spreads the units over. A new run's plan replaces the
+previous run's.
+"""
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import shutil
+import tempfile
+import time
+import uuid
+import weakref
+from typing import Any, Iterator, NamedTuple
+
+from pipeline import files
+from pipeline.elements import ErrorRecord, RecordFields, WorkUnit
+from pipeline.store.schema import PLAN_DIR
+
+PLAN_FILES = 64
+UNIT_IDS = "units.txt"
+PENDING, STORE = "pending", "store"  # what a plan line gives: a unit to process, or a unit of the store to dedupe against
+
+
+class StagedPlan(NamedTuple):
+    """What the job graph carries of a plan: its folder in the store and its size."""
+    folder: str
+    files: int
+    units: int
+    shards: bool  # shard units: keys are checked across the store, committed units included
+
+
+def plan_file_name(index: int) -> str:
+    return f"units-{index:05d}.jsonl.gz"
+
+
+def unit_record(unit: WorkUnit) -> dict[str, Any]:
+    """A pending unit as one JSON line; a member's uri is left out when it is `source/key`."""
+    record: dict[str, Any] = {"unit": unit.unit_id, "layout": unit.layout, "source": unit.source}
+    if unit.members:
+        prefix = unit.source.rstrip("/") + "/"
+        record["members"] = [[key, None if uri == prefix + key else uri] for key, uri in unit.members]
+    if unit.rejected:
+        record["rejected"] = [list(error) for error in unit.rejected]
+    for name, value in (("bytes", unit.size_bytes), ("name", unit.name)):
+        if value:
+            record[name] = value
+    if unit.fields != RecordFields():
+        record["fields"] = [unit.fields.image, unit.fields.key]
+    return record
+
+
+def unit_from_record(record: dict[str, Any]) -> WorkUnit:
+    prefix = record["source"].rstrip("/") + "/"
+    return WorkUnit(
+        record["unit"], record["layout"], record["source"],
+        tuple((key, prefix + key if uri is None else uri) for key, uri in record.get("members", ())),
+        tuple(ErrorRecord(*error) for error in record.get("rejected", ())),
+        record.get("bytes", 0), record.get("name", ""), RecordFields(*record.get("fields", (None, None))))
+
+
+class PlanWriter:
+    """Writes a plan into a local folder as units are planned (the launcher never holds them all)."""
+
+    def __init__(self):
+        self.folder = tempfile.mkdtemp(prefix="featurize-plan-")
+        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self._handles: list[Any] = []
+        self._lines = 0
+        self._ids = open(os.path.join(self.folder, UNIT_IDS), "w", encoding="utf-8")
+        self.units = 0
+        self.shards = False
+
+    def _write(self, record: dict[str, Any]) -> None:
+        index = self._lines % PLAN_FILES
+        if index == len(self._handles):
+            # gzip level 1: member lists compress ~5x at a small cost; the plan of 10^8 files is GBs raw.
+            self._handles.append(gzip.open(os.path.join(self.folder, plan_file_name(index)), "wt",
+                                           encoding="utf-8", compresslevel=1))
+        self._handles[index].write(json.dumps(record, separators=(",", ":")) + "\n")
+        self._lines += 1
+
+    def add(self, unit: WorkUnit) -> None:
+        """A unit to process."""
+        self._write(unit_record(unit))
+        self._ids.write(unit.unit_id + "\n")
+        self.units += 1
+        self.shards = self.shards or unit.layout != "files"
+
+    def add_committed(self, entry: dict[str, Any]) -> None:
+        """A committed shard unit, for the duplicate-key check: its id, shard and kept keys' file."""
+        self._write({STORE: {"unit": entry["unit"], "layout": entry.get("layout", "tar"), "source": entry["source"],
+                             "files": {role: path for role, path in entry.get("files", {}).items() if role == "keys"}}})
+        self.shards = True
+
+    @property
+    def files(self) -> int:
+        return len(self._handles)
+
+    def close(self) -> None:
+        for handle in self._handles:
+            handle.close()
+        self._ids.close()
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every line written (after close), file by file."""
+        for index in range(self.files):
+            with gzip.open(os.path.join(self.folder, plan_file_name(index)), "rt", encoding="utf-8") as handle:
+                for line in handle:
+                    yield json.loads(line)
+
+
+def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
+    """Copy a closed plan into the store (`_featurize/plan/RUN/`), replacing any earlier run's plan."""
+    root = files.join(output, PLAN_DIR)
+    if files.is_local(root):
+        shutil.rmtree(root, ignore_errors=True)
+    else:
+        from apache_beam.io.filesystems import FileSystems
+
+        earlier = files.list_paths(files.join(root, "**"))
+        if earlier:
+            FileSystems.delete(earlier)
+    folder = files.join(root, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
+    names = [UNIT_IDS] + [plan_file_name(index) for index in range(writer.files)]
+    files.read_many(lambda name: _copy(os.path.join(writer.folder, name), files.join(folder, name)), names, threads)
+    return StagedPlan(folder, len(names) - 1, writer.units, writer.shards)
+
+
+def _copy(local: str, destination: str) -> None:
+    if files.is_local(destination):
+        os.makedirs(os.path.dirname(destination), exist_ok=True)
+        shutil.copyfile(local, destination)
+        return
+    from apache_beam.io.filesystem import CompressionTypes
+    from apache_beam.io.filesystems import FileSystems
+
+    with open(local, "rb") as source, FileSystems.create(
+            destination, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
+        shutil.copyfileobj(source, handle, 1 << 20)
+
+
+def read_plan_file(plan: StagedPlan, index: int) -> Iterator[tuple[str, Any]]:
+    """(PENDING, WorkUnit) for a unit to process and, for shard plans, (STORE, (WorkUnit, committed
+    entry or None)) for every unit of the store: what the duplicate-key check scans or loads."""
+    with files.open_read(files.join(plan.folder, plan_file_name(index)), decompress=True) as handle:
+        for line in iter(handle.readline, b""):
+            record = json.loads(line)
+            if STORE in record:
+                entry = record[STORE]
+                yield STORE, (WorkUnit(entry["unit"], entry["layout"], entry["source"]), entry)
+                continue
+            unit = unit_from_record(record)
+            yield PENDING, unit
+            if plan.shards:
+                yield STORE, (unit, None)
+
+
+def planned_unit_ids(plan: StagedPlan) -> list[str]:
+    """The id of every unit the plan processes."""
+    with files.open_read(files.join(plan.folder, UNIT_IDS)) as handle:
+        return handle.read().decode("utf-8").split()
