@@ -14,6 +14,7 @@ import sys
 import threading
 from typing import Iterator, Sequence
 
+from pipeline import files
 from pipeline.errors import ConfigError
 
 USAGE = """usage: featurize COMMAND [options]
@@ -319,8 +320,6 @@ def inspect_command(argv: Sequence[str]) -> int:
     import argparse
     from collections import Counter
 
-    from pipeline import files
-
     parser = argparse.ArgumentParser(prog="featurize inspect", description="Summarise a featurize output.")
     parser.add_argument("store", help="a featurize output directory")
     args = parser.parse_args(argv)
@@ -455,6 +454,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 130
         undo_logs()
         sys.stdout.flush()
+        files.remove_scratch()  # the launcher's listing and plan: os._exit runs no finalizer
         # A stopped pipeline leaves Beam's threads behind (gRPC servers, a handler waiting on a killed worker),
         # some not daemons: a normal exit would wait for them.
         os._exit(130)

@@ -15,6 +15,9 @@ import fnmatch
 import json
 import os
 import re
+import shutil
+import tempfile
+import weakref
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
@@ -119,3 +122,22 @@ def read_many(read: Callable[[str], T], paths: Sequence[str], threads: int = REA
 def read_json_iter(paths: Iterable[str], threads: int = READ_THREADS) -> Iterator[dict[str, Any]]:
     """Every file of `paths` as JSON, in the order of `paths` (see `read_iter`)."""
     return read_iter(read_json, paths, threads)
+
+
+_SCRATCH: list[weakref.finalize] = []
+
+
+def scratch_folder(owner: object, prefix: str) -> str:
+    """A local temporary folder that goes when `owner` is collected, at exit, or at `remove_scratch()`
+    (an exit through os._exit, after a Ctrl-C, runs no finalizer: a 10^8-file listing's spill is GBs)."""
+    folder = tempfile.mkdtemp(prefix=prefix)
+    _SCRATCH.append(weakref.finalize(owner, shutil.rmtree, folder, True))
+    return folder
+
+
+def remove_scratch() -> None:
+    """Delete every scratch folder still there (a finalizer runs once, whichever comes first)."""
+    for cleanup in _SCRATCH:
+        cleanup()
+    _SCRATCH.clear()
+

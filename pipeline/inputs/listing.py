@@ -17,9 +17,6 @@ from __future__ import annotations
 import os
 import posixpath
 import re
-import shutil
-import tempfile
-import weakref
 from collections import Counter
 from dataclasses import dataclass
 from typing import Iterator
@@ -168,8 +165,7 @@ class Listing:
         self.count = self.duplicate_count = self.skipped_count = 0
         self._bytes = 0
         self.skipped_extensions: Counter[str] = Counter()
-        self.workspace = tempfile.mkdtemp(prefix="featurize-listing-")
-        weakref.finalize(self, shutil.rmtree, self.workspace, True)  # the spill goes with the listing
+        self.workspace = files.scratch_folder(self, "featurize-listing-")  # the spill goes with the listing
         self._prefix = root.rstrip("/") + "/" if root else None
         self._entries = SortedSpill(self.workspace, "entries", chunk)  # (key, path or "" for root/key, bytes)
         self._skipped = SortedSpill(self.workspace, "skipped", chunk)  # (key, extension)

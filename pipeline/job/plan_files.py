@@ -22,10 +22,8 @@ import gzip
 import json
 import os
 import shutil
-import tempfile
 import time
 import uuid
-import weakref
 from typing import Any, Iterator, NamedTuple
 
 from pipeline import files
@@ -78,8 +76,7 @@ class PlanWriter:
     """Writes a plan into a local folder as units are planned (the launcher never holds them all)."""
 
     def __init__(self):
-        self.folder = tempfile.mkdtemp(prefix="featurize-plan-")
-        weakref.finalize(self, shutil.rmtree, self.folder, True)
+        self.folder = files.scratch_folder(self, "featurize-plan-")
         self._handles: list[Any] = []
         self._lines = 0
         self._ids = open(os.path.join(self.folder, UNIT_IDS), "w", encoding="utf-8")
