@@ -19,6 +19,9 @@ Cases, generated once under --workdir (a `*.complete` marker beside each when wh
           are that one with its unit id, source and files (a rewritten feature file and key-hash
           file each) renamed; the manifest is removed (an interrupted run). Timed: `--resume`
           into a fresh copy of that store (one per repo: its identity is that repo's).
+  files-resume  (not a dry run; this code only) the planner alone on each --files folder: planned
+          fresh, then again with every other unit committed, as a --resume plans it: both times and
+          the planner process's peak RSS.
 """
 from __future__ import annotations
 
@@ -71,6 +74,27 @@ def one(spec: dict) -> None:
         "graph_bytes": result.job.proto_pipeline.ByteSize(), "plan_bytes": plan_bytes, "spill_bytes": spill_bytes,
         "pending": len(pending) if isinstance(pending, list) else None,
         "committed": len(plan.committed) if plan is not None and hasattr(plan, "committed") else None}), flush=True)
+
+
+def one_files_resume(spec: dict) -> None:
+    """The child of `files-resume` (this code only): plan a folder of files, then plan it again with
+    every other unit committed, as a --resume does (journal entries as the writer makes them, with
+    their keys, streamed from the first plan's files so the bench holds no more than featurize)."""
+    from pipeline.inputs.listing import list_inputs, resolve_input
+    from pipeline.job.units import plan_units
+
+    listing = list_inputs(resolve_input(spec["input"]))
+    started = time.perf_counter()
+    first = plan_units(listing, (), 1000, 32)
+    fresh = time.perf_counter() - started
+    entries = ({"unit": record["unit"], "layout": "files", "source": record["source"], "retry": False,
+                "inputs": len(record["members"]), "keys": [key for key, _ in record["members"]], "rejected": []}
+               for index, record in enumerate(first.writer.records()) if index % 2)
+    started = time.perf_counter()
+    plan = plan_units(listing, entries, 1000, 32)
+    print(MARK + json.dumps({"plan_s": fresh, "resume_plan_s": time.perf_counter() - started,
+                             "pending": len(plan.pending), "reused": len(plan.reused_units),
+                             "rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / MIB}), flush=True)
 
 
 def folder_bytes(folder: str) -> int:
@@ -212,12 +236,34 @@ def megabytes(size: int | None) -> str:
     return "-" if size is None else f"{size / 1e6:.2f}"
 
 
+def files_resume(args: argparse.Namespace, repo: Path) -> None:
+    """Planning a resume of each --files folder with half its units committed, in-process (no graph)."""
+    print("| files | plan s (nothing committed) | resume plan s (half committed) | units pending / reused "
+          "| planner peak RSS MiB |\n| --- | --- | --- | --- | --- |")
+    for n in sorted(args.files):
+        folder, _ = files_input(args.workdir, n, args.flat)
+        runs = []
+        for _ in range(args.repeats):
+            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one",
+                                   json.dumps({"files_resume": True, "input": str(folder)})], cwd=repo,
+                                  env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
+                                  timeout=args.timeout)
+            lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+            if done.returncode or not lines:
+                raise RuntimeError(f"planning {folder} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            runs.append(json.loads(lines[-1][len(MARK):]))
+        best = {name: min(run[name] for run in runs) for name in ("plan_s", "resume_plan_s", "rss_mib")}
+        print(f"| {n:,} | {best['plan_s']:.1f} | {best['resume_plan_s']:.1f} | {runs[0]['pending']} / "
+              f"{runs[0]['reused']} | {best['rss_mib']:,.0f} |", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sizes = lambda text: [int(x) for x in text.split(",") if x]  # noqa: E731
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--repo", type=Path, default=ROOT)
-    parser.add_argument("--cases", default="files,tars,resume")
+    parser.add_argument("--cases", default="files,tars,resume",
+                        help="any of files, tars, resume (Dataflow dry runs) and files-resume (planning only)")
     parser.add_argument("--files", type=sizes, default=[10000, 100000, 1000000])
     parser.add_argument("--flat", action="store_true", help="files in one folder, not 100 subfolders")
     parser.add_argument("--tars", type=sizes, default=[1000, 10000, 100000])
@@ -227,11 +273,16 @@ def main() -> None:
     parser.add_argument("--timeout", type=float, default=1800.0, help="seconds per dry run")
     args = parser.parse_args()
     if args.one:
-        return one(json.loads(args.one))
+        spec = json.loads(args.one)
+        return one_files_resume(spec) if spec.get("files_resume") else one(spec)
     repo, args.workdir = args.repo.resolve(), args.workdir.resolve()  # unit ids hash absolute paths
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, dict]] = []
-    for case in args.cases.split(","):
+    cases = args.cases.split(",")
+    if "files-resume" in cases:
+        cases.remove("files-resume")
+        files_resume(args, repo)
+    for case in cases:
         for n in sorted({"files": args.files, "tars": args.tars, "resume": args.resume_units}[case]):
             template, extra = None, []
             if case == "files":
@@ -252,6 +303,8 @@ def main() -> None:
             rows.append((case, inputs, run))
             print(f"{case} {n:,}: {json.dumps(run)}", flush=True)
     shutil.rmtree(args.workdir / "out", ignore_errors=True)
+    if not rows:
+        return
     print(f"\n{repo}, Dataflow dry run, best of {args.repeats}\n")
     print("| case | inputs | pending units | graph MB | launcher peak RSS MiB | launcher s | plan MB | temp spill MB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

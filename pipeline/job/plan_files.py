@@ -1,25 +1,27 @@
 """The plan in the store: the units a run processes, written by the launcher and read by the workers.
 
-The job graph carries where the plan is and how many files it has, never the units themselves:
+The job graph carries where the plan is and how many parts it has, never the units themselves:
 a `beam.Create` of a million files' member lists is ~6 MB of graph, and Dataflow refuses graphs
-over 10 MB. The launcher writes the plan to a local folder while planning (`PlanWriter`), and
-`stage` copies it into the store before the pipeline starts:
+over 10 MB. The launcher writes the plan to one local file while planning (`PlanWriter`), and
+`stage` cuts it into parts and copies them into the store before the pipeline starts:
 
-    _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit, spread round-robin over
-                                               at most PLAN_FILES files; for shard layouts also
+    _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit, consecutive lines in each of
+                                               min(lines, PLAN_PARTS) parts; for shard layouts also
                                                a line per committed unit (its kept keys' file,
                                                for the duplicate-key check across the store)
     _featurize/plan/RUN/units.txt              the id of every unit to process, one per line:
                                                what the manifest step checks is committed
 
-PLAN_FILES bounds the graph (one Create element per file) and is the most partitions a runner
-that does not rebalance (the DaskRunner) spreads the units over. A new run's plan replaces the
-previous run's.
+The graph holds one integer per part (at most PLAN_PARTS: a few KB, whatever the input). A part is
+the most a runner that never rebalances (the DaskRunner) gives one partition: a unit each up to
+1,024 units. A new run's plan replaces the previous run's.
 """
 from __future__ import annotations
 
 import gzip
+import itertools
 import json
+import math
 import os
 import shutil
 import time
@@ -30,21 +32,27 @@ from pipeline import files
 from pipeline.elements import ErrorRecord, RecordFields, WorkUnit
 from pipeline.store.schema import PLAN_DIR
 
-PLAN_FILES = 64
+PLAN_PARTS = 1024
 UNIT_IDS = "units.txt"
+LOCAL_PLAN = "plan.jsonl.gz"  # the launcher's one file, cut into parts by `stage`
 PENDING, STORE = "pending", "store"  # what a plan line gives: a unit to process, or a unit of the store to dedupe against
 
 
 class StagedPlan(NamedTuple):
     """What the job graph carries of a plan: its folder in the store and its size."""
     folder: str
-    files: int
+    files: int  # parts
     units: int
     shards: bool  # shard units: keys are checked across the store, committed units included
 
 
-def plan_file_name(index: int) -> str:
+def part_name(index: int) -> str:
     return f"units-{index:05d}.jsonl.gz"
+
+
+def parts(lines: int) -> int:
+    """One part per unit up to PLAN_PARTS: a runner that never rebalances (Dask) gets a partition per part."""
+    return min(lines, PLAN_PARTS)
 
 
 def unit_record(unit: WorkUnit) -> dict[str, Any]:
@@ -73,24 +81,19 @@ def unit_from_record(record: dict[str, Any]) -> WorkUnit:
 
 
 class PlanWriter:
-    """Writes a plan into a local folder as units are planned (the launcher never holds them all)."""
+    """Writes a plan into a local file as units are planned (the launcher never holds them all)."""
 
     def __init__(self):
         self.folder = files.scratch_folder(self, "featurize-plan-")
-        self._handles: list[Any] = []
-        self._lines = 0
+        # gzip level 1: member lists compress ~5x at a small cost; the plan of 10^8 files is GBs raw.
+        self._plan = gzip.open(os.path.join(self.folder, LOCAL_PLAN), "wt", encoding="utf-8", compresslevel=1)
         self._ids = open(os.path.join(self.folder, UNIT_IDS), "w", encoding="utf-8")
-        self.units = 0
+        self.lines = self.units = 0
         self.shards = False
 
     def _write(self, record: dict[str, Any]) -> None:
-        index = self._lines % PLAN_FILES
-        if index == len(self._handles):
-            # gzip level 1: member lists compress ~5x at a small cost; the plan of 10^8 files is GBs raw.
-            self._handles.append(gzip.open(os.path.join(self.folder, plan_file_name(index)), "wt",
-                                           encoding="utf-8", compresslevel=1))
-        self._handles[index].write(json.dumps(record, separators=(",", ":")) + "\n")
-        self._lines += 1
+        self._plan.write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.lines += 1
 
     def add(self, unit: WorkUnit) -> None:
         """A unit to process."""
@@ -105,25 +108,22 @@ class PlanWriter:
                              "files": {role: path for role, path in entry.get("files", {}).items() if role == "keys"}}})
         self.shards = True
 
-    @property
-    def files(self) -> int:
-        return len(self._handles)
-
     def close(self) -> None:
-        for handle in self._handles:
-            handle.close()
+        self._plan.close()
         self._ids.close()
 
+    def lines_read(self) -> Iterator[str]:
+        """Every line written (after close)."""
+        with gzip.open(os.path.join(self.folder, LOCAL_PLAN), "rt", encoding="utf-8") as handle:
+            yield from handle
+
     def records(self) -> Iterator[dict[str, Any]]:
-        """Every line written (after close), file by file."""
-        for index in range(self.files):
-            with gzip.open(os.path.join(self.folder, plan_file_name(index)), "rt", encoding="utf-8") as handle:
-                for line in handle:
-                    yield json.loads(line)
+        return (json.loads(line) for line in self.lines_read())
 
 
 def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
-    """Copy a closed plan into the store (`_featurize/plan/RUN/`), replacing any earlier run's plan."""
+    """Copy a closed plan into the store (`_featurize/plan/RUN/`) in `parts(lines)` parts of consecutive
+    lines, replacing any earlier run's plan."""
     root = files.join(output, PLAN_DIR)
     if files.is_local(root):
         shutil.rmtree(root, ignore_errors=True)
@@ -133,10 +133,16 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
         earlier = files.list_paths(files.join(root, "**"))
         if earlier:
             FileSystems.delete(earlier)
+    count = parts(writer.lines)
+    per_part = math.ceil(writer.lines / count) if count else 0
+    lines = writer.lines_read()
+    for index in range(count):  # split locally (fast), then copy the parts in parallel
+        with gzip.open(os.path.join(writer.folder, part_name(index)), "wt", encoding="utf-8", compresslevel=1) as part:
+            part.writelines(itertools.islice(lines, per_part))
     folder = files.join(root, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
-    names = [UNIT_IDS] + [plan_file_name(index) for index in range(writer.files)]
+    names = [UNIT_IDS] + [part_name(index) for index in range(count)]
     files.read_many(lambda name: _copy(os.path.join(writer.folder, name), files.join(folder, name)), names, threads)
-    return StagedPlan(folder, len(names) - 1, writer.units, writer.shards)
+    return StagedPlan(folder, count, writer.units, writer.shards)
 
 
 def _copy(local: str, destination: str) -> None:
@@ -155,7 +161,7 @@ def _copy(local: str, destination: str) -> None:
 def read_plan_file(plan: StagedPlan, index: int) -> Iterator[tuple[str, Any]]:
     """(PENDING, WorkUnit) for a unit to process and, for shard plans, (STORE, (WorkUnit, committed
     entry or None)) for every unit of the store: what the duplicate-key check scans or loads."""
-    with files.open_read(files.join(plan.folder, plan_file_name(index)), decompress=True) as handle:
+    with files.open_read(files.join(plan.folder, part_name(index)), decompress=True) as handle:
         for line in iter(handle.readline, b""):
             record = json.loads(line)
             if STORE in record:

@@ -56,12 +56,14 @@ def graph_bytes(tmp_path, name, count, suffix, *flags):
 
 def test_the_job_graph_carries_the_plan_s_folder_not_its_units(tmp_path):
     """Units are in the store (_featurize/plan/), so the graph does not grow with the input (Dataflow
-    refuses graphs over 10 MB: the member lists of ~1.7M files once were)."""
+    refuses graphs over 10 MB: the member lists of ~1.7M files once were). It holds one integer per
+    plan part, and parts stop at 1,024 units."""
     few_units, few = graph_bytes(tmp_path, "few", 20, ".jpg", "--batch-size", "2")
     many_units, many = graph_bytes(tmp_path, "many", 3000, ".jpg", "--batch-size", "2")
-    assert (few_units, many_units) == (10, 300)
-    assert abs(many - few) < 0.01 * few, (few, many)
+    most_units, most = graph_bytes(tmp_path, "most", 30000, ".jpg", "--batch-size", "2")
+    assert (few_units, many_units, most_units) == (10, 300, 3000)
+    assert many - few < 2000 and most - many < 3000, (few, many, most)  # ~3 bytes a part
     few_units, few = graph_bytes(tmp_path, "few-tars", 3, ".tar")
     many_units, many = graph_bytes(tmp_path, "many-tars", 500, ".tar")
     assert (few_units, many_units) == (3, 500)
-    assert abs(many - few) < 0.01 * few, (few, many)
+    assert many - few < 2000, (few, many)
