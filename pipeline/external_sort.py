@@ -11,10 +11,13 @@ from __future__ import annotations
 import heapq
 import os
 import pickle
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 CHUNK = 100_000  # records sorted in memory before a run is spilled: ~30 MB of (key, path, size)
-READ_BATCH = 256  # records unpickled at once per spilled run while merging: 10^8 files make 1,000 runs
+READ_BATCH = 256  # records unpickled at once per spilled run while merging
+# Runs merged at once. 10^8 files make 1,000 runs, and a resume merges two spills together: more
+# open files than a default limit allows (1,024 on Linux, 256 on macOS), so runs are merged in rounds.
+FAN_IN = 64
 
 
 class SortedSpill:
@@ -24,6 +27,7 @@ class SortedSpill:
         self._folder, self._name, self._chunk = folder, name, chunk
         self._buffer: list[tuple[Any, ...]] = []
         self._runs: list[str] = []
+        self._written = 0
         self.count = 0
 
     def add(self, record: tuple[Any, ...]) -> None:
@@ -32,13 +36,23 @@ class SortedSpill:
         if len(self._buffer) >= self._chunk:
             self._spill()
 
+    def _write_run(self, records: Iterable[tuple[Any, ...]]) -> str:
+        path = os.path.join(self._folder, f"{self._name}-{self._written:06d}.pickle")
+        self._written += 1
+        with open(path, "wb") as handle:
+            batch = []
+            for record in records:
+                batch.append(record)
+                if len(batch) == READ_BATCH:
+                    pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
+                    batch = []
+            if batch:
+                pickle.dump(batch, handle, protocol=pickle.HIGHEST_PROTOCOL)
+        return path
+
     def _spill(self) -> None:
         self._buffer.sort()
-        path = os.path.join(self._folder, f"{self._name}-{len(self._runs):06d}.pickle")
-        with open(path, "wb") as handle:
-            for start in range(0, len(self._buffer), READ_BATCH):
-                pickle.dump(self._buffer[start:start + READ_BATCH], handle, protocol=pickle.HIGHEST_PROTOCOL)
-        self._runs.append(path)
+        self._runs.append(self._write_run(self._buffer))
         self._buffer = []
 
     def __iter__(self) -> Iterator[tuple[Any, ...]]:
@@ -47,6 +61,12 @@ class SortedSpill:
             return iter(self._buffer)
         if self._buffer:
             self._spill()
+        while len(self._runs) > FAN_IN:  # merge rounds: at most FAN_IN files open at once
+            merged = [self._write_run(heapq.merge(*(_read_run(path) for path in self._runs[start:start + FAN_IN])))
+                      for start in range(0, len(self._runs), FAN_IN)]
+            for path in self._runs:
+                os.remove(path)
+            self._runs = merged
         return heapq.merge(*(_read_run(path) for path in self._runs))
 
 

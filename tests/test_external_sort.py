@@ -20,3 +20,28 @@ def test_a_spill_that_fits_writes_nothing(tmp_path):
     for key in ("b", "a", "c"):
         spill.add((key,))
     assert list(spill) == [("a",), ("b",), ("c",)] and os.listdir(tmp_path) == []
+
+
+def test_many_runs_are_merged_in_rounds_with_few_files_open(tmp_path, monkeypatch):
+    """10^8 files make ~1,000 runs: more open files than a default ulimit. Runs merge FAN_IN at a time."""
+    from pipeline import external_sort
+
+    monkeypatch.setattr(external_sort, "FAN_IN", 4)
+    opened, real_open = [], open
+
+    def counting_open(path, *args, **kwargs):
+        handle = real_open(path, *args, **kwargs)
+        opened.append(handle)
+        return handle
+
+    records = [(random.Random(i).random(), i) for i in range(500)]
+    spill = SortedSpill(str(tmp_path), "t", chunk=10)  # 50 runs -> 13 -> 4
+    for record in records:
+        spill.add(record)
+    monkeypatch.setattr("builtins.open", counting_open)
+    merged = iter(spill)
+    first = next(merged)
+    assert sum(not handle.closed for handle in opened) <= 4 + 1  # the runs being read (+1 written)
+    assert [first, *merged] == sorted(records)
+    assert len(os.listdir(tmp_path)) == 4  # the merged-away runs were deleted
+    assert list(spill) == sorted(records)

@@ -80,8 +80,8 @@ def test_read_iter_keeps_a_bounded_number_of_reads_ahead_of_its_consumer():
 
 def test_a_folder_is_listed_as_beam_lists_it_while_it_is_walked(tmp_path):
     """The launcher walks a local folder with os.scandir (streamed) where Beam's match of `folder/**`
-    would return one list: the same files, hidden ones and those below a symlinked file included,
-    a symlinked folder not entered."""
+    would return one list: the same files, hidden ones and symlinked files included, a symlinked
+    folder not entered, a broken link left out."""
     from pipeline.inputs.listing import _walk_local
 
     for name in ("a.jpg", ".hidden.jpg", "d/b.jpg", "d/e/c.png", "other/x.jpg"):
@@ -89,6 +89,7 @@ def test_a_folder_is_listed_as_beam_lists_it_while_it_is_walked(tmp_path):
         (tmp_path / "in" / name).write_bytes(name.encode())
     (tmp_path / "in" / "link.jpg").symlink_to(tmp_path / "in" / "a.jpg")
     (tmp_path / "in" / "linked").symlink_to(tmp_path / "in" / "other", target_is_directory=True)
+    (tmp_path / "in" / "d" / "broken.jpg").symlink_to(tmp_path / "nowhere.jpg")
     folder = str(tmp_path / "in")
     beam = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([folder + "/**"])[0].metadata_list)
     assert sorted(_walk_local(folder)) == beam and len(beam) == 6

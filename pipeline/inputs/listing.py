@@ -14,10 +14,12 @@ much as one listing 10^4.
 """
 from __future__ import annotations
 
+import itertools
 import os
 import posixpath
 import re
 from collections import Counter
+from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -34,6 +36,8 @@ from pipeline.inputs.path_lists import read_path_list
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BRACE = re.compile(r"\{([^{}]*)\}")
 _RANGE = re.compile(r"^(-?\d+)\.\.(-?\d+)$")
+# Object-store patterns listed at once: each match is one list in memory until it is sorted in.
+LIST_THREADS = 8
 
 
 @dataclass(frozen=True)
@@ -178,11 +182,12 @@ class Listing:
 
     def skip(self, key: str, extension: str) -> None:
         self._skipped.add((key, extension))
-        self.skipped_count += 1
-        self.skipped_extensions[extension or "(none)"] += 1
 
     def finish(self) -> "Listing":
-        """Count kept inputs and duplicates (one pass over the sorted spill)."""
+        """Count kept inputs, duplicates and skipped files (one pass over each sorted spill)."""
+        for _, extension in self.skipped():
+            self.skipped_count += 1
+            self.skipped_extensions[extension or "(none)"] += 1
         for _, _, size, duplicate in self.entries():
             if duplicate:
                 self.duplicate_count += 1
@@ -197,7 +202,7 @@ class Listing:
         previous = None
         for key, path, size in self._entries:
             if (key, path) != previous or self._repeats_are_duplicates:
-                yield key, path or self._prefix + key, size, key == (previous or ("",))[0]
+                yield key, path or self._prefix + key, size, previous is not None and key == previous[0]
             previous = (key, path)
 
     def inputs(self) -> Iterator[tuple[str, str, int]]:
@@ -214,8 +219,12 @@ class Listing:
                 kept = uri
 
     def skipped(self) -> Iterator[tuple[str, str]]:
-        """(key, extension) of the files not read, sorted by key."""
-        return iter(self._skipped)
+        """(key, extension) of the files not read, sorted by key (a file two patterns matched: once)."""
+        previous = None
+        for record in self._skipped:
+            if record != previous:
+                yield record
+            previous = record
 
     @property
     def bytes(self) -> int | None:
@@ -236,7 +245,7 @@ def _walk_local(folder: str) -> Iterator[tuple[str, int]]:
     while stack:
         try:
             found = os.scandir(stack.pop())
-        except (FileNotFoundError, NotADirectoryError):
+        except OSError:  # gone, or unreadable: os.walk (Beam) passes over it too
             continue
         with found:
             for entry in found:
@@ -246,8 +255,8 @@ def _walk_local(folder: str) -> Iterator[tuple[str, int]]:
                     continue
                 try:
                     size = entry.stat().st_size
-                except OSError:  # a broken link: listed, so reading it makes an error row
-                    size = 0
+                except OSError:  # a broken link, a file gone meanwhile: Beam leaves it out too
+                    continue
                 yield entry.path, size
 
 
@@ -280,27 +289,41 @@ def _list_root(lists: list[str], uri_column: str | None) -> str:
     missing = [path for path in lists if not files.exists(path)]
     if missing:
         raise ValueError(f"input list {missing[0]!r} does not exist; give the path of a .txt, .csv or .tsv list")
-    root, named = None, False
+    common: list[str] | None = None  # `_common_root` of every folder, one folder at a time
     for listed in lists:
         for path in read_path_list(listed, uri_column):
-            folder = posixpath.dirname(path)
-            root = folder if root is None else _common_root([root, folder])
-            named = True
-    if not named:
+            parts = posixpath.dirname(path).rstrip("/").split("/")
+            if common is None:
+                common = parts
+            else:
+                same = 0
+                while same < min(len(common), len(parts)) and common[same] == parts[same]:
+                    same += 1
+                del common[same:]
+    if common is None:
         raise ValueError(f"input {', '.join(lists)} names no paths; a list has one path or URL per row")
-    return root
+    return "/".join(common)
 
 
 def _matched(patterns: list[str]) -> Iterator[tuple[str, int]]:
-    """Every pattern's matches. Object-store patterns are matched up to READ_THREADS at a time (an
+    """Every pattern's matches (in no particular order: the listing sorts them). Object-store
+    patterns are matched LIST_THREADS at a time, each match consumed as soon as it is back (an
     object store's listing of `{000..999}` prefixes is a thousand independent requests); local
     ones one after another, each streamed."""
     if all(files.is_local(pattern) for pattern in patterns) or len(patterns) == 1:
         for pattern in patterns:
             yield from _match(pattern)
         return
-    for matches in files.read_iter(lambda pattern: list(_match(pattern)), patterns, files.READ_THREADS):
-        yield from matches
+    queue = iter(patterns)
+    with ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="featurize-list") as pool:
+        running = {pool.submit(lambda pattern: list(_match(pattern)), pattern)
+                   for pattern in itertools.islice(queue, LIST_THREADS)}
+        while running:
+            done, running = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                yield from future.result()
+                running.update(pool.submit(lambda pattern: list(_match(pattern)), pattern)
+                               for pattern in itertools.islice(queue, 1))
 
 
 def list_inputs(spec: InputSpec, uri_column: str | None = None, chunk: int = CHUNK) -> Listing:
@@ -324,7 +347,7 @@ def list_inputs(spec: InputSpec, uri_column: str | None = None, chunk: int = CHU
             if size < 0:  # a missing literal shard stays listed: it becomes a read error row, not a silent gap
                 listing.missing.append(spelling)
             listing.add(spelling, spelling, max(size, 0))
-        listing.missing.sort()
+        listing.missing = sorted(set(listing.missing))
         return listing.finish()
     if spec.layout == "list":
         lists = sorted({path for path, _ in _matched(patterns)})

@@ -26,8 +26,9 @@ def _is_absolute(entry: str) -> bool:
 
 
 def _lines_of(path: str, block: int = 1 << 20) -> Iterator[str]:
-    """The list's lines with their endings, decoded a block at a time (a list of 10^8 paths is never
-    held whole; any Beam file object will do, it only needs `read`)."""
+    """The list's lines, cut at "\n" only and with it (as csv reads a file: a caption's U+2028 or form
+    feed is not a row), decoded a block at a time (a list of 10^8 paths is never held whole; any Beam
+    file object will do, it only needs `read`)."""
     decoder = codecs.getincrementaldecoder("utf-8-sig")()
     pending = ""
     with files.open_read(path, decompress=True) as handle:
@@ -38,11 +39,11 @@ def _lines_of(path: str, block: int = 1 << 20) -> Iterator[str]:
             except UnicodeDecodeError as exc:
                 raise PathListError(f"input {path!r} is not UTF-8 text ({exc}); a path list has one path or URL "
                                     f"per line") from None
-            lines = pending.splitlines(keepends=True)
-            # The last piece may be a line cut by the block's end: kept until the next block.
-            pending = lines.pop() if lines and data and not lines[-1].endswith(("\n", "\r")) else ""
-            yield from lines
+            *lines, pending = pending.split("\n")  # the last piece: a line the block's end cut, kept
+            yield from (line + "\n" for line in lines)
             if not data:
+                if pending:
+                    yield pending
                 return
 
 
@@ -66,7 +67,8 @@ def read_path_list(path: str, uri_column: str | None = None) -> Iterator[str]:
         if uri_column is not None:
             raise PathListError(f"uri_column {uri_column!r} applies to .csv and .tsv lists; {path!r} is a .txt "
                                 f"list with one path per line")
-        entries = (line.strip() for line in _lines_of(path))
+        # Every line break Python knows ends a .txt line (str.splitlines), as it always has.
+        entries = (entry.strip() for line in _lines_of(path) for entry in line.splitlines())
         entries = (entry for entry in entries if entry and not entry.startswith("#"))
     else:
         rows = csv.reader(_lines_of(path), delimiter="\t" if path.lower().endswith(".tsv") else ",")

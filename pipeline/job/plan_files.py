@@ -5,10 +5,11 @@ a `beam.Create` of a million files' member lists is ~6 MB of graph, and Dataflow
 over 10 MB. The launcher writes the plan to one local file while planning (`PlanWriter`), and
 `stage` cuts it into parts and copies them into the store before the pipeline starts:
 
-    _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit, consecutive lines in each of
-                                               min(lines, PLAN_PARTS) parts; for shard layouts also
-                                               a line per committed unit (its kept keys' file,
-                                               for the duplicate-key check across the store)
+    _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit to process, consecutive lines
+                                               spread evenly over min(units, PLAN_PARTS) parts;
+                                               for shard layouts also a line per committed unit
+                                               (its kept keys' file, for the duplicate-key check
+                                               across the store), spread the same way
     _featurize/plan/RUN/units.txt              the id of every unit to process, one per line:
                                                what the manifest step checks is committed
 
@@ -21,7 +22,6 @@ from __future__ import annotations
 import gzip
 import itertools
 import json
-import math
 import os
 import shutil
 import time
@@ -34,7 +34,8 @@ from pipeline.store.schema import PLAN_DIR
 
 PLAN_PARTS = 1024
 UNIT_IDS = "units.txt"
-LOCAL_PLAN = "plan.jsonl.gz"  # the launcher's one file, cut into parts by `stage`
+PENDING_LINES, STORE_LINES = "pending.jsonl.gz", "store.jsonl.gz"  # the launcher's local files, cut into parts by `stage`
+LOCAL_PLAN = (PENDING_LINES, STORE_LINES)
 PENDING, STORE = "pending", "store"  # what a plan line gives: a unit to process, or a unit of the store to dedupe against
 
 
@@ -50,9 +51,9 @@ def part_name(index: int) -> str:
     return f"units-{index:05d}.jsonl.gz"
 
 
-def parts(lines: int) -> int:
+def parts(units: int) -> int:
     """One part per unit up to PLAN_PARTS: a runner that never rebalances (Dask) gets a partition per part."""
-    return min(lines, PLAN_PARTS)
+    return min(units, PLAN_PARTS)
 
 
 def unit_record(unit: WorkUnit) -> dict[str, Any]:
@@ -81,49 +82,60 @@ def unit_from_record(record: dict[str, Any]) -> WorkUnit:
 
 
 class PlanWriter:
-    """Writes a plan into a local file as units are planned (the launcher never holds them all)."""
+    """Writes a plan into local files as units are planned (the launcher never holds them all): the
+    units to process, and apart from them the committed shard units they are checked against."""
 
     def __init__(self):
         self.folder = files.scratch_folder(self, "featurize-plan-")
         # gzip level 1: member lists compress ~5x at a small cost; the plan of 10^8 files is GBs raw.
-        self._plan = gzip.open(os.path.join(self.folder, LOCAL_PLAN), "wt", encoding="utf-8", compresslevel=1)
+        self._handles = {name: gzip.open(os.path.join(self.folder, name), "wt", encoding="utf-8", compresslevel=1)
+                         for name in LOCAL_PLAN}
         self._ids = open(os.path.join(self.folder, UNIT_IDS), "w", encoding="utf-8")
-        self.lines = self.units = 0
+        self.lines = dict.fromkeys(LOCAL_PLAN, 0)
+        self.units = 0
         self.shards = False
 
-    def _write(self, record: dict[str, Any]) -> None:
-        self._plan.write(json.dumps(record, separators=(",", ":")) + "\n")
-        self.lines += 1
+    def _write(self, name: str, record: dict[str, Any]) -> None:
+        self._handles[name].write(json.dumps(record, separators=(",", ":")) + "\n")
+        self.lines[name] += 1
 
     def add(self, unit: WorkUnit) -> None:
         """A unit to process."""
-        self._write(unit_record(unit))
+        self._write(PENDING_LINES, unit_record(unit))
         self._ids.write(unit.unit_id + "\n")
         self.units += 1
         self.shards = self.shards or unit.layout != "files"
 
     def add_committed(self, entry: dict[str, Any]) -> None:
         """A committed shard unit, for the duplicate-key check: its id, shard and kept keys' file."""
-        self._write({STORE: {"unit": entry["unit"], "layout": entry.get("layout", "tar"), "source": entry["source"],
-                             "files": {role: path for role, path in entry.get("files", {}).items() if role == "keys"}}})
+        self._write(STORE_LINES, {STORE: {
+            "unit": entry["unit"], "layout": entry.get("layout", "tar"), "source": entry["source"],
+            "files": {role: path for role, path in entry.get("files", {}).items() if role == "keys"}}})
         self.shards = True
 
     def close(self) -> None:
-        self._plan.close()
+        for handle in self._handles.values():
+            handle.close()
         self._ids.close()
 
-    def lines_read(self) -> Iterator[str]:
-        """Every line written (after close)."""
-        with gzip.open(os.path.join(self.folder, LOCAL_PLAN), "rt", encoding="utf-8") as handle:
+    def lines_of(self, name: str) -> Iterator[str]:
+        """Every line of one local file (after close)."""
+        with gzip.open(os.path.join(self.folder, name), "rt", encoding="utf-8") as handle:
             yield from handle
 
     def records(self) -> Iterator[dict[str, Any]]:
-        return (json.loads(line) for line in self.lines_read())
+        return (json.loads(line) for name in LOCAL_PLAN for line in self.lines_of(name))
+
+
+def _shares(total: int, count: int) -> list[int]:
+    """`total` lines over `count` parts, as evenly as can be."""
+    each, extra = divmod(total, count)
+    return [each + (index < extra) for index in range(count)]
 
 
 def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
-    """Copy a closed plan into the store (`_featurize/plan/RUN/`) in `parts(lines)` parts of consecutive
-    lines, replacing any earlier run's plan."""
+    """Copy a closed plan into the store (`_featurize/plan/RUN/`) in `parts(units)` parts, the units to
+    process and the committed units spread evenly over them, replacing any earlier run's plan."""
     root = files.join(output, PLAN_DIR)
     if files.is_local(root):
         shutil.rmtree(root, ignore_errors=True)
@@ -133,15 +145,17 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
         earlier = files.list_paths(files.join(root, "**"))
         if earlier:
             FileSystems.delete(earlier)
-    count = parts(writer.lines)
-    per_part = math.ceil(writer.lines / count) if count else 0
-    lines = writer.lines_read()
-    for index in range(count):  # split locally (fast), then copy the parts in parallel
+    count = parts(writer.units)
+    sources = [(writer.lines_of(name), _shares(writer.lines[name], count)) for name in LOCAL_PLAN]
+    for index in range(count):  # cut locally (fast), then copy the parts in parallel
         with gzip.open(os.path.join(writer.folder, part_name(index)), "wt", encoding="utf-8", compresslevel=1) as part:
-            part.writelines(itertools.islice(lines, per_part))
+            for lines, shares in sources:
+                part.writelines(itertools.islice(lines, shares[index]))
     folder = files.join(root, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
     names = [UNIT_IDS] + [part_name(index) for index in range(count)]
     files.read_many(lambda name: _copy(os.path.join(writer.folder, name), files.join(folder, name)), names, threads)
+    for name in names[1:]:  # the store has them now
+        os.remove(os.path.join(writer.folder, name))
     return StagedPlan(folder, count, writer.units, writer.shards)
 
 

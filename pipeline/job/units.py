@@ -11,6 +11,7 @@ inputs could not be read: a missing shard, an unreadable file) is processed agai
 from __future__ import annotations
 
 import hashlib
+import itertools
 import math
 import posixpath
 import re
@@ -177,59 +178,72 @@ def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str
     # the very units the interrupted run had (every unit but the last is full).
     per_unit = files_per_unit(listing.count, unit_size, batch_size)
     chunks: list[PlannedUnit] = []
-    retry: dict[str, _Chunk] = {unit_id: _Chunk() for unit_id, entry in summaries.items() if entry.get("retry")}
+    # What `retry` units redo, spilled (a list with many dead links makes most units retry units):
+    # (unit id, key, 0, uri, bytes) for a member, (unit id, key, 1, uri, kept uri) for a duplicate.
+    redo = SortedSpill(listing.workspace, "redo")
     reused: set[str] = set()
     removed: list[str] = []
-    late = _Chunk()  # new paths whose key a kept unit already holds: error rows in a unit of their own
+    late: list[ErrorRecord] = []  # new paths whose key a kept unit already holds: error rows in a unit of their own
     chunk = _Chunk()
-
     committed_keys = iter(owners)
     current = next(committed_keys, None)
     removed_count, last_removed = 0, None
 
-    def owners_up_to(key: str | None) -> tuple | None:
-        """Consume the committed keys up to `key` (None: all); returns the owner of `key` (a kept one
+    def owners_of(key: str | None) -> list[tuple]:
+        """Consume the committed keys up to `key` (None: all); returns the owners of `key` (kept ones
         first), counting the keys passed over as removed."""
         nonlocal current, removed_count, last_removed
-        owner = None
+        found = []
         while current is not None and (key is None or current[0] <= key):
             if current[0] == key:
-                owner = owner or current
+                found.append(current)
             elif current[0] != last_removed:
                 last_removed = current[0]
                 removed_count += 1
                 if len(removed) < LISTED_LIMIT:
                     removed.append(current[0])
             current = next(committed_keys, None)
-        return owner
+        return found
 
     owner, kept_uri = None, ""
     for key, uri, size, duplicate in listing.entries():
         if not duplicate:
-            owner, kept_uri = owners_up_to(key), uri
-            if owner is not None and not owner[1]:
-                reused.add(owner[2])
-            elif owner is not None:
-                retry[owner[2]].add(key, uri, size)
-            else:
+            owners, kept_uri = owners_of(key), uri
+            owner = owners[0] if owners else None
+            reused.update(unit_id for _, retry, unit_id in owners if not retry)
+            if owner is not None and owner[1]:
+                redo.add((owner[2], key, 0, uri, size))
+            elif owner is None:
                 if len(chunk.members) == per_unit:
                     chunks.append(_write(writer, chunk.unit(listing.root)))
                     chunk = _Chunk()
                 chunk.add(key, uri, size)
             continue
-        error = duplicate_key_error(key, uri, kept_uri)
         if owner is None:
-            chunk.rejected.append(error)
+            chunk.rejected.append(duplicate_key_error(key, uri, kept_uri))
         elif owner[1]:
-            retry[owner[2]].rejected.append(error)
+            redo.add((owner[2], key, 1, uri, kept_uri))
         elif (key, uri) not in recorded:
-            late.rejected.append(error)
-    owners_up_to(None)
+            late.append(duplicate_key_error(key, uri, kept_uri))
+    owners_of(None)
     if chunk.members:
         chunks.append(_write(writer, chunk.unit(listing.root)))
     # A retry unit runs again as the same unit (its entry is replaced), with the keys still listed.
-    redone = [_write(writer, replace(retry[unit_id].unit(listing.root), unit_id=unit_id)) for unit_id in sorted(retry)]
-    if late.rejected:
-        chunks.append(_write(writer, WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late.rejected]), "files",
-                                              listing.root, rejected=tuple(late.rejected))))
+    retry_ids = sorted(unit_id for unit_id, entry in summaries.items() if entry.get("retry"))
+    redone, records = [], itertools.groupby(redo, key=lambda record: record[0])
+    group = next(records, None)
+    for unit_id in retry_ids:
+        again = _Chunk()
+        if group is not None and group[0] == unit_id:
+            for _, key, kind, uri, extra in group[1]:
+                if kind:
+                    again.rejected.append(duplicate_key_error(key, uri, extra))
+                else:
+                    again.add(key, uri, extra)
+            group = next(records, None)
+        redone.append(_write(writer, replace(again.unit(listing.root), unit_id=unit_id)))
+    if late:
+        late.sort(key=lambda error: error.uri)  # in path order, as the id has always been made
+        chunks.append(_write(writer, WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late]), "files",
+                                              listing.root, rejected=tuple(late))))
     return Plan(listing, writer, redone + chunks, committed, summaries, sorted(reused), removed, removed_count)

@@ -148,3 +148,38 @@ def test_a_listing_spilled_to_disk_equals_one_sorted_in_memory(tmp_path):
     assert [e.key for e in spilled.duplicates()] == sorted(names[:4])  # the list repeats 4 paths
     assert list(whole.skipped()) == [] and list(list_inputs(resolve_input(str(tmp_path / "in")), chunk=3).skipped()) == [
         ("a/notes.txt", ".txt"), ("c/clip.mp4", ".mp4")]
+
+
+def test_brace_prefixes_on_an_object_store_are_listed_at_once(tmp_path):
+    """`gs://b/img/{00..ff}/` is 256 listings of a prefix each: they are requested together, not
+    one after another (slow://: Beam's local filesystem with 10 ms per call, counting calls in flight)."""
+    from tests.helpers import slow_fs
+
+    prefixes = [f"{i:02d}" for i in range(8)]
+    for prefix in prefixes:
+        (tmp_path / prefix).mkdir()
+        for name in ("a.jpg", "b.png"):
+            (tmp_path / prefix / name).write_bytes(b"x")
+    slow_fs.configure(latency_s=0.01)
+    try:
+        listing = list_inputs(resolve_input(slow_fs.slow_path(f"{tmp_path}/{{00..07}}")))
+        peak = slow_fs.stats()["peak_in_flight"]
+    finally:
+        slow_fs.configure()
+    assert [key for key, _, _ in listing.inputs()] == [f"{p}/{n}" for p in prefixes for n in ("a.jpg", "b.png")]
+    assert all(uri.startswith("slow://") for _, uri, _ in listing.inputs())
+    assert peak > 1, "the prefixes were listed one after another"
+
+
+def test_overlapping_patterns_count_a_skipped_file_and_a_missing_shard_once(tmp_path):
+    (tmp_path / "d" / "a").mkdir(parents=True)
+    for name in ("a/x.jpg", "a/notes.txt"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    listing = list_inputs(resolve_input(f"{tmp_path}/d/{{a,a/*}}"))
+    assert listing.count == 1 and listing.duplicate_count == 0
+    assert list(listing.skipped()) == [("notes.txt", ".txt")] and listing.skipped_count == 1
+    assert listing.skipped_by_extension() == {".txt": 1}
+    (tmp_path / "sh").mkdir()
+    write_tar(tmp_path / "sh" / "s1.tar", [("x.jpg", b"X")])
+    shards = list_inputs(resolve_input(f"{tmp_path}/sh/s{{1,3,3}}.tar"))
+    assert shards.missing == [str(tmp_path / "sh" / "s3.tar")] and shards.count == 2

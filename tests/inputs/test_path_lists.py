@@ -61,3 +61,17 @@ def test_a_missing_or_empty_list_is_refused(tmp_path):
 def test_mixing_layouts_names_both(tmp_path):
     with pytest.raises(ValueError, match="mixes path lists and Parquet shards; give one layout per run"):
         resolve_input(f"{{{tmp_path}/a.txt,{tmp_path}/b.parquet}}")
+
+
+def test_a_csv_caption_with_a_line_separator_stays_in_its_row_and_lists_stream_across_blocks(tmp_path):
+    """csv rows end at a newline only: U+2028 or a form feed inside a caption is not a new row. A list is
+    read a block at a time: a line cut by a block's end is joined again."""
+    from pipeline.inputs.path_lists import _lines_of
+
+    (tmp_path / "l.csv").write_text('url,caption\nhttp://h/a.jpg,hello\u2028world\r\nhttp://h/b.jpg,"page\x0cbreak"\n',
+                                    encoding="utf-8")
+    assert list(read_path_list(str(tmp_path / "l.csv"))) == ["http://h/a.jpg", "http://h/b.jpg"]
+    text = "".join(f"/data/{index:05d}.jpg\n" for index in range(500)) + "/data/last.jpg"
+    (tmp_path / "l.txt").write_text(text)
+    assert "".join(_lines_of(str(tmp_path / "l.txt"), block=7)) == text
+    assert list(read_path_list(str(tmp_path / "l.txt")))[-2:] == ["/data/00499.jpg", "/data/last.jpg"]

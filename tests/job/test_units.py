@@ -138,3 +138,16 @@ def test_a_unit_marked_retry_runs_again_as_the_same_unit():
     again = plan_units(files_listing(keys), committed, unit_size=8, batch_size=8)
     assert [u.unit_id for u in again.pending] == [first.unit_id] and again.units()[0].members == first.members
     assert first.unit_id not in again.committed and again.reused_inputs == 20 - len(first.members)
+
+
+def test_a_redone_unit_keeps_its_members_in_order_and_the_duplicates_of_its_keys():
+    keys = [f"{i:02d}.jpg" for i in range(20)]
+    units = plan_units(files_listing(keys), (), unit_size=8, batch_size=8).units()
+    committed = [dict(entry_for(u), retry=u is units[1]) for u in units]
+    elsewhere = [("09.jpg", "other/09.jpg"), ("09.jpg", "more/09.jpg")]
+    again = plan_units(files_listing(keys, elsewhere=elsewhere, chunk=5), committed, unit_size=8, batch_size=8)
+    [redone] = again.units()
+    assert redone.unit_id == units[1].unit_id and redone.members == units[1].members
+    assert redone.rejected == (duplicate_key_error("09.jpg", "more/09.jpg", "photos/09.jpg"),
+                               duplicate_key_error("09.jpg", "other/09.jpg", "photos/09.jpg"))
+    assert again.pending_inputs == 10 and sorted(again.reused_units) == sorted([units[0].unit_id, units[2].unit_id])
