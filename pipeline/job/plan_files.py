@@ -43,7 +43,6 @@ class StagedPlan(NamedTuple):
     """What the job graph carries of a plan: its folder in the store and its size."""
     folder: str
     files: int  # parts
-    units: int
     shards: bool  # shard units: keys are checked across the store, committed units included
 
 
@@ -156,7 +155,7 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
     files.read_many(lambda name: _copy(os.path.join(writer.folder, name), files.join(folder, name)), names, threads)
     for name in names[1:]:  # the store has them now
         os.remove(os.path.join(writer.folder, name))
-    return StagedPlan(folder, count, writer.units, writer.shards)
+    return StagedPlan(folder, count, writer.shards)
 
 
 def _copy(local: str, destination: str) -> None:
