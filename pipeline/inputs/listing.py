@@ -21,7 +21,7 @@ import re
 from collections import Counter
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterable, Iterator
 
 from apache_beam.io.filesystems import FileSystems
 
@@ -126,15 +126,20 @@ def resolve_input(spec: str) -> InputSpec:
     return InputSpec(layout, tuple((pattern, root) for pattern, _ in pairs))
 
 
-def _common_root(roots: list[str]) -> str:
-    """The longest shared leading path components (plain string split: keeps `gs://` intact)."""
-    parts = [r.rstrip("/").split("/") for r in roots]
-    common = []
-    for level in zip(*parts):
-        if any(part != level[0] for part in level):
-            break
-        common.append(level[0])
-    return "/".join(common)
+def _common_root(roots: Iterable[str]) -> str:
+    """The longest shared leading path components (plain string split: keeps `gs://` intact),
+    taken one root at a time (a path list's 10^8 folders are never a list)."""
+    common: list[str] | None = None
+    for root in roots:
+        parts = root.rstrip("/").split("/")
+        if common is None:
+            common = parts
+            continue
+        same = 0
+        while same < min(len(common), len(parts)) and common[same] == parts[same]:
+            same += 1
+        del common[same:]
+    return "/".join(common or [])
 
 
 def normalized_path(path: str) -> str:
@@ -289,20 +294,11 @@ def _list_root(lists: list[str], uri_column: str | None) -> str:
     missing = [path for path in lists if not files.exists(path)]
     if missing:
         raise ValueError(f"input list {missing[0]!r} does not exist; give the path of a .txt, .csv or .tsv list")
-    common: list[str] | None = None  # `_common_root` of every folder, one folder at a time
-    for listed in lists:
-        for path in read_path_list(listed, uri_column):
-            parts = posixpath.dirname(path).rstrip("/").split("/")
-            if common is None:
-                common = parts
-            else:
-                same = 0
-                while same < min(len(common), len(parts)) and common[same] == parts[same]:
-                    same += 1
-                del common[same:]
-    if common is None:
+    paths = (path for listed in lists for path in read_path_list(listed, uri_column))
+    first = next(paths, None)
+    if first is None:
         raise ValueError(f"input {', '.join(lists)} names no paths; a list has one path or URL per row")
-    return "/".join(common)
+    return _common_root(posixpath.dirname(path) for path in itertools.chain([first], paths))
 
 
 def _matched(patterns: list[str]) -> Iterator[tuple[str, int]]:
