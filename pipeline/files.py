@@ -87,6 +87,19 @@ def list_paths(pattern: str) -> list[str]:
     return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
 
 
+def upload(local_path: str, destination: str) -> None:
+    """Copy a local file to `destination` on any filesystem (a local one with the standard library)."""
+    if is_local(destination):
+        os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
+        shutil.copyfile(local_path, destination)
+        return
+    from apache_beam.io.filesystem import CompressionTypes
+
+    with open(local_path, "rb") as source, _beam().create(
+            destination, compression_type=CompressionTypes.UNCOMPRESSED) as target:
+        shutil.copyfileobj(source, target, 1 << 22)
+
+
 def read_json(path: str) -> dict[str, Any]:
     with open_read(path) as handle:
         return json.load(handle)

@@ -93,3 +93,13 @@ def test_a_folder_is_listed_as_beam_lists_it_while_it_is_walked(tmp_path):
     folder = str(tmp_path / "in")
     beam = sorted((m.path, m.size_in_bytes) for m in FileSystems.match([folder + "/**"])[0].metadata_list)
     assert sorted(_walk_local(folder)) == beam and len(beam) == 6
+
+
+def test_upload_copies_a_local_file_to_a_local_folder_or_any_beam_filesystem(tmp_path):
+    from tests.helpers import slow_fs
+
+    (tmp_path / "local.bin").write_bytes(b"\x00plan" * 1000)
+    for destination in (str(tmp_path / "new" / "dir" / "a.bin"), slow_fs.slow_path(str(tmp_path / "b.bin"))):
+        files.upload(str(tmp_path / "local.bin"), destination)
+        with files.open_read(destination) as handle:
+            assert handle.read() == b"\x00plan" * 1000

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
 from typing import Any
 
 import h5py
 import numpy as np
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.files import read_many
+from pipeline.files import read_many, upload
 from pipeline.model import predictions
 from pipeline.job.journal import replace
 from pipeline.store.schema import FINGERPRINT_ATTR, VIRTUAL_STORE
@@ -47,12 +45,6 @@ def _matrices(outputs: dict[str, int], dtype: str, fingerprint: dict[str, Any]) 
         matrices.update({predictions.IDS: (top, np.int32), predictions.NAMES: (top, _STRING),
                          predictions.SCORES: (top, np.float32)})
     return matrices
-
-
-def _copy_to(local_path: str, destination: str) -> None:
-    with open(local_path, "rb") as source, FileSystems.create(
-            destination, compression_type=CompressionTypes.UNCOMPRESSED) as target:
-        shutil.copyfileobj(source, target, 1 << 22)
 
 
 class ShardWriter:
@@ -97,7 +89,7 @@ class ShardWriter:
         try:
             self.flush()
             self.file.close()
-            _copy_to(self.local_path, self.destination)
+            upload(self.local_path, self.destination)
         finally:
             self.abort()
 
@@ -142,7 +134,7 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
                     store.create_dataset(name, shape=layout.shape, dtype=layout.dtype)
         # A copy is not atomic: copy beside it, then rename over the old one.
         final = FileSystems.join(output, VIRTUAL_STORE)
-        _copy_to(local_path, final + ".tmp")
+        upload(local_path, final + ".tmp")
         replace(final + ".tmp", final)
     finally:
         os.unlink(local_path)

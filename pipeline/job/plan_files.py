@@ -152,23 +152,11 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
                 part.writelines(itertools.islice(lines, shares[index]))
     folder = files.join(root, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
     names = [UNIT_IDS] + [part_name(index) for index in range(count)]
-    files.read_many(lambda name: _copy(os.path.join(writer.folder, name), files.join(folder, name)), names, threads)
+    files.read_many(lambda name: files.upload(os.path.join(writer.folder, name), files.join(folder, name)), names,
+                    threads)
     for name in names[1:]:  # the store has them now
         os.remove(os.path.join(writer.folder, name))
     return StagedPlan(folder, count, writer.shards)
-
-
-def _copy(local: str, destination: str) -> None:
-    if files.is_local(destination):
-        os.makedirs(os.path.dirname(destination), exist_ok=True)
-        shutil.copyfile(local, destination)
-        return
-    from apache_beam.io.filesystem import CompressionTypes
-    from apache_beam.io.filesystems import FileSystems
-
-    with open(local, "rb") as source, FileSystems.create(
-            destination, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
-        shutil.copyfileobj(source, handle, 1 << 20)
 
 
 def read_plan_file(plan: StagedPlan, index: int) -> Iterator[tuple[str, Any]]:
