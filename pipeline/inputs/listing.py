@@ -178,7 +178,6 @@ class Listing:
         self._prefix = root.rstrip("/") + "/" if root else None
         self._entries = SortedSpill(self.workspace, "entries", chunk)  # (key, path or "" for root/key, bytes)
         self._skipped = SortedSpill(self.workspace, "skipped", chunk)  # (key, extension)
-        self._finished = False
 
     def add(self, key: str, path: str, size: int) -> None:
         """One listed file or shard (repeats of a key are sorted out by `finish`)."""
@@ -199,7 +198,6 @@ class Listing:
             else:
                 self.count += 1
                 self._bytes += size
-        self._finished = True
         return self
 
     def entries(self) -> Iterator[tuple[str, str, int, bool]]:
@@ -268,7 +266,7 @@ def _walk_local(folder: str) -> Iterator[tuple[str, int]]:
 def _match(pattern: str) -> Iterator[tuple[str, int]]:
     """(path, bytes) of every match; a literal path that does not exist gives (path, -1). A local
     folder is walked as it is read; other patterns are Beam matches (one list per pattern: brace
-    patterns split an object-store listing, and are matched in parallel by `list_inputs`)."""
+    patterns split an object-store listing, and are matched in parallel by `_matched`)."""
     if pattern.endswith("/**") and files.is_local(pattern) and not has_glob(pattern[:-3]):
         return _walk_local(pattern[:-3])
     if not has_glob(pattern) and not pattern.endswith("/**"):
@@ -312,14 +310,16 @@ def _matched(patterns: list[str]) -> Iterator[tuple[str, int]]:
         return
     queue = iter(patterns)
     with ThreadPoolExecutor(LIST_THREADS, thread_name_prefix="featurize-list") as pool:
-        running = {pool.submit(lambda pattern: list(_match(pattern)), pattern)
-                   for pattern in itertools.islice(queue, LIST_THREADS)}
+        def submit(count: int) -> set:
+            return {pool.submit(lambda pattern: list(_match(pattern)), pattern)
+                    for pattern in itertools.islice(queue, count)}
+
+        running = submit(LIST_THREADS)
         while running:
             done, running = wait(running, return_when=FIRST_COMPLETED)
             for future in done:
                 yield from future.result()
-                running.update(pool.submit(lambda pattern: list(_match(pattern)), pattern)
-                               for pattern in itertools.islice(queue, 1))
+                running |= submit(1)
 
 
 def list_inputs(spec: InputSpec, uri_column: str | None = None, chunk: int = CHUNK) -> Listing:

@@ -101,8 +101,7 @@ def iter_committed_units(output: str, threads: int = READ_THREADS) -> Iterator[d
     """Every committed unit's journal entry, in unit id order, read `threads` at a time as the
     caller consumes them (one listing, then the entries: on an object store 10^5 of them one after
     another take an hour, and a files store's entries hold every key, so they are never all kept)."""
-    paths = list_paths(join(output, UNITS_DIR, "*.json"))
-    return read_json_iter(sorted(paths, key=lambda path: path.rsplit("/", 1)[-1][:-len(".json")]), threads)
+    return read_json_iter(sorted(list_paths(join(output, UNITS_DIR, "*.json")), key=_unit_of_entry), threads)
 
 
 def committed_units(output: str, threads: int = READ_THREADS) -> dict[str, dict[str, Any]]:
@@ -118,7 +117,12 @@ def summary(entry: dict[str, Any]) -> dict[str, Any]:
 
 def committed_unit_ids(output: str) -> set[str]:
     """The ids of the committed units, from the names of their entries alone (one listing, no reads)."""
-    return {path.rsplit("/", 1)[-1][:-len(".json")] for path in list_paths(join(output, UNITS_DIR, "*.json"))}
+    return {_unit_of_entry(path) for path in list_paths(join(output, UNITS_DIR, "*.json"))}
+
+
+def _unit_of_entry(path: str) -> str:
+    """`.../_featurize/units/UNIT.json` -> UNIT."""
+    return path.rsplit("/", 1)[-1][:-len(".json")]
 
 
 def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:

@@ -203,12 +203,12 @@ class WriteManifest(beam.PTransform):
     def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: StagedPlan):
         super().__init__()
         self._output, self._template, self._started_at = output, template, started_at
-        self._expected = plan
+        self._plan = plan
 
     def expand(self, entries):
         # Only the ids wait for the side input: a files unit's entry carries every key it holds.
         done = entries | "UnitIds" >> beam.Map(lambda entry: entry["unit"])
         return (entries.pipeline
                 | "Trigger" >> beam.Create([None])
-                | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._expected),
+                | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._plan),
                                            beam.pvalue.AsList(done)))

@@ -159,8 +159,8 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
     return StagedPlan(folder, count, writer.shards)
 
 
-def read_plan_file(plan: StagedPlan, index: int) -> Iterator[tuple[str, Any]]:
-    """(PENDING, WorkUnit) for a unit to process and, for shard plans, (STORE, (WorkUnit, committed
+def read_plan_file(index: int, plan: StagedPlan) -> Iterator[tuple[str, Any]]:
+    """Part `index` of `plan`: (PENDING, WorkUnit) for a unit to process and, for shard plans, (STORE, (WorkUnit, committed
     entry or None)) for every unit of the store: what the duplicate-key check scans or loads."""
     with files.open_read(files.join(plan.folder, part_name(index)), decompress=True) as handle:
         for line in iter(handle.readline, b""):

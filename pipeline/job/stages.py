@@ -304,16 +304,13 @@ class PlannedUnits(beam.PTransform):
     def expand(self, pbegin):
         records = (pbegin | "PlanFiles" >> beam.Create(list(range(self._plan.files)))
                    | "SpreadPlanFiles" >> beam.Reshuffle()
-                   | "ReadPlan" >> beam.FlatMap(_read_plan, self._plan))
+                   | "ReadPlan" >> beam.FlatMap(read_plan_file, self._plan))
         units = records | "Units" >> beam.FlatMap(items_tagged(PENDING))
         store = None
         if self._plan.shards:
             store = records | "StoreUnits" >> beam.FlatMap(items_tagged(STORE))
         return with_losers(units, store, self._output)
 
-
-def _read_plan(index: int, plan: StagedPlan):
-    return read_plan_file(plan, index)
 
 
 class ReadUnit(beam.DoFn):

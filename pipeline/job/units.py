@@ -77,11 +77,15 @@ class Plan:
     listing: Listing
     writer: PlanWriter
     pending: list[PlannedUnit]
-    committed: dict[str, dict[str, Any]]  # entries (summaries) of units committed before this run, kept
     journal: dict[str, dict[str, Any]]  # every committed entry's summary, retry ones too
     reused_units: list[str] = field(default_factory=list)  # committed units this listing still has
     removed: list[str] = field(default_factory=list)  # the first LISTED_LIMIT keys (files) or shards the listing lost
     removed_count: int = 0
+
+    @property
+    def committed(self) -> dict[str, dict[str, Any]]:
+        """Entries (summaries) of the units committed before this run that it keeps."""
+        return kept(self.journal)
 
     @property
     def reused_inputs(self) -> int:
@@ -126,13 +130,12 @@ def _plan_shards(listing: Listing, writer: PlanWriter, journal: dict[str, dict[s
         if unit_id in committed:
             reused.append(unit_id)
         else:
-            writer.add(WorkUnit(unit_id, listing.layout, shard, size_bytes=size,
-                                name=file_key(shard, listing.root), fields=fields))
-            pending.append(PlannedUnit(unit_id, shard, None, size))
+            pending.append(_write(writer, WorkUnit(unit_id, listing.layout, shard, size_bytes=size,
+                                                   name=file_key(shard, listing.root), fields=fields)))
     for entry in committed.values():  # every shard of the store takes part in the duplicate-key check
         writer.add_committed(entry)
     removed = sorted(entry["source"] for unit_id, entry in committed.items() if unit_id not in listed)
-    return Plan(listing, writer, pending, committed, journal, reused, removed[:LISTED_LIMIT], len(removed))
+    return Plan(listing, writer, pending, journal, reused, removed[:LISTED_LIMIT], len(removed))
 
 
 class _Chunk:
@@ -153,9 +156,10 @@ class _Chunk:
 
 
 def _write(writer: PlanWriter, unit: WorkUnit) -> PlannedUnit:
-    """Write a files unit into the plan; what the launcher keeps of it."""
+    """Write a unit into the plan; what the launcher keeps of it (a shard's inputs are known once read)."""
     writer.add(unit)
-    return PlannedUnit(unit.unit_id, unit.source, len(unit.members) + len(unit.rejected), unit.size_bytes)
+    inputs = len(unit.members) + len(unit.rejected) if unit.layout == "files" else None
+    return PlannedUnit(unit.unit_id, unit.source, inputs, unit.size_bytes)
 
 
 def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str, Any]],
@@ -173,7 +177,6 @@ def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str
         if final:
             recorded.update((key, uri) for key, uri in entry.get("rejected", ()))
         summaries[entry["unit"]] = summary(entry)
-    committed = kept(summaries)
     # Sized by the whole listing, not what is left: a resume then cuts the pending keys into
     # the very units the interrupted run had (every unit but the last is full).
     per_unit = files_per_unit(listing.count, unit_size, batch_size)
@@ -246,4 +249,4 @@ def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str
         late.sort(key=lambda error: error.uri)  # in path order, as the id has always been made
         chunks.append(_write(writer, WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late]), "files",
                                               listing.root, rejected=tuple(late))))
-    return Plan(listing, writer, redone + chunks, committed, summaries, sorted(reused), removed, removed_count)
+    return Plan(listing, writer, redone + chunks, summaries, sorted(reused), removed, removed_count)

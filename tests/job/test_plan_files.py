@@ -22,7 +22,7 @@ def test_units_and_committed_units_are_spread_evenly_over_the_parts_and_read_bac
     writer.close()
     staged = stage(writer, str(tmp_path / "out"))
     assert staged.files == 4 and staged.shards
-    read = [list(read_plan_file(staged, index)) for index in range(staged.files)]
+    read = [list(read_plan_file(index, staged)) for index in range(staged.files)]
     pending = [[item for tag, item in part if tag == PENDING] for part in read]
     store = [[item for tag, item in part if tag == STORE] for part in read]
     committed = [[unit.unit_id for unit, entry in part if entry is not None] for part in store]
