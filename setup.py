@@ -47,5 +47,5 @@ setup(
         # `featurize serve` (imported only there).
         "serve": ["faiss-cpu>=1.8", "starlette>=0.37", "uvicorn>=0.30"],
     },
-    entry_points={"console_scripts": ["featurize=pipeline.cli:main"]},
+    entry_points={"console_scripts": ["featurize=pipeline.__main__:entry"]},
 )

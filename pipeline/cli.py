@@ -461,6 +461,3 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         undo_logs()
 
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,5 +1,6 @@
 """The featurize command: exit codes and one-sentence errors; models listing; both entry points."""
 import shutil
+import signal
 import subprocess
 import sys
 
@@ -58,7 +59,10 @@ def test_unknown_command_is_usage_error(capsys):
     assert "usage: featurize" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("command", [["featurize"], [sys.executable, "-m", "pipeline"]])
+ENTRY_POINTS = [["featurize"], [sys.executable, "-m", "pipeline"]]
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS, ids=["console-script", "python-m"])
 def test_entry_points(command):
     if command == ["featurize"]:
         assert shutil.which("featurize"), "console script not installed: pip install -e ."
@@ -66,6 +70,48 @@ def test_entry_points(command):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 2
     assert done.stderr.strip().splitlines()[-1].startswith("featurize: error: model 'Nope'")
+
+
+def native_teardown_aborts(tmp_path) -> str:
+    """A PYTHONPATH folder whose sitecustomize registers abort() as C++ registers static destructors
+    (__cxa_atexit): it runs after Python's own exit work, where the teardown of Arrow's thread pools
+    sometimes aborts a process whose work is done (apache/arrow#34314)."""
+    folder = tmp_path / "abort-at-exit"
+    folder.mkdir(exist_ok=True)
+    (folder / "sitecustomize.py").write_text("import ctypes\n"
+                                             "libc = ctypes.CDLL(None)\n"
+                                             "libc.__cxa_atexit(libc.abort, None, None)\n")
+    return str(folder)
+
+
+def call(command, tmp_path, *argv, **env):
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=300,
+                          env=quiet_env(tmp_path, **env), stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("command", ENTRY_POINTS, ids=["console-script", "python-m"])
+def test_the_exit_status_is_the_command_s_whatever_native_teardown_does(command, tmp_path):
+    aborts = native_teardown_aborts(tmp_path)
+    control = call([sys.executable, "-c", "print('done')"], tmp_path, PYTHONPATH=aborts)
+    assert (control.returncode, control.stdout) == (-signal.SIGABRT, "done\n")  # the stub does abort
+
+    helped = call(command, tmp_path, "--help", PYTHONPATH=aborts)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: featurize"), helped.stderr
+    refused = call(command, tmp_path, "run", "--input", tmp_path / "missing", "--output", tmp_path / "o",
+                   PYTHONPATH=aborts)
+    assert refused.returncode == 2 and refused.stderr.startswith("featurize: error: input "), refused.stderr
+    usage = call(command, tmp_path, "inspect", PYTHONPATH=aborts)  # argparse's own exit
+    assert usage.returncode == 2 and "the following arguments are required: store" in usage.stderr
+
+
+def test_a_finished_run_exits_0_whatever_native_teardown_does(zoo_folder, tmp_path):
+    """A run that wrote Parquet (Arrow's thread pools started) ends 0 with its summary printed."""
+    done = call(["featurize"], tmp_path, "run", "--input", zoo_folder, "--output", tmp_path / "out", "--model",
+                "MobileNetV3Small", "--weights", "none", "--image-size", 48, "--no-progress",
+                PYTHONPATH=native_teardown_aborts(tmp_path))
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.startswith("featurize: 20 feature rows, 4 error rows from 24 inputs")
+    assert (tmp_path / "out" / "manifest.json").exists()
 
 
 @pytest.fixture(scope="module")
