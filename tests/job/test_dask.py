@@ -20,6 +20,7 @@ from pipeline.errors import ConfigError  # noqa: E402
 from pipeline.job.config import DASK_RUNNER, parse_run_args  # noqa: E402
 from pipeline.job.launch import run  # noqa: E402
 from pipeline.job.runner import metrics_summary, pipeline_options  # noqa: E402
+from tests.helpers import slow_fs  # noqa: E402
 from tests.helpers.crash import read_store  # noqa: E402
 from tests.helpers.dask_cluster import DaskCluster  # noqa: E402
 from tests.helpers.runs import featurize_args  # noqa: E402
@@ -47,6 +48,20 @@ def run_bounded(args, cluster):
         pytest.fail(f"the dask run did not finish in {RUN_TIMEOUT_S} s\n{cluster.logs()}")
     finally:
         pool.shutdown(wait=False)  # a hung run must not hang the suite: the cluster's teardown ends it
+
+
+def waiting_storage(cluster, path, latency_s: float) -> str:
+    """`path` as slow:// (tests/helpers/slow_fs.py), whose every call waits `latency_s` on the cluster's
+    workers, as units wait on an object store. Units of tiny local images finish in a few ms, before the
+    scheduler balances anything, and run where the previous stage's data sits (often all on one worker);
+    units that take a while are what a real run has, and what work stealing spreads."""
+    def configure(latency_s=latency_s):
+        from tests.helpers import slow_fs as on_worker  # registers slow:// in the worker's process
+
+        on_worker.configure(latency_s)
+
+    cluster.client.run(configure)
+    return slow_fs.slow_path(str(path))
 
 
 def journal_entries(out):
@@ -112,7 +127,8 @@ def test_a_folder_run_equals_the_local_runner_and_spreads_over_every_worker(
     reference, _, local_manifest = numbered_reference("files")
     out = tmp_path / "out"
     started = time.monotonic()
-    manifest = run_bounded(dask_args(dask_cluster, folder, out, small_weights), dask_cluster)
+    source = waiting_storage(dask_cluster, folder, latency_s=0.2)  # 4 files a unit: ~1 s each
+    manifest = run_bounded(dask_args(dask_cluster, source, out, small_weights), dask_cluster)
     print(f"folder of 60 files, {manifest['units']['processed']} units, on 2 dask workers: "
           f"{time.monotonic() - started:.1f} s")
     check_equal_to_local(out, reference)
@@ -129,11 +145,13 @@ def test_a_tar_shard_run_equals_the_local_runner(dask_cluster, numbered, numbere
     shards, _ = numbered
     reference, _, local_manifest = numbered_reference("tar")
     out = tmp_path / "out"
-    manifest = run_bounded(dask_args(dask_cluster, shards, out, small_weights), dask_cluster)
+    source = waiting_storage(dask_cluster, shards, latency_s=0.5)  # a shard is opened to scan and to read
+    manifest = run_bounded(dask_args(dask_cluster, source, out, small_weights), dask_cluster)
     check_equal_to_local(out, reference)
     assert manifest["counts"] == local_manifest["counts"]
     assert manifest["counts"]["errors_by_stage"]["read"] == 1  # the duplicated key, as on the local runner
-    assert len({entry["worker"] for entry in journal_entries(out)}) == 2
+    workers = {entry["worker"] for entry in journal_entries(out)}
+    assert len(workers) == 2, f"units ran on {workers} only"
 
 
 def test_a_worker_killed_mid_unit_leaves_every_key_once(
