@@ -12,6 +12,8 @@ def entry() -> None:
     logging flushed, finalizers, child processes), what is left is C++ static destructors. Arrow's
     thread pools torn down there can abort a process whose work is done ("terminate called without an
     active exception", apache/arrow#34314): a finished run would exit -6 and a scheduler retry it.
+    Exit functions registered before this one (by a sitecustomize or a .pth file, as coverage's
+    subprocess hook does) are skipped with them.
     """
     status = [1]  # an exception that escapes main: Python prints its traceback; the status is 1
 

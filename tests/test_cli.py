@@ -105,13 +105,16 @@ def test_the_exit_status_is_the_command_s_whatever_native_teardown_does(command,
 
 
 def test_a_finished_run_exits_0_whatever_native_teardown_does(zoo_folder, tmp_path):
-    """A run that wrote Parquet (Arrow's thread pools started) ends 0 with its summary printed."""
+    """A run that wrote Parquet (Arrow's thread pools started) ends 0, its summary printed, no scratch left."""
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
     done = call(["featurize"], tmp_path, "run", "--input", zoo_folder, "--output", tmp_path / "out", "--model",
                 "MobileNetV3Small", "--weights", "none", "--image-size", 48, "--no-progress",
-                PYTHONPATH=native_teardown_aborts(tmp_path))
+                PYTHONPATH=native_teardown_aborts(tmp_path), TMPDIR=str(scratch))
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("featurize: 20 feature rows, 4 error rows from 24 inputs")
     assert (tmp_path / "out" / "manifest.json").exists()
+    assert [p.name for p in scratch.iterdir() if p.name.startswith("featurize-")] == []
 
 
 @pytest.fixture(scope="module")
