@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import logging
 import os
 import re
 import shutil
@@ -138,14 +139,75 @@ def read_json_iter(paths: Iterable[str], threads: int = READ_THREADS) -> Iterato
 
 
 _SCRATCH: list[weakref.finalize] = []
+SCRATCH_PREFIX = "featurize-"
+# Inside each scratch folder, locked (flock) by the process that made it for as long as it lives: the
+# kernel lets go when it dies, however it died, so a lock anyone can take marks an abandoned folder.
+_OWNER_LOCK = ".owner.lock"
+_swept = False
 
 
-def scratch_folder(owner: object, prefix: str) -> str:
-    """A local temporary folder that goes when `owner` is collected, at exit, or at `remove_scratch()`
-    (an exit through os._exit, after a Ctrl-C, runs no finalizer: a 10^8-file listing's spill is GBs)."""
-    folder = tempfile.mkdtemp(prefix=prefix)
-    _SCRATCH.append(weakref.finalize(owner, shutil.rmtree, folder, True))
+def scratch_folder(owner: object, what: str) -> str:
+    """A local temporary folder (`featurize-WHAT-...`) that goes when `owner` is collected, at exit, or at `remove_scratch()`
+    (an exit through os._exit, after a Ctrl-C, runs no finalizer: a 10^8-file listing's spill is GBs).
+
+    A process killed outright (kill -9, out of memory) removes nothing: the first scratch folder a
+    process makes first removes the ones such processes left (`remove_abandoned_scratch`)."""
+    global _swept
+    if not _swept:
+        _swept = True
+        remove_abandoned_scratch()
+    folder = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{what}-")
+    _SCRATCH.append(weakref.finalize(owner, _remove, folder, _hold(folder)))
     return folder
+
+
+def _hold(folder: str) -> BinaryIO | None:
+    """The folder's owner lock, locked by this process (None where there is no flock: nothing is swept)."""
+    try:
+        import fcntl
+    except ImportError:  # not POSIX
+        return None
+    # Locked under another name, then renamed into place: a sweeper never sees an unlocked owner lock.
+    fd, path = tempfile.mkstemp(dir=folder, prefix=".locking-")
+    handle = os.fdopen(fd, "wb")
+    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    os.rename(path, os.path.join(folder, _OWNER_LOCK))
+    return handle
+
+
+def _remove(folder: str, lock: BinaryIO | None) -> None:
+    shutil.rmtree(folder, ignore_errors=True)
+    if lock is not None:
+        lock.close()
+
+
+def remove_abandoned_scratch(parent: str | None = None) -> list[str]:
+    """Delete the scratch folders in `parent` (the temporary folder) whose process is gone; returns them.
+    A folder whose owner lock a live process holds stays, whichever machine's PID namespace it is in."""
+    try:
+        import fcntl
+    except ImportError:
+        return []
+    removed = []
+    with os.scandir(parent or tempfile.gettempdir()) as entries:
+        for entry in entries:
+            if not entry.name.startswith(SCRATCH_PREFIX) or not entry.is_dir(follow_symlinks=False):
+                continue
+            try:
+                handle = open(os.path.join(entry.path, _OWNER_LOCK), "rb")
+            except OSError:  # no owner lock: not a scratch folder, or one made before locks
+                continue
+            with handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:  # held: its process is alive
+                    continue
+                shutil.rmtree(entry.path, ignore_errors=True)
+                removed.append(entry.path)
+    if removed:
+        logging.getLogger(__name__).info("removed %d scratch folders left by killed processes: %s",
+                                         len(removed), ", ".join(removed))
+    return removed
 
 
 def remove_scratch() -> None:

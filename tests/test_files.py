@@ -2,6 +2,10 @@
 paths with a scheme go to Beam."""
 import gzip
 import json
+import os
+import signal
+import subprocess
+import sys
 import time
 
 import pytest
@@ -103,3 +107,41 @@ def test_upload_copies_a_local_file_to_a_local_folder_or_any_beam_filesystem(tmp
         files.upload(str(tmp_path / "local.bin"), destination)
         with files.open_read(destination) as handle:
             assert handle.read() == b"\x00plan" * 1000
+
+
+SCRATCH_PROCESS = """
+import sys, os, signal
+from pipeline import files
+
+class Owner:
+    pass
+
+owner = Owner()
+folder = files.scratch_folder(owner, "listing")
+open(os.path.join(folder, "run-00000"), "wb").write(b"spill" * 1000)
+print(folder, flush=True)
+if sys.argv[1] == "kill":
+    os.kill(os.getpid(), signal.SIGKILL)  # as kill -9 does: no finalizer, no exit function
+sys.stdin.read()  # "hold": alive until the test closes stdin
+"""
+
+
+def scratch_process(tmp_path, how: str) -> tuple[subprocess.Popen, str]:
+    proc = subprocess.Popen([sys.executable, "-c", SCRATCH_PROCESS, how], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, text=True, env=dict(os.environ, TMPDIR=str(tmp_path)))
+    return proc, proc.stdout.readline().strip()
+
+
+def test_scratch_of_a_killed_process_is_removed_by_the_next_one_and_a_live_one_s_stays(tmp_path):
+    killed, abandoned = scratch_process(tmp_path, "kill")
+    assert killed.wait(timeout=60) == -signal.SIGKILL and os.path.isdir(abandoned)
+    live, held = scratch_process(tmp_path, "hold")
+    try:
+        # The live process's first scratch folder swept the killed one's; its own stays while it lives.
+        assert not os.path.exists(abandoned) and os.path.isdir(held)
+        (tmp_path / "featurize-notes").mkdir()  # not a scratch folder (no owner lock): never touched
+        assert files.remove_abandoned_scratch(str(tmp_path)) == []
+        assert os.path.isdir(held) and (tmp_path / "featurize-notes").is_dir()
+    finally:
+        live.communicate("", timeout=60)
+    assert live.returncode == 0 and not os.path.exists(held)  # a normal exit removes its own

@@ -174,7 +174,7 @@ class Listing:
         self.count = self.duplicate_count = self.skipped_count = 0
         self._bytes = 0
         self.skipped_extensions: Counter[str] = Counter()
-        self.workspace = files.scratch_folder(self, "featurize-listing-")  # the spill goes with the listing
+        self.workspace = files.scratch_folder(self, "listing")  # the spill goes with the listing
         self._prefix = root.rstrip("/") + "/" if root else None
         self._entries = SortedSpill(self.workspace, "entries", chunk)  # (key, path or "" for root/key, bytes)
         self._skipped = SortedSpill(self.workspace, "skipped", chunk)  # (key, extension)

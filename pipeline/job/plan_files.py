@@ -85,7 +85,7 @@ class PlanWriter:
     units to process, and apart from them the committed shard units they are checked against."""
 
     def __init__(self):
-        self.folder = files.scratch_folder(self, "featurize-plan-")
+        self.folder = files.scratch_folder(self, "plan")
         # gzip level 1: member lists compress ~5x at a small cost; the plan of 10^8 files is GBs raw.
         self._handles = {name: gzip.open(os.path.join(self.folder, name), "wt", encoding="utf-8", compresslevel=1)
                          for name in LOCAL_PLAN}
