@@ -3,6 +3,7 @@
 Usage: read_back.py DIR N, where DIR holds parquet/ and hdf5/ outputs of the same N images.
 """
 import json
+import os
 import pathlib
 import sys
 
@@ -23,3 +24,6 @@ assert sorted(parquet) == sorted(hdf5) and len(parquet) == expected, (len(parque
 for key, vector in parquet.items():
     assert np.isfinite(vector).all() and np.allclose(vector, hdf5[key], rtol=1e-5, atol=1e-6), key
 print(f"plain install: {expected} rows in Parquet and HDF5, equal vectors")
+sys.stdout.flush()
+# Done: skip C++ teardown, where Arrow's thread pools can abort a finished process (apache/arrow#34314).
+os._exit(0)

@@ -22,6 +22,27 @@ def pytest_runtest_teardown(item, nextitem):
         gc.freeze()
 
 
+_session_status: list[int] = []
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session, exitstatus):
+    _session_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config):
+    """The suite's status is pytest's, never -6: with the summary printed and pytest's own work done, leave
+    before C++ teardown, where Arrow's thread pools can abort a finished process (apache/arrow#34314),
+    as `featurize` itself does (pipeline/__main__.py)."""
+    import sys
+
+    if _session_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_session_status[0])
+
+
 @pytest.fixture(scope="session")
 def small_weights(tmp_path_factory):
     """Random MobileNetV3Small notop weights saved to a file, so every worker loads the same model."""
