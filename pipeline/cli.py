@@ -413,14 +413,26 @@ def stopped_sentence(command: str, argv: Sequence[str], stop: KeyboardInterrupt)
     return f"featurize: stopped by Ctrl-C{at_once}; the units committed so far stay in the store; {go_on}"
 
 
+def _reader_left() -> None:
+    """`featurize inspect out/ | head`: the reader has what it wanted; no second error at exit's flush."""
+    os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _usage(asked: bool) -> int:
+    try:
+        print(USAGE, file=sys.stdout if asked else sys.stderr)
+    except BrokenPipeError:  # `featurize --help | head -1`
+        _reader_left()
+    return 0 if asked else 2
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from pipeline import logs
 
     argv = list(sys.argv[1:] if argv is None else argv)
-    if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
-        print(USAGE, file=sys.stderr if argv and argv[0] not in ("-h", "--help") else sys.stdout)
-        return 0 if argv and argv[0] in ("-h", "--help") else 2
-    command = argv[0]
+    command = argv[0] if argv else None
+    if command not in COMMANDS:
+        return _usage(asked=command in ("-h", "--help"))
     # Libraries' log records (import-time warnings included) go to the log unless --verbose.
     undo_logs = logs.route_logs(verbose=not logs.quiet() or (command == "run" and "--verbose" in argv[1:]))
     # Local workers relay Beam's own start-up chatter as warnings; failures still raise.
@@ -430,8 +442,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"featurize: error: {exc}", file=sys.stderr)
         return 2
-    except BrokenPipeError:  # `featurize inspect out/ | head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error at exit's flush
+    except BrokenPipeError:
+        _reader_left()
         return 0
     except ImportError as exc:
         module = missing_extra(exc)

@@ -336,9 +336,11 @@ def test_a_missing_extra_is_one_sentence_naming_it(command, module, extra, how, 
     assert not done.stdout
 
 
-def test_a_reader_that_stops_early_gets_no_traceback(parquet_store, tmp_path):
+@pytest.mark.parametrize("command", ["inspect", "--help"])
+def test_a_reader_that_stops_early_gets_no_traceback(command, parquet_store, tmp_path):
     """`featurize inspect out/ | head -1`: the pipe closes before featurize writes; it exits 0, quietly."""
-    proc = subprocess.Popen([sys.executable, "-m", "pipeline", "inspect", str(parquet_store)], stdout=subprocess.PIPE,
+    argv = [command, str(parquet_store)] if command == "inspect" else [command]
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline", *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=quiet_env(tmp_path), stdin=subprocess.DEVNULL)
     proc.stdout.close()  # the reader is gone before the first line
     stderr = proc.stderr.read()
