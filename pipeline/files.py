@@ -147,8 +147,9 @@ _swept = False
 
 
 def scratch_folder(owner: object, what: str) -> str:
-    """A local temporary folder (`featurize-WHAT-...`) that goes when `owner` is collected, at exit, or at `remove_scratch()`
-    (an exit through os._exit, after a Ctrl-C, runs no finalizer: a 10^8-file listing's spill is GBs).
+    """A local temporary folder (`featurize-WHAT-...`) that goes when `owner` is collected, at exit, or at
+    `remove_scratch()` (an exit through os._exit, after a Ctrl-C, runs no finalizer: a 10^8-file listing's
+    spill is GBs).
 
     A process killed outright (kill -9, out of memory) removes nothing: the first scratch folder a
     process makes first removes the ones such processes left (`remove_abandoned_scratch`)."""
@@ -183,7 +184,7 @@ def _remove(folder: str, lock: BinaryIO | None) -> None:
 
 def remove_abandoned_scratch(parent: str | None = None) -> list[str]:
     """Delete the scratch folders in `parent` (the temporary folder) whose process is gone; returns them.
-    A folder whose owner lock a live process holds stays, whichever machine's PID namespace it is in."""
+    A folder whose owner lock a live process holds stays, whatever PID namespace (container) it runs in."""
     try:
         import fcntl
     except ImportError:
