@@ -4,7 +4,7 @@
                                     [--workdir /tmp/featurize-journal-latency] [--before-limit-s 300]
 
 An object store answers each request in tens of milliseconds; featurize reads one journal entry
-per unit (resume planning: `journal.committed_units`) and, in the manifest step
+per unit (resume planning: `journal.iter_committed_units`) and, in the manifest step
 (`manifest.finalize_store`), every entry again and every Parquet shard's footer. This bench
 writes stores of N committed units directly (fake journal entries and tiny Parquet feature
 files, no model), then runs both operations through `slow://` (tests/helpers/slow_fs.py: Beam's
@@ -67,7 +67,7 @@ def timed(operation: str, output: str, units: int, threads: int, latency_s: floa
     slow_fs.configure(latency_s)
     start = time.perf_counter()
     if operation == "resume planning":
-        found = len(journal.committed_units(output, threads))
+        found = sum(1 for _ in journal.iter_committed_units(output, threads))
     else:
         template = {"format": "parquet", "fingerprint": FINGERPRINT,
                     "counts": {"reused": 0, "skipped": 0, "removed": 0}}

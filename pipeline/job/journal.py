@@ -104,11 +104,6 @@ def iter_committed_units(output: str, threads: int = READ_THREADS) -> Iterator[d
     return read_json_iter(sorted(list_paths(join(output, UNITS_DIR, "*.json")), key=_unit_of_entry), threads)
 
 
-def committed_units(output: str, threads: int = READ_THREADS) -> dict[str, dict[str, Any]]:
-    """Every committed unit's journal entry, by unit id (in unit id order)."""
-    return {entry["unit"]: entry for entry in iter_committed_units(output, threads)}
-
-
 def summary(entry: dict[str, Any]) -> dict[str, Any]:
     """A journal entry without its key lists (a files unit names every key it holds): what the
     launcher and the manifest step keep of each of 10^5 entries."""

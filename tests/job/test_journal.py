@@ -23,7 +23,7 @@ def test_commit_moves_files_into_place_then_writes_the_entry(tmp_path):
                                 {"features": (temporary, "features/files-1.parquet")})
     assert (tmp_path / "features" / "files-1.parquet").read_bytes() == b"rows" and not os.path.exists(temporary)
     assert entry["files"] == {"features": "features/files-1.parquet"} and "committed_at" in entry
-    assert journal.committed_units(out) == {"files-1": entry}
+    assert list(journal.iter_committed_units(out)) == [entry]
     assert json.loads((tmp_path / "_featurize" / "units" / "files-1.json").read_text()) == entry
 
 
@@ -79,8 +79,8 @@ def test_parallel_read_of_the_journal_equals_the_sequential_one_in_unit_id_order
     ids = write_entries(out, 48)
     for unit in ("tar-s-1", "tar-s-1-x"):
         journal.commit_unit(out, {"unit": unit, "inputs": 1}, {})
-    sequential = journal.committed_units(out, threads=1)
-    parallel = journal.committed_units(out, threads=32)
+    sequential = {entry["unit"]: entry for entry in journal.iter_committed_units(out, threads=1)}
+    parallel = {entry["unit"]: entry for entry in journal.iter_committed_units(out, threads=32)}
     assert parallel == sequential and len(parallel) == 50
     assert list(parallel) == list(sequential) == sorted(ids + ["tar-s-1", "tar-s-1-x"])
     assert all(parallel[unit]["keys"] == [f"{unit}/k"] for unit in ids)
@@ -125,7 +125,7 @@ def test_an_unreadable_entry_fails_the_parallel_read_of_the_journal(tmp_path):
     write_entries(out, 50)
     (tmp_path / "_featurize" / "units" / "files-0031.json").write_text('{"unit": "files-0031", ')
     with pytest.raises(json.JSONDecodeError):
-        journal.committed_units(out, threads=32)
+        list(journal.iter_committed_units(out, threads=32))
 
 
 @pytest.fixture
@@ -139,10 +139,10 @@ def test_the_journal_on_a_slow_filesystem_is_read_with_many_requests_in_flight(t
     out = str(tmp_path)
     ids = write_entries(out, 200)
     slow_disk.configure(latency_s=0.005)
-    sequential = journal.committed_units(slow_fs.slow_path(out), threads=1)
+    sequential = {e["unit"]: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=1)}
     one_by_one = slow_disk.stats()
     slow_disk.configure(latency_s=0.005)
-    parallel = journal.committed_units(slow_fs.slow_path(out), threads=32)
+    parallel = {e["unit"]: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=32)}
     overlapped = slow_disk.stats()
     assert list(parallel) == list(sequential) == ids and parallel == sequential
     assert one_by_one["calls"] == overlapped["calls"] == 201  # one listing, one read per entry
