@@ -23,6 +23,11 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
 
+try:
+    import fcntl  # scratch folders' owner locks (POSIX)
+except ImportError:  # elsewhere: no lock, and nothing is swept
+    fcntl = None
+
 # Beam's FileSystems.URI_SCHEMA_PATTERN: a scheme, then "://".
 _SCHEME = re.compile(r"^[a-zA-Z][-a-zA-Z0-9+.]*://")
 _WILDCARD = re.compile(r"[*?\[]")
@@ -164,9 +169,7 @@ def scratch_folder(owner: object, what: str) -> str:
 
 def _hold(folder: str) -> BinaryIO | None:
     """The folder's owner lock, locked by this process (None where there is no flock: nothing is swept)."""
-    try:
-        import fcntl
-    except ImportError:  # not POSIX
+    if fcntl is None:
         return None
     # Locked under another name, then renamed into place: a sweeper never sees an unlocked owner lock.
     fd, path = tempfile.mkstemp(dir=folder, prefix=".locking-")
@@ -185,9 +188,7 @@ def _remove(folder: str, lock: BinaryIO | None) -> None:
 def remove_abandoned_scratch(parent: str | None = None) -> list[str]:
     """Delete the scratch folders in `parent` (the temporary folder) whose process is gone; returns them.
     A folder whose owner lock a live process holds stays, whatever PID namespace (container) it runs in."""
-    try:
-        import fcntl
-    except ImportError:
+    if fcntl is None:
         return []
     removed = []
     with os.scandir(parent or tempfile.gettempdir()) as entries:

@@ -312,7 +312,6 @@ class PlannedUnits(beam.PTransform):
         return with_losers(units, store, self._output)
 
 
-
 class ReadUnit(beam.DoFn):
     """(WorkUnit, losers) -> its ImageRecords; read errors (and duplicate keys) -> 'errors'."""
 
