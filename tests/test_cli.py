@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.model import backbones
 from pipeline.cli import main
+from tests.helpers.crash import scratch_left
 
 
 def test_models_lists_every_backbone_with_dims(capsys):
@@ -76,16 +77,20 @@ def native_teardown_aborts(tmp_path) -> str:
     """A PYTHONPATH folder whose sitecustomize registers abort() as C++ registers static destructors
     (__cxa_atexit): it runs after Python's own exit work, where the teardown of Arrow's thread pools
     sometimes aborts a process whose work is done (apache/arrow#34314)."""
-    folder = tmp_path / "abort-at-exit"
+    return sitecustomize_folder(tmp_path / "abort-at-exit", "import ctypes\n"
+                                                            "libc = ctypes.CDLL(None)\n"
+                                                            "libc.__cxa_atexit(libc.abort, None, None)\n")
+
+
+def sitecustomize_folder(folder, source: str) -> str:
+    """A folder for PYTHONPATH whose sitecustomize.py (`source`) every Python started with it runs first."""
     folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text("import ctypes\n"
-                                             "libc = ctypes.CDLL(None)\n"
-                                             "libc.__cxa_atexit(libc.abort, None, None)\n")
+    (folder / "sitecustomize.py").write_text(source)
     return str(folder)
 
 
-def call(command, tmp_path, *argv, **env):
-    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=300,
+def call(command, tmp_path, *argv, timeout=300, **env):
+    return subprocess.run([*command, *map(str, argv)], capture_output=True, text=True, timeout=timeout,
                           env=quiet_env(tmp_path, **env), stdin=subprocess.DEVNULL)
 
 
@@ -114,7 +119,7 @@ def test_a_finished_run_exits_0_whatever_native_teardown_does(zoo_folder, tmp_pa
     assert done.returncode == 0, done.stderr
     assert done.stdout.startswith("featurize: 20 feature rows, 4 error rows from 24 inputs")
     assert (tmp_path / "out" / "manifest.json").exists()
-    assert [p.name for p in scratch.iterdir() if p.name.startswith("featurize-")] == []
+    assert scratch_left(scratch) == []
 
 
 @pytest.fixture(scope="module")
@@ -170,8 +175,7 @@ def quiet_env(tmp_path, **extra):
 
 
 def featurize(tmp_path, *argv, timeout=300, **env):
-    return subprocess.run([sys.executable, "-m", "pipeline", "run", *map(str, argv)], capture_output=True, text=True,
-                          timeout=timeout, env=quiet_env(tmp_path, **env), stdin=subprocess.DEVNULL)
+    return call([sys.executable, "-m", "pipeline", "run"], tmp_path, *argv, timeout=timeout, **env)
 
 
 def test_offline_imagenet_is_one_sentence_before_any_worker(zoo_folder, tmp_path):
@@ -260,10 +264,7 @@ def test_error_rate_guard_stops_the_run_with_one_sentence_and_no_manifest(zoo_fo
 def chatter_stub(tmp_path):
     """A PYTHONPATH folder whose sitecustomize hides apitools, as in a venv where apache-beam[gcp] lacks it:
     Beam then logs `apitools not found, and bigquery client libraries are not available` on import."""
-    folder = tmp_path / "no-apitools"
-    folder.mkdir(exist_ok=True)
-    (folder / "sitecustomize.py").write_text("import sys\nsys.modules['apitools'] = None\n")
-    return str(folder)
+    return sitecustomize_folder(tmp_path / "no-apitools", "import sys\nsys.modules['apitools'] = None\n")
 
 
 APITOOLS = "apitools not found, and bigquery client libraries are not available"

@@ -34,6 +34,13 @@ def error_keys(out: pathlib.Path) -> list[str]:
     return sorted(pq.read_table(out / "errors").column("key").to_pylist())
 
 
+def scratch_left(folder: pathlib.Path) -> list[str]:
+    """Names of the launcher scratch folders (listing spill, plan) still in `folder`, a run's TMPDIR."""
+    from pipeline.files import SCRATCH_PREFIX
+
+    return sorted(path.name for path in folder.glob(f"{SCRATCH_PREFIX}*"))
+
+
 def group_alive(pgid: int) -> list[int]:
     alive = []
     for entry in os.listdir("/proc"):

@@ -31,6 +31,16 @@ def configure(latency_s: float = DEFAULT_LATENCY_S) -> None:
         _state.update(latency_s=latency_s, calls=0, in_flight=0, peak_in_flight=0)
 
 
+@contextmanager
+def latency(latency_s: float) -> Iterator[None]:
+    """`configure(latency_s)` for the block, the default latency (and zeroed counters) after it."""
+    configure(latency_s)
+    try:
+        yield
+    finally:
+        configure()
+
+
 def stats() -> dict[str, float]:
     """{"latency_s", "calls", "in_flight", "peak_in_flight"}: calls since `configure`, and the most
     that were waiting at the same moment (1 when everything ran one call after another)."""

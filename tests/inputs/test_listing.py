@@ -139,15 +139,17 @@ def test_a_listing_spilled_to_disk_equals_one_sorted_in_memory(tmp_path):
         (tmp_path / "in" / name).write_bytes(name.encode())
     listed = "\n".join(str(tmp_path / "in" / name) for name in names + names[:4]) + "\n"
     (tmp_path / "l.txt").write_text(listed)
-    for spec in (str(tmp_path / "in"), str(tmp_path / "l.txt")):
-        whole, spilled = (list_inputs(resolve_input(spec), chunk=chunk) for chunk in (10**6, 3))
-        assert list(spilled.inputs()) == list(whole.inputs()) and spilled.count == len(names) == whole.count
-        assert [key for key, _, _ in spilled.inputs()] == sorted(names)
-        assert list(spilled.duplicates()) == list(whole.duplicates())
-        assert list(spilled.skipped()) == list(whole.skipped())
-    assert [e.key for e in spilled.duplicates()] == sorted(names[:4])  # the list repeats 4 paths
-    assert list(whole.skipped()) == [] and list(list_inputs(resolve_input(str(tmp_path / "in")), chunk=3).skipped()) == [
-        ("a/notes.txt", ".txt"), ("c/clip.mp4", ".mp4")]
+    folder, path_list = str(tmp_path / "in"), str(tmp_path / "l.txt")
+    spilled = {}
+    for spec in (folder, path_list):
+        whole, spilled[spec] = (list_inputs(resolve_input(spec), chunk=chunk) for chunk in (10**6, 3))
+        assert list(spilled[spec].inputs()) == list(whole.inputs()) and spilled[spec].count == len(names) == whole.count
+        assert [key for key, _, _ in spilled[spec].inputs()] == sorted(names)
+        assert list(spilled[spec].duplicates()) == list(whole.duplicates())
+        assert list(spilled[spec].skipped()) == list(whole.skipped())
+    assert [e.key for e in spilled[path_list].duplicates()] == sorted(names[:4])  # the list repeats 4 paths
+    assert list(spilled[path_list].skipped()) == []
+    assert list(spilled[folder].skipped()) == [("a/notes.txt", ".txt"), ("c/clip.mp4", ".mp4")]
 
 
 def test_brace_prefixes_on_an_object_store_are_listed_at_once(tmp_path):
@@ -160,12 +162,9 @@ def test_brace_prefixes_on_an_object_store_are_listed_at_once(tmp_path):
         (tmp_path / prefix).mkdir()
         for name in ("a.jpg", "b.png"):
             (tmp_path / prefix / name).write_bytes(b"x")
-    slow_fs.configure(latency_s=0.01)
-    try:
+    with slow_fs.latency(0.01):
         listing = list_inputs(resolve_input(slow_fs.slow_path(f"{tmp_path}/{{00..07}}")))
         peak = slow_fs.stats()["peak_in_flight"]
-    finally:
-        slow_fs.configure()
     assert [key for key, _, _ in listing.inputs()] == [f"{p}/{n}" for p in prefixes for n in ("a.jpg", "b.png")]
     assert all(uri.startswith("slow://") for _, uri, _ in listing.inputs())
     assert peak > 1, "the prefixes were listed one after another"

@@ -130,9 +130,8 @@ def test_an_unreadable_entry_fails_the_parallel_read_of_the_journal(tmp_path):
 
 @pytest.fixture
 def slow_disk():
-    slow_fs.configure(latency_s=0.005)
-    yield slow_fs
-    slow_fs.configure()
+    with slow_fs.latency(0.005):
+        yield slow_fs
 
 
 def test_the_journal_on_a_slow_filesystem_is_read_with_many_requests_in_flight(tmp_path, slow_disk):

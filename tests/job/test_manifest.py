@@ -94,12 +94,9 @@ def test_an_unreadable_shard_footer_fails_the_parallel_finalize(tmp_path):
 def test_finalize_on_a_slow_filesystem_overlaps_its_reads_and_keeps_every_file(tmp_path):
     ids = write_units(tmp_path, 40)
     before = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
-    slow_fs.configure(latency_s=0.005)
-    try:
+    with slow_fs.latency(0.005):
         document = finalize_store(slow_fs.slow_path(str(tmp_path)), template(), 0.0, ids, threads=32)
         seen = slow_fs.stats()
-    finally:
-        slow_fs.configure()
     assert document["counts"]["rows"] == 80 and json.loads((tmp_path / MANIFEST).read_text()) == document
     after = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
     assert after == sorted(before + [pathlib.Path(MANIFEST)])  # orphan removal through slow:// deleted nothing

@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from tests.helpers.runs import TEST_MODEL, TEST_SIZE
-from tests.helpers.crash import KILL_WAIT_S, REPO, group_alive
+from tests.helpers.crash import KILL_WAIT_S, REPO, group_alive, scratch_left
 from tests.helpers.samples import _encode, _rgb
 
 IMAGES, BATCH = 32, 4  # 8 units of 4 images: some committed, some held, some left for --resume
@@ -44,10 +44,6 @@ def _environment(tmp_path: pathlib.Path, failpoints: str | None = None, **extra:
     (tmp_path / "launcher-tmp").mkdir(exist_ok=True)  # the launcher's scratch (listing spill, plan) lands here
     env.update(TMPDIR=str(tmp_path / "launcher-tmp"), **extra)
     return env
-
-
-def _scratch_left(tmp_path: pathlib.Path) -> list[str]:
-    return sorted(path.name for path in (tmp_path / "launcher-tmp").glob("featurize-*"))
 
 
 def _journal(out: pathlib.Path) -> list[dict]:
@@ -130,7 +126,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
     assert int(stopped[1]) == len(journal) >= 1 and int(stopped[2]) == IMAGES // BATCH
     assert stopped[3] == str(out)
     assert _no_process_left(proc.pid), "workers of the stopped run are still alive"
-    assert _scratch_left(tmp_path) == []  # the exit after a stop skips finalizers: the scratch went first
+    assert scratch_left(tmp_path / "launcher-tmp") == []  # the exit after a stop skips finalizers: the scratch went first
     # Nothing half-written is claimed: every file in the store is named by a journal entry (the held
     # worker's renamed files were deleted once no worker was left), and every entry's files are there.
     named = {path for entry in journal for path in entry["files"].values()}
@@ -163,7 +159,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
     assert at_once, line
     assert shlex.split(at_once[1]) == resume
     assert _no_process_left(proc.pid), "workers of the run stopped at once are still alive"
-    assert _scratch_left(tmp_path) == []
+    assert scratch_left(tmp_path / "launcher-tmp") == []
     journal = _journal(out)
     assert _unit_files(out) > {path for entry in journal for path in entry["files"].values()}, \
         "the worker held in its commit should have left files that no entry names"

@@ -3,12 +3,13 @@ import random
 
 import pytest
 
+from pipeline.external_sort import CHUNK
 from pipeline.inputs.listing import Listing, duplicate_key_error
 from pipeline.job.plan_files import unit_from_record, unit_record
 from pipeline.job.units import files_per_unit, plan_units, shard_unit_id
 
 
-def files_listing(keys, root="photos", elsewhere=(), chunk=100_000):
+def files_listing(keys, root="photos", elsewhere=(), chunk=CHUNK):
     """A listing of `root/KEY` files (in the order given), plus `elsewhere` paths whose key one of them has."""
     listing = Listing("files", root, chunk=chunk)
     for key in keys:
