@@ -8,7 +8,7 @@ Each measurement is one fresh `python bench/launcher_scale.py --one ...` with PY
 this checkout; `--repo /tmp/featurize-before` measures another copy). The child imports Beam and
 `pipeline.job.launch` (the fixed floor: its peak RSS and seconds are reported apart), then times
 `prepare` -> `stage_plan` (where the code has it) -> `build` -> `p.run()` of a Dataflow dry run
-(flags of tests/job/test_dataflow.py: nothing is submitted), and reports that time, the process's
+(flags of tests/helpers/dataflow.py: nothing is submitted), and reports that time, the process's
 peak RSS (`ru_maxrss`) and `result.job.proto_pipeline.ByteSize()`. Fastest time and smallest RSS
 of --repeats; ratios are to the smallest size of the same case.
 Cases, generated once under --workdir (a `*.complete` marker beside each when whole):
@@ -35,16 +35,12 @@ import resource
 import shutil
 import subprocess
 import sys
-import tarfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "LAUNCHER_SCALE "
-DRY_RUN = ["--model", "MobileNetV3Small", "--weights", "none", "--image-size", "32",
-           "--runner", "DataflowRunner", "--project", "dummy-project", "--region", "us-central1",
-           "--temp_location", "gs://dummy-bucket/tmp", "--dry_run=True", "--no_auth",
-           "--sdk_container_image", "registry.example/featurize-worker:0.1.0", "--job_name", "featurize-dry-run"]
+MODEL = ["--model", "MobileNetV3Small", "--weights", "none", "--image-size", "32"]
 MIB = 1024  # ru_maxrss is in KiB on Linux
 
 
@@ -55,7 +51,9 @@ def one(spec: dict) -> None:
     import pipeline
     from pipeline.job import launch
     imported, import_rss = time.perf_counter(), resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    job = launch.prepare(["--input", spec["input"], "--output", spec["output"], *DRY_RUN, *spec["extra"]])
+    # The flags come from the parent (tests/helpers/dataflow.py): --repo's checkout may predate that file.
+    job = launch.prepare(["--input", spec["input"], "--output", spec["output"], *MODEL, *spec["flags"],
+                          *spec["extra"]])
     # The local spill the listing sorted into (new launcher only), measured before it is released.
     workspace = getattr(getattr(getattr(job, "plan", None), "listing", None), "workspace", None)
     spill_bytes = folder_bytes(workspace) if workspace else None
@@ -137,25 +135,21 @@ def tars_input(workdir: Path, n: int) -> tuple[Path, float]:
 
 def tiny_tar(path: Path, shard: int) -> None:
     from PIL import Image
+
+    from tests.helpers.tars import write_tar
+
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8), (shard * 90 % 256, 60, 120)).save(buffer, "JPEG")
-    data = buffer.getvalue()
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as archive:
-        info = tarfile.TarInfo(f"{shard:06d}-000.jpg")  # WebDataset key `000000-000`: unique across shards
-        info.size = len(data)
-        archive.addfile(info, io.BytesIO(data))
-
-
-def shard_unit_id(path: str) -> str:
-    """pipeline.job.units.shard_unit_id for a local `shard-NNNNNN.tar` (checked against the real run's ids)."""
-    return f"tar-{Path(path).name[:-4]}-{hashlib.sha1(os.path.normpath(path).encode()).hexdigest()[:10]}"
+    write_tar(path, [(f"{shard:06d}-000.jpg", buffer.getvalue())])  # WebDataset key `000000-000`: unique across shards
 
 
 def resume_store(workdir: Path, c: int, repo: Path) -> tuple[Path, Path, float]:
     """(shard folder, store, seconds): 2C shards, the first C committed in a store made by `repo`."""
-    import numpy as np
     import pyarrow as pa
     import pyarrow.parquet as pq
+
+    from pipeline.job.dedupe import key_hashes, save_kept_keys
+    from pipeline.job.units import shard_unit_id
 
     def make_shards(folder: Path) -> None:
         tiny_tar(folder / "shard-000000.tar", 0)
@@ -171,12 +165,12 @@ def resume_store(workdir: Path, c: int, repo: Path) -> tuple[Path, Path, float]:
     shutil.rmtree(store, ignore_errors=True)
     start = time.perf_counter()
     subprocess.run([sys.executable, "-m", "pipeline", "run", "--input", f"{shards}/shard-{{000000..000001}}.tar",
-                    "--output", str(store), *DRY_RUN[:6], "--no-progress"], cwd=repo, check=True,
+                    "--output", str(store), *MODEL, "--no-progress"], cwd=repo, check=True,
                    env=dict(os.environ, PYTHONPATH=str(repo)), stdout=subprocess.DEVNULL)
     units = store / "_featurize" / "units"
     real = {e["source"]: e for e in (json.loads(p.read_text()) for p in units.glob("*.json"))}
     for source, entry in real.items():  # our unit ids must be the tool's, or the resume would plan nothing
-        if entry["unit"] != shard_unit_id(source) or entry["errors"]:
+        if entry["unit"] != shard_unit_id("tar", source) or entry["errors"]:
             raise RuntimeError(f"real entry {entry['unit']} of {source}: not the expected id, or has errors")
     template = real[str(shards / "shard-000000.tar")]
     old_unit = template["unit"]
@@ -184,7 +178,7 @@ def resume_store(workdir: Path, c: int, repo: Path) -> tuple[Path, Path, float]:
     table = pq.read_table(store / template["files"]["features"])
     for i in range(2, c):
         source = str(shards / f"shard-{i:06d}.tar")
-        unit = shard_unit_id(source)
+        unit = shard_unit_id("tar", source)
         stem = f"{unit}.{hashlib.sha1(unit.encode()).hexdigest()[:8]}"  # an attempt id of its own
         entry = copy.deepcopy(template)
         entry.update(unit=unit, source=source,
@@ -193,9 +187,7 @@ def resume_store(workdir: Path, c: int, repo: Path) -> tuple[Path, Path, float]:
         rows = table.set_column(table.schema.get_field_index("key"), "key", pa.array([key]))
         rows = rows.set_column(rows.schema.get_field_index("uri"), "uri", pa.array([f"{source}#{key}.jpg"]))
         pq.write_table(rows.replace_schema_metadata(table.schema.metadata), store / entry["files"]["features"])
-        buffer = io.BytesIO()  # pipeline.job.dedupe.save_kept_keys: blake2b-128 of each kept key
-        np.save(buffer, np.frombuffer(hashlib.blake2b(key.encode(), digest_size=16).digest(), np.uint8).reshape(1, 16))
-        (store / entry["files"]["keys"]).write_bytes(buffer.getvalue())
+        save_kept_keys(str(store / entry["files"]["keys"]), key_hashes([key]))
         if set(entry["files"]) - {"features", "keys"} or old_unit in json.dumps(entry):
             raise RuntimeError(f"the template entry names {old_unit} somewhere this bench does not rewrite")
         (units / f"{unit}.json").write_text(json.dumps(entry, indent=2, sort_keys=True))
@@ -206,23 +198,29 @@ def resume_store(workdir: Path, c: int, repo: Path) -> tuple[Path, Path, float]:
 
 # --- measuring -------------------------------------------------------------------------------
 
+def run_child(repo: Path, spec: dict, timeout: float, what: str) -> dict:
+    """One fresh `--one` child running `repo`'s code; its JSON line."""
+    done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", json.dumps(spec)], cwd=repo,
+                          env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True, timeout=timeout)
+    lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
+    if done.returncode or not lines:
+        raise RuntimeError(f"{what} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1][len(MARK):])
+
+
 def measure(repo: Path, workdir: Path, input_: str, extra: list[str], template: Path | None,
             repeats: int, timeout: float) -> dict:
     """Fastest launcher time and smallest peak RSS over `repeats` fresh children."""
+    from tests.helpers.dataflow import DATAFLOW_DRY_RUN
+
     runs = []
     output = workdir / "out"
     for _ in range(repeats):
         shutil.rmtree(output, ignore_errors=True)
         if template is not None:  # a resume may write into its store: always start from the same one
             shutil.copytree(template, output)
-        spec = json.dumps({"input": input_, "output": str(output), "extra": extra})
-        done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one", spec], cwd=repo,
-                              env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
-                              timeout=timeout)
-        lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
-        if done.returncode or not lines:
-            raise RuntimeError(f"dry run of {input_} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        run = json.loads(lines[-1][len(MARK):])
+        spec = {"input": input_, "output": str(output), "flags": DATAFLOW_DRY_RUN, "extra": extra}
+        run = run_child(repo, spec, timeout, f"dry run of {input_}")
         if not run["module"].startswith(str(repo) + "/"):
             raise RuntimeError(f"measured {run['module']}, not the code in {repo}")
         runs.append(run)
@@ -244,14 +242,8 @@ def files_resume(args: argparse.Namespace, repo: Path) -> None:
         folder, _ = files_input(args.workdir, n, args.flat)
         runs = []
         for _ in range(args.repeats):
-            done = subprocess.run([sys.executable, str(Path(__file__).resolve()), "--one",
-                                   json.dumps({"files_resume": True, "input": str(folder)})], cwd=repo,
-                                  env=dict(os.environ, PYTHONPATH=str(repo)), capture_output=True, text=True,
-                                  timeout=args.timeout)
-            lines = [line for line in done.stdout.splitlines() if line.startswith(MARK)]
-            if done.returncode or not lines:
-                raise RuntimeError(f"planning {folder} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-            runs.append(json.loads(lines[-1][len(MARK):]))
+            runs.append(run_child(repo, {"files_resume": True, "input": str(folder)}, args.timeout,
+                                  f"planning {folder}"))
         best = {name: min(run[name] for run in runs) for name in ("plan_s", "resume_plan_s", "rss_mib")}
         print(f"| {n:,} | {best['plan_s']:.1f} | {best['resume_plan_s']:.1f} | {runs[0]['pending']} / "
               f"{runs[0]['reused']} | {best['rss_mib']:,.0f} |", flush=True)
@@ -275,6 +267,8 @@ def main() -> None:
     if args.one:
         spec = json.loads(args.one)
         return one_files_resume(spec) if spec.get("files_resume") else one(spec)
+    # The parent uses this checkout's helpers (the children run --repo's code through PYTHONPATH).
+    sys.path.insert(0, str(ROOT))
     repo, args.workdir = args.repo.resolve(), args.workdir.resolve()  # unit ids hash absolute paths
     args.workdir.mkdir(parents=True, exist_ok=True)
     rows: list[tuple[str, str, dict]] = []

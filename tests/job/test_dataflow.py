@@ -5,11 +5,7 @@ from PIL import Image
 import apache_beam.runners.dataflow.internal.apiclient  # noqa: F401
 import google.cloud.storage  # noqa: F401
 
-
-DATAFLOW_DRY_RUN = ["--runner", "DataflowRunner", "--project", "dummy-project", "--region", "us-central1",
-                    "--temp_location", "gs://dummy-bucket/tmp", "--dry_run=True", "--no_auth",
-                    "--sdk_container_image", "registry.example/featurize-worker:0.1.0",
-                    "--job_name", "featurize-dry-run"]
+from tests.helpers.dataflow import DATAFLOW_DRY_RUN
 
 
 def dry_run_job(input_path, output, *flags):
