@@ -56,15 +56,14 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT))
 
 from host_cost import HEIGHT, WIDTH, make_photo_jpegs  # noqa: E402
-from memory_scale import MIB, SAMPLE_EVERY_S, checked_counts, reap_leftovers, tree, write_shard  # noqa: E402
+import memory_scale  # noqa: E402
+from memory_scale import checked_counts, write_shard  # noqa: E402
+from pipeline.store.schema import UNITS_DIR  # noqa: E402
 
 MODELS = ("ResNet50", "MobileNetV3Small")
 PRECISIONS = ("float32", "mixed_float16")
-UNITS_DIR = "_featurize/units"  # pipeline.store.schema.UNITS_DIR: one journal entry per committed unit
-CLK_TCK = os.sysconf("SC_CLK_TCK")
 NO_GPU_EXIT = 3
 TARGET = 0.9  # issue #18: end to end >= 0.9x model-only
-_CHILD: subprocess.Popen | None = None  # the featurize run in flight, killed with its group on SIGTERM
 
 
 # --- inputs ----------------------------------------------------------------------------------
@@ -108,16 +107,6 @@ def make_shards(work: Path, pool: list[bytes], images: int, shard_size: int) -> 
 
 # --- running featurize, the process tree sampled ---------------------------------------------
 
-def cpu_seconds(pid: int) -> float | None:
-    """user + system CPU seconds of one process (its own, not its children's), or None once gone."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    fields = stat[stat.rindex(")") + 2:].split()  # fields[0] is field 3 (state): utime is 14, stime 15
-    return (int(fields[11]) + int(fields[12])) / CLK_TCK
-
-
 @dataclass
 class Sampled:
     wall_s: float
@@ -131,44 +120,16 @@ class Sampled:
 
 
 def run_sampled(argv: list[str], log: Path, timeout_s: float) -> Sampled:
-    """Run argv in its own session; sample the tree's CPU and RSS until it exits or times out."""
-    global _CHILD
+    """memory_scale.run_sampled, its CPU count checked against the rusage of the children it reaped."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
-           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
-    with open(log, "wb") as out:
-        start = time.perf_counter()
-        _CHILD = child = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
-                                          start_new_session=True, env=env)
-    cpu: dict[tuple[int, int], float] = {}  # (pid, start ticks) -> last CPU seconds seen
-    samples, peak, timed_out = [], 0, False
-    while child.poll() is None:
-        procs = tree(child.pid)
-        peak = max(peak, sum(p.rss_bytes for p in procs))
-        for proc in procs:
-            seconds = cpu_seconds(proc.pid)
-            if seconds is not None:
-                cpu[(proc.pid, proc.start_ticks)] = seconds
-        samples.append((time.time(), sum(cpu.values())))
-        if time.perf_counter() - start > timeout_s:
-            timed_out = True
-            os.killpg(child.pid, signal.SIGKILL)
-            break
-        try:
-            child.wait(timeout=SAMPLE_EVERY_S)
-        except subprocess.TimeoutExpired:
-            pass
-    child.wait(timeout=60)
-    wall = time.perf_counter() - start
-    reap_leftovers(child.pid)
-    _CHILD = None
+    sampled = memory_scale.run_sampled(argv, log, timeout_s)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     reaped = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
     # Sampling misses each process's last < 0.2 s; rusage misses processes nobody waited for.
-    total = max(sum(cpu.values()), reaped)
-    samples.append((time.time(), total))
-    return Sampled(wall, total, samples, peak / MIB, len(cpu), child.returncode, timed_out,
-                   {"sampled": sum(cpu.values()), "reaped": reaped})
+    total = max(sampled.cpu_s, reaped)
+    return Sampled(sampled.wall_s, total, [*sampled.samples, (time.time(), total)], sampled.peak_tree_mib,
+                   len(sampled.processes), sampled.returncode, sampled.timed_out,
+                   {"sampled": sampled.cpu_s, "reaped": reaped})
 
 
 @dataclass
@@ -462,8 +423,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 def _terminate(signum, frame):  # noqa: ARG001 - the wrapper's timeout: take the featurize run down too
-    if _CHILD is not None and _CHILD.poll() is None:
-        os.killpg(_CHILD.pid, signal.SIGKILL)
+    child = memory_scale.RUNNING
+    if child is not None and child.poll() is None:
+        os.killpg(child.pid, signal.SIGKILL)
     sys.exit(128 + signum)
 
 

@@ -29,7 +29,7 @@ import subprocess
 import sys
 import tarfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -40,6 +40,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 POOL_SIZE = 1000
 SAMPLE_EVERY_S = 0.2
 PAGE_BYTES = os.sysconf("SC_PAGE_SIZE")
+CLK_TCK = os.sysconf("SC_CLK_TCK")
 MIB = 2**20
 FEATURIZE = ["-m", "pipeline", "run", "--model", "MobileNetV3Small", "--weights", "none", "--image-size", "32",
              "--batch-size", "64", "--no-progress"]
@@ -99,6 +100,7 @@ class Proc:
     session: int
     start_ticks: int
     rss_bytes: int
+    cpu_ticks: int  # user + system, its own (not its children's)
 
 
 def read_proc(pid: int) -> Proc | None:
@@ -109,7 +111,9 @@ def read_proc(pid: int) -> Proc | None:
     fields = stat[stat.rindex(")") + 2:].split()  # the command name may hold spaces and parentheses
     if fields[0] == "Z":  # dead, holding no memory, waiting to be reaped
         return None
-    return Proc(pid, int(fields[1]), int(fields[3]), int(fields[19]), int(fields[21]) * PAGE_BYTES)
+    # fields[0] is stat's field 3 (state): ppid 4, session 6, utime 14, stime 15, starttime 22, rss 24.
+    return Proc(pid, int(fields[1]), int(fields[3]), int(fields[19]), int(fields[21]) * PAGE_BYTES,
+                int(fields[11]) + int(fields[12]))
 
 
 def tree(root: int) -> list[Proc]:
@@ -149,16 +153,24 @@ class Sampled:
     returncode: int | None
     timed_out: bool = False
     stopped: bool = False  # killed on purpose by stop_when
+    cpu_s: float = 0.0  # the tree's CPU seconds, each process's as last sampled (its last < 0.2 s missed)
+    samples: list[tuple[float, float]] = field(default_factory=list)  # (time.time(), the tree's CPU seconds so far)
+
+
+RUNNING: subprocess.Popen | None = None  # the run being sampled: a signal handler may kill its group
 
 
 def run_sampled(argv: list[str], log: Path, timeout_s: float,
                 stop_when: Callable[[], bool] | None = None) -> Sampled:
-    """Run argv in a new session, sampling the tree's RSS until it exits, times out or stop_when() holds."""
+    """Run argv in a new session, sampling the tree's RSS and CPU until it exits, times out or stop_when() holds."""
+    global RUNNING
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2",
+           "PYTHONPATH": os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)}
     with open(log, "wb") as out:
         start = time.perf_counter()
-        child = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-                                 env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"})
-    peak_tree, peaks, roles = 0, {}, {}
+        RUNNING = child = subprocess.Popen(argv, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT,
+                                           start_new_session=True, env=env)
+    peak_tree, peaks, roles, cpu, samples = 0, {}, {}, {}, []
     timed_out = stopped = False
     while child.poll() is None:
         procs = tree(child.pid)
@@ -166,8 +178,10 @@ def run_sampled(argv: list[str], log: Path, timeout_s: float,
         for proc in procs:
             key = (proc.pid, proc.start_ticks)  # a pid can be reused within one run
             peaks[key] = max(peaks.get(key, 0), proc.rss_bytes)
+            cpu[key] = proc.cpu_ticks / CLK_TCK
             if key not in roles:
                 roles[key] = role(proc.pid, child.pid)
+        samples.append((time.time(), sum(cpu.values())))
         if stop_when and stop_when():
             stopped = True
         elif time.perf_counter() - start > timeout_s:
@@ -182,9 +196,10 @@ def run_sampled(argv: list[str], log: Path, timeout_s: float,
     child.wait(timeout=60)
     wall = time.perf_counter() - start
     reap_leftovers(child.pid)
+    RUNNING = None
     processes = [{"pid": pid, "role": roles[(pid, ticks)], "peak_mib": round(peak / MIB, 1)}
                  for (pid, ticks), peak in sorted(peaks.items())]
-    return Sampled(wall, peak_tree / MIB, processes, child.returncode, timed_out, stopped)
+    return Sampled(wall, peak_tree / MIB, processes, child.returncode, timed_out, stopped, sum(cpu.values()), samples)
 
 
 def reap_leftovers(session: int, grace_s: float = 10.0) -> None:
