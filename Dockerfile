@@ -8,12 +8,13 @@
 ARG BEAM_VERSION=2.78.0
 FROM apache/beam_python3.11_sdk:${BEAM_VERSION}
 
-# TensorFlow with its CUDA libraries from PyPI: one image for CPU and GPU workers.
-RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.16,<3"
+# TensorFlow with its CUDA libraries from PyPI: one image for CPU and GPU workers. The minor release is
+# the one tensorflow-text (pulled by keras-hub, the hub extra) pins: keras-hub 0.32 -> TensorFlow 2.21.
+RUN pip install --no-cache-dir "tensorflow[and-cuda]>=2.21,<2.22"
 
 COPY setup.py README.md /opt/featurize/
 COPY pipeline /opt/featurize/pipeline
-RUN pip install --no-cache-dir /opt/featurize
+RUN pip install --no-cache-dir "/opt/featurize[hub]"
 
 # Optional: bake ImageNet notop weights into the image (comma-separated backbone names),
 # so a thousand workers do not each download them at start.

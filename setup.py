@@ -35,9 +35,16 @@ setup(
                  # Hugging Face and TensorFlow Datasets inputs, written by the libraries themselves.
                  "datasets>=3", "tensorflow-datasets>=4.9",
                  # tests/job/test_dask.py starts a dask.distributed cluster on 127.0.0.1.
-                 "apache-beam[dask]>=2.77,<2.79"],
+                 "apache-beam[dask]>=2.77,<2.79",
+                 # --model hub:PRESET: tiny presets written by keras-hub itself (SigLIP's SentencePiece model
+                 # is trained in the test).
+                 "keras-hub>=0.32", "keras>=3.15", "sentencepiece>=0.2"],
         # --runner DaskRunner on a dask.distributed cluster (install it on the workers too).
         "dask": ["apache-beam[dask]>=2.77,<2.79"],
+        # --model hub:PRESET: keras-hub's CLIP, SigLIP, DINOv2/v3 and ViT (imported only then). keras-hub 0.32
+        # needs Python >= 3.11 and Keras >= 3.15, and pulls tensorflow-text, which pins TensorFlow's minor
+        # release (2.21.x with keras-hub 0.32): the Dockerfile installs the same.
+        "hub": ["keras-hub>=0.32", "keras>=3.15"],
         # --keras-backend jax (CPU; on GPU workers install jax[cuda12] instead).
         "jax": ["jax>=0.4.30"],
         # bench/host_cost.py: real photos to cut ImageNet-like JPEGs from.

@@ -21,8 +21,9 @@ USAGE = """usage: featurize COMMAND [options]
 
 commands:
   run      extract features: featurize run --input photos/ --output out/ --model ResNet50 --pooling avg
-  models   list every backbone (featurize models [NAME --layers] to list a backbone's layers)
-  search   nearest neighbours of an image or a key: featurize search out/ --query cat.jpg --k 10 --grid nn.png
+  models   list every backbone (featurize models [NAME --layers] to list a backbone's layers; --hub: keras-hub's)
+  search   nearest neighbours of an image, a key or a sentence: featurize search out/ --query cat.jpg --k 10
+           (--text "a red bicycle" on CLIP and SigLIP stores; --grid nn.png draws them)
   index    build a store's nearest-neighbour index and exact-scan matrix: featurize index out/
   serve    a search web page and JSON API over a store: featurize serve out/ --port 8000
   inspect  what a store holds: counts, dimensions, fingerprint, errors, files
@@ -48,7 +49,23 @@ def models_command(argv: Sequence[str]) -> int:
     parser.add_argument("name", nargs="?", help="a backbone name")
     parser.add_argument("--layers", action="store_true", help="list the backbone's layers with output shapes")
     parser.add_argument("--image-size", dest="image_size", help="input size for --layers (default: the backbone's)")
+    parser.add_argument("--hub", action="store_true", help="list keras-hub's model families and presets "
+                        "(--model hub:PRESET; needs featurize[hub])")
     args = parser.parse_args(argv)
+    if args.hub:
+        from pipeline.logs import native_stderr_to_log
+        from pipeline.model import hub
+        from pipeline.model.runtime import tensorflow_without_jax
+
+        families = hub.family_rows()
+        print(_table(families, list(families[0])))
+        print()
+        with native_stderr_to_log(), tensorflow_without_jax():  # keras-hub's registry loads TensorFlow (seconds)
+            presets = hub.preset_rows()
+        print(_table(presets, list(presets[0])))
+        print("\ninput ?: keras-hub's registry does not say; the preset's image converter decides it at run time. "
+              "Also: hub:FOLDER (what save_to_preset writes), hub:kaggle://..., hub:hf://..., hub:gs://...")
+        return 0
     if args.name is None:
         rows = backbones.model_summary_rows()
         print(_table(rows, list(rows[0])))
@@ -191,7 +208,9 @@ def search_command(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="featurize search", description="Nearest neighbours in a store: through "
                                      "its index when it has one (featurize index), else an exact scan.")
     parser.add_argument("store", help="a featurize output directory")
-    parser.add_argument("--query", required=True, help="an image file (embedded with the store's model) or a key")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--query", help="an image file (embedded with the store's model) or a key")
+    query.add_argument("--text", help="a sentence, embedded by the store's text tower (CLIP and SigLIP stores)")
     parser.add_argument("--k", type=int, default=10, help="neighbours to return (default 10)")
     parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     parser.add_argument("--output-name", "--output", dest="output_name", help="which output, for stores with several")
@@ -202,7 +221,13 @@ def search_command(argv: Sequence[str]) -> int:
         raise ConfigError(f"k {args.k} must be at least 1")
     store = _open_store(args.store)
     name = _store_output(store, args.output_name)
-    if os.path.isfile(args.query):
+    query_bytes = None
+    if args.text is not None:
+        refusal = store.text_search_refusal()  # before any model loads
+        if refusal:
+            raise ConfigError(refusal)
+        vector, query_label = store.embed_text([args.text])[0], args.text
+    elif os.path.isfile(args.query):
         with open(args.query, "rb") as handle:
             query_bytes = handle.read()
         try:
@@ -216,7 +241,6 @@ def search_command(argv: Sequence[str]) -> int:
             vector, query_label = store.get(args.query, name), args.query
         except KeyError:
             raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store") from None
-        query_bytes = None
     try:
         result = store.search(vector, k=args.k, metric=args.metric, output=name, exact=args.exact)
     except StaleIndex as exc:
@@ -242,7 +266,7 @@ def search_command(argv: Sequence[str]) -> int:
                 return read_uri(uri)
             except URI_READ_ERRORS:  # a moved or unreadable image becomes an 'unreadable' tile
                 return None
-        if query_bytes is None:
+        if query_bytes is None and args.query is not None:
             query_bytes = fetch(store.uri_of(store.index_of(args.query)))
         png = contact_sheet((query_label, query_bytes),
                             [(row["key"], fetch(row["uri"]), float(row["score"])) for row in rows])
@@ -371,7 +395,7 @@ COMMANDS = {"run": run_command, "models": models_command, "search": search_comma
             "serve": serve_command, "inspect": inspect_command}
 
 # setup.py's optional extras, by the module whose import asks for one.
-EXTRAS = {"faiss": "index", "starlette": "serve", "uvicorn": "serve"}
+EXTRAS = {"faiss": "index", "starlette": "serve", "uvicorn": "serve", "keras_hub": "hub"}
 
 
 def missing_extra(exc: ImportError) -> str | None:

@@ -1,7 +1,10 @@
 """`featurize serve OUT`: a search page and a JSON API over a store (Starlette, served by uvicorn).
 
-    GET  /                              the search page (type a key or drop an image); /?key=KEY opens on KEY
+    GET  /                              the search page (a key, a sentence or an image); /?key=KEY and
+                                        /?text=TEXT open on that query
     GET  /api/search?key=KEY&k=K        the k nearest neighbours of a row of the store
+    GET  /api/search?text=TEXT&k=K      the k nearest neighbours of a sentence, embedded by the store's text
+                                        tower (CLIP and SigLIP stores; others answer 400 in one sentence)
     POST /api/search?k=K                the k nearest neighbours of the image in the body, embedded
                                         with the store's exact fingerprint (as `featurize search` does)
     GET  /api/thumbnail?key=KEY         a JPEG thumbnail of a row's image, read from its uri through
@@ -88,6 +91,16 @@ class SearchService:
         self._row(key)
         return self._results(self.store.get(key, self.output), k)
 
+    def by_text(self, text: str, k: int) -> dict[str, Any]:
+        refusal = self.store.text_search_refusal()
+        if refusal:
+            raise BadRequest(400, refusal)
+        if not text.strip():
+            raise BadRequest(400, "text is empty; give ?text= a sentence such as 'a red bicycle'")
+        with self._lock:
+            vector = self.store.embed_text([text])[0]
+        return self._results(vector, k)
+
     def by_image(self, data: bytes, k: int) -> dict[str, Any]:
         from pipeline.images import DECODE_ERRORS
 
@@ -137,6 +150,8 @@ def create_app(service: SearchService):
         if request.method == "POST":
             body = await request.body()
             return JSONResponse(await run_in_threadpool(service.by_image, body, k))
+        if "text" in request.query_params:
+            return JSONResponse(await run_in_threadpool(service.by_text, request.query_params["text"], k))
         return JSONResponse(await run_in_threadpool(service.by_key, request.query_params.get("key"), k))
 
     async def thumbnail(request: Request) -> Response:

@@ -156,3 +156,12 @@ def tfds_numbered(numbered, tmp_path_factory):
     examples = [(key, str(folder / key)) for key in keys]
     version = write_tfds(tmp_path_factory.mktemp("tfds"), {"train": examples[:40], "test": examples[40:]})
     return version, [(key, (folder / key).read_bytes()) for key in keys]
+
+
+@pytest.fixture(scope="session")
+def hub_presets(tmp_path_factory):
+    """{family: folder} of tiny keras-hub presets written by keras-hub's own save_to_preset."""
+    from tests.helpers.hub_presets import BUILDERS, save_tiny_preset
+
+    root = tmp_path_factory.mktemp("presets")
+    return {family: save_tiny_preset(family, str(root / family)) for family in BUILDERS}

@@ -26,6 +26,31 @@ def test_models_layers_lists_shapes(capsys):
     assert "block4_pool" in out and "2x2x512" in out
 
 
+def test_models_hub_lists_the_families_and_every_builtin_preset_of_them(capsys):
+    from keras_hub.src.utils.preset_utils import BUILTIN_PRESETS
+
+    from pipeline.model.hub import FAMILIES
+
+    assert main(["models", "--hub"]) == 0
+    out = capsys.readouterr().out
+    listed = {line.split()[0] for line in out.splitlines() if line.startswith("hub:")}
+    expected = {f"hub:{name}" for name in BUILTIN_PRESETS if any(name.startswith(f.name) for f in FAMILIES)}
+    assert listed == expected and "hub:siglip2_base_patch16_224" in listed and "hub:dinov3_vit_small_lvd1689m" in listed
+    siglip2 = next(line for line in out.splitlines() if line.startswith("hub:siglip2_base_patch16_224 "))
+    assert siglip2.split()[1:] == ["siglip", "375M", "224", "yes"]
+    for family in FAMILIES:
+        assert any(line.split()[:2] == [family.name, family.backbone_class] for line in out.splitlines())
+
+
+def test_a_missing_hub_extra_is_one_sentence(capsys, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, "keras_hub", None)  # as if featurize[hub] were not installed
+    assert main(["run", "--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model",
+                 "hub:clip_vit_base_patch16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("featurize: error: featurize run needs keras_hub: pip install 'featurize[hub]'")
+    assert len(err.splitlines()) == 1
+
+
 def failing_run(tmp_path, capsys, *argv):
     code = main(["run", *argv])
     err = capsys.readouterr().err.strip()

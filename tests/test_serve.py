@@ -119,6 +119,7 @@ def test_thumbnails_are_read_from_tar_members(server, store):
     ("POST", "/api/search", {"k": 3}, b"", 400, "the request body is empty; POST an image's bytes"),
     ("POST", "/api/search", {"k": 3}, b"not an image at all", 422, "the request body is not an image featurize can decode"),
     ("GET", "/api/thumbnail", {"key": "nope"}, None, 404, "key 'nope' is not in the store"),
+    ("GET", "/api/search", {"text": "a cat", "k": 3}, None, 400, "store "),  # a CNN store: no text tower
     ("GET", "/nothing-here", {}, None, 404, "GET /nothing-here: Not Found"),
     ("DELETE", "/api/search", {}, None, 405, "DELETE /api/search: Method Not Allowed"),
 ])
@@ -167,3 +168,43 @@ def test_a_store_whose_index_went_stale_answers_409_in_one_sentence(tmp_path):
         thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": "u7/img00029.jpg"}, timeout=30)
         assert thumbnail.status_code == 404
         assert thumbnail.json() == {"error": "the image of 'u7/img00029.jpg' is no longer at '/images/u7/img00029.jpg'"}
+
+
+@pytest.fixture(scope="module")
+def clip_server(hub_presets, tmp_path_factory):
+    """`featurize serve` over a store of the tiny CLIP preset (a text tower), made from the shapes samples."""
+    from pipeline.job.launch import run
+    from tests.helpers.runs import MODES
+
+    out = tmp_path_factory.mktemp("clip-served")
+    samples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "shapes")
+    run(["--input", samples, "--output", str(out), "--model", f"hub:{hub_presets['clip']}", "--no-progress",
+         *MODES["in_process"]])
+    store = FeatureStore.open(str(out))
+    with serving(str(out)) as base:
+        yield base, store
+
+
+def test_search_by_text_returns_the_stores_text_neighbours(clip_server):
+    server, store = clip_server
+    response = httpx.get(f"{server}/api/search", params={"text": "a red circle", "k": 4}, timeout=120)
+    assert response.status_code == 200, response.text
+    expected = store.search(text="a red circle", k=4)
+    results = response.json()["results"]
+    assert [r["key"] for r in results] == expected.keys[0]
+    np.testing.assert_allclose([r["score"] for r in results], expected.scores[0], rtol=1e-5, atol=1e-6)
+    empty = httpx.get(f"{server}/api/search", params={"text": " ", "k": 4}, timeout=30)
+    assert empty.status_code == 400 and empty.json()["error"].startswith("text is empty")
+
+
+def test_the_page_searches_by_text_in_chromium(clip_server):
+    assert CHROMIUM, "this test needs Debian's chromium package (.ci/run installs it)"
+    server, store = clip_server
+    expected = store.search(text="a red circle", k=3)
+    done = chromium("--virtual-time-budget=20000", "--dump-dom", f"{server}/?text=a%20red%20circle&k=3")
+    dom = done.stdout
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert '3 neighbours of "a red circle"' in dom
+    for rank, key in enumerate(expected.keys[0], 1):
+        assert f'data-key="{key}"' in dom and f"#{rank} {key}" in dom
+    assert dom.count('class="result"') == 3 and dom.count('data-loaded="true"') == 3

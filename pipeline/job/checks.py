@@ -22,7 +22,10 @@ from pipeline.job.config import RunConfig, as_typed
 from pipeline.job.journal import iter_committed_units, read_store_state
 from pipeline.job.runner import local_workers
 from pipeline.model.failures import ModelLoadError
+from pipeline.model.hub import LocalPreset, PresetUnavailable, block_number, is_hub, preset_of
 from pipeline.model.preflight import check_model
+from pipeline.model.runtime import tensorflow_without_jax
+from pipeline.logs import native_stderr_to_log
 from pipeline.model.spec import ModelSpec
 from pipeline.store.schema import STORE_STATE
 
@@ -134,6 +137,8 @@ def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> Non
     """Build the model once here, so a download that fails or weights that do not fit are one
     sentence before any worker starts: ImageNet on local runs (its download lands in the cache
     the local workers use), a weights file on this machine always."""
+    if is_hub(spec.backbone):  # its preset was read by check_hub_preset; its copy in the store is made by the run
+        return
     local_file = spec.weights not in (None, "imagenet") and files.is_local(spec.weights)
     if not (local_file or (spec.weights == "imagenet" and local_workers(options))):
         return
@@ -141,3 +146,30 @@ def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> Non
         check_model(spec)
     except ModelLoadError as exc:
         raise ConfigError(exc.sentence) from None
+
+
+def check_hub_preset(config: RunConfig) -> LocalPreset:
+    """A hub model's preset fetched once (a folder, keras-hub's cache, or a download), its files hashed and
+    its configs read; what the preset decides (input size, layers, poolings) checked in one sentence."""
+    preset = preset_of(config.model)
+    try:  # keras-hub loads TensorFlow: its start-up lines go to the log, as a worker's do
+        with native_stderr_to_log(), tensorflow_without_jax():
+            local = LocalPreset.resolve(preset)
+    except PresetUnavailable as exc:
+        raise ConfigError(str(exc)) from None
+    info = local.info
+    if config.image_size and tuple(config.image_size) != info.image_size and not info.family.any_size:
+        raise ConfigError(f"image_size {config.image_size[0]}x{config.image_size[1]} does not fit {config.model}, a "
+                          f"{info.family.name} model built for {info.image_size[0]}x{info.image_size[1]}; drop "
+                          f"--image-size (only DINOv2 and DINOv3 take other sizes)")
+    for layer in config.layers or ():
+        if not info.family.blocks:
+            raise ConfigError(f"layers {layer!r}: {config.model} ({info.family.name}) offers its final output only; "
+                              f"drop --layers")
+        if block_number(layer, info.blocks) is None:
+            raise ConfigError(f"layers {layer!r} is not a block of {config.model}; give block1 to "
+                              f"block{info.blocks} (the output of that transformer block)")
+    if config.layers and "model" in config.pooling and not info.family.class_token:
+        raise ConfigError(f"pooling 'model' of an intermediate block takes its class token, which "
+                          f"{info.family.name} has not; pool its patch tokens with avg, max or gem")
+    return local

@@ -29,6 +29,7 @@ from pipeline import files
 from pipeline.errors import ConfigError
 from pipeline.images import DEFAULT_MAX_PIXELS, INTERPOLATIONS, RESIZE_POLICIES
 from pipeline.model import backbones
+from pipeline.model.hub import is_hub, preset_of
 from pipeline.model.spec import weights_argument
 
 FORMATS = ("parquet", "hdf5")
@@ -55,21 +56,28 @@ class RunConfig:
                              "'mnist-train.tfrecord-*' (TFDS), '*.parquet', '*.arrow', "
                              "or a Hugging Face save_to_disk folder")
     output: str = option(help="output directory (any Beam filesystem)")
-    model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50)")
+    model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50), or hub:PRESET: a "
+                                         "keras-hub CLIP, SigLIP, DINOv2/v3 or ViT preset name, folder or URI "
+                                         "(`featurize models --hub`)")
     weights: str = option("imagenet",
                           help="imagenet (default), none, or a local .h5 / .weights.h5 file (full or notop)")
     layers: tuple[str, ...] | None = option(None,
                                             help="comma-separated layer names (default: the backbone's last layer)")
-    pooling: tuple[str, ...] = option(("avg",), choices=backbones.POOLINGS,
-                                      help="comma-separated poolings: avg, max, gem (default avg)")
+    pooling: tuple[str, ...] = option(("avg",), choices=backbones.ALL_POOLINGS,
+                                      help="comma-separated poolings: avg, max, gem (default avg); a hub model: "
+                                           "model (its own image embedding, the default), or avg, max, gem over "
+                                           "its patch tokens")
     gem_p: float = option(3.0, help="GeM exponent p (default 3)")
     l2_normalize: bool = option(False, help="L2-normalise every output")
     # (height, width); None: the backbone's default
     image_size: tuple[int, int] | None = option(None, help="model input: 224 or HEIGHTxWIDTH (default: the backbone's)")
-    resize: str = option("squash", choices=RESIZE_POLICIES,
-                         help=f"resize policy: {', '.join(RESIZE_POLICIES)} (default squash)")
-    interpolation: str = option("bilinear", choices=list(INTERPOLATIONS),
-                                help=f"{', '.join(INTERPOLATIONS)} (default bilinear; nearest = Keras load_img)")
+    # None: squash / bilinear, or what a hub preset's image converter does (its crop and interpolation)
+    resize: str | None = option(None, choices=RESIZE_POLICIES,
+                                help=f"resize policy: {', '.join(RESIZE_POLICIES)} (default squash; a hub model: "
+                                     f"its image converter's)")
+    interpolation: str | None = option(None, choices=list(INTERPOLATIONS),
+                                       help=f"{', '.join(INTERPOLATIONS)} (default bilinear, nearest = Keras "
+                                            f"load_img; a hub model: its image converter's)")
     jpeg_draft: bool = option(True, help="decode JPEGs at full size even when downscaling")
     exif_transpose: bool = option(True, help="ignore EXIF orientation")
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS,
@@ -300,6 +308,11 @@ def resolve(flags: argparse.Namespace) -> RunConfig:
     for f in dataclasses.fields(RunConfig):
         if f.default is dataclasses.MISSING and not values.get(f.name):
             raise ConfigError(f"{f.name} is missing; give --{f.name} PATH or set it in the --config preset")
+    if is_hub(str(values.get("model", ""))):
+        if "weights" in values:  # a preset carries its weights: a --weights would be silently unused
+            raise ConfigError(f"weights {values['weights']!r} applies to keras.applications models; "
+                              f"{values['model']} carries its own weights, so drop --weights")
+        values.setdefault("pooling", backbones.MODEL_POOLING)
     converted = {name: _convert(name, value) for name, value in values.items()}
     # None for a field that cannot be None (`batch_size: none`) means its default.
     config = RunConfig(**{k: v for k, v in converted.items() if v is not None or _kind(k)[1]})
@@ -314,34 +327,25 @@ def _check_choice(name: str, value: str, valid: Sequence[str]) -> None:
 
 def validate(config: RunConfig) -> None:
     """Everything that can be checked without reading images; raises ConfigError."""
-    if config.model not in backbones.BACKBONES:
-        raise ConfigError(f"model {config.model!r} is not a known backbone{_suggest(config.model, list(backbones.BACKBONES))}; "
-                          f"run `featurize models` to list all {len(backbones.BACKBONES)}")
-    backbone = backbones.BACKBONES[config.model]
+    _check_fields(config)
+    if is_hub(config.model):
+        _validate_hub(config)
+    else:
+        _validate_application(config)
+
+
+def _check_fields(config: RunConfig) -> None:
+    """What holds for every model: choices, and numbers in range."""
     if not config.pooling:
-        raise ConfigError(f"pooling is empty; choose from: {', '.join(backbones.POOLINGS)}")
+        raise ConfigError(f"pooling is empty; choose from: {', '.join(backbones.ALL_POOLINGS)}")
     for f in dataclasses.fields(config):
         if f.metadata["choices"]:
             value = getattr(config, f.name)
             for item in value if isinstance(value, tuple) else (value,):
-                _check_choice(f.name, item, f.metadata["choices"])
+                if item is not None:
+                    _check_choice(f.name, item, f.metadata["choices"])
     if config.gem_p <= 0:
         raise ConfigError(f"gem_p {config.gem_p} must be > 0")
-    height, width = input_size(config)
-    if min(height, width) < backbone.min_size:
-        raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
-                          f"{backbone.min_size}x{backbone.min_size}; use at least {backbone.min_size}")
-    weights = weights_argument(config.weights)
-    if weights not in (None, "imagenet"):
-        if not weights.endswith(".h5"):
-            raise ConfigError(f"weights {config.weights!r} is not valid; give imagenet, none, or a .h5 / .weights.h5 file")
-        try:
-            found = files.exists(weights)
-        except Exception as exc:  # noqa: BLE001 - a filesystem that is not installed, or no credentials: one sentence
-            raise ConfigError(f"weights {weights!r} cannot be reached ({type(exc).__name__}: {exc})") from None
-        if not found:
-            raise ConfigError(f"weights {config.weights!r} does not exist; give imagenet, none, or the path or URI "
-                              f"of a .h5 / .weights.h5 file")
     if config.weights_sha256 is not None and not re.fullmatch(r"[0-9a-f]{64}", config.weights_sha256):
         raise ConfigError(f"weights_sha256 {config.weights_sha256!r} is not a sha256; give 64 lowercase hex digits")
     if config.batch_size < 1:
@@ -357,6 +361,52 @@ def validate(config: RunConfig) -> None:
                           f"(0.05 stops a run once more than 5% of its inputs fail)")
     if config.predictions < 0:
         raise ConfigError(f"predictions {config.predictions} must be 0 (none) or a number of classes such as 5")
+    if config.unit_size < 1:
+        raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
+    if config.resume and config.overwrite:
+        raise ConfigError("resume and overwrite exclude each other; pass --resume to continue the output in "
+                          "--output, or --overwrite to replace it")
+
+
+def _validate_hub(config: RunConfig) -> None:
+    """A keras-hub model: what needs no preset (the preset's own checks are the launcher's, pipeline.job.checks)."""
+    if not preset_of(config.model):
+        raise ConfigError("model 'hub:' names no preset; give hub:PRESET, e.g. hub:clip_vit_base_patch16 or a "
+                          "folder keras-hub's save_to_preset wrote (`featurize models --hub` lists them)")
+    for name, given in (("predictions", config.predictions), ("class_index", config.class_index),
+                        ("weights_sha256", config.weights_sha256)):
+        if given:
+            raise ConfigError(f"{name} {given!r} applies to keras.applications models, not to {config.model}; "
+                              f"drop --{name.replace('_', '-')}")
+    if config.weights_ordering != "auto":
+        raise ConfigError(f"weights_ordering {config.weights_ordering!r} applies to legacy .h5 weights files only, "
+                          f"not to {config.model}; drop --weights-ordering")
+
+
+def _validate_application(config: RunConfig) -> None:
+    """A keras.applications backbone."""
+    if config.model not in backbones.BACKBONES:
+        raise ConfigError(f"model {config.model!r} is not a known backbone{_suggest(config.model, list(backbones.BACKBONES))}; "
+                          f"run `featurize models` to list all {len(backbones.BACKBONES)}")
+    backbone = backbones.BACKBONES[config.model]
+    if backbones.MODEL_POOLING in config.pooling:
+        raise ConfigError(f"pooling {backbones.MODEL_POOLING!r} is a hub model's own embedding; {config.model} "
+                          f"pools its feature map: choose from {', '.join(backbones.POOLINGS)}")
+    height, width = input_size(config)
+    if min(height, width) < backbone.min_size:
+        raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
+                          f"{backbone.min_size}x{backbone.min_size}; use at least {backbone.min_size}")
+    weights = weights_argument(config.weights)
+    if weights not in (None, "imagenet"):
+        if not weights.endswith(".h5"):
+            raise ConfigError(f"weights {config.weights!r} is not valid; give imagenet, none, or a .h5 / .weights.h5 file")
+        try:
+            found = files.exists(weights)
+        except Exception as exc:  # noqa: BLE001 - a filesystem that is not installed, or no credentials: one sentence
+            raise ConfigError(f"weights {weights!r} cannot be reached ({type(exc).__name__}: {exc})") from None
+        if not found:
+            raise ConfigError(f"weights {config.weights!r} does not exist; give imagenet, none, or the path or URI "
+                              f"of a .h5 / .weights.h5 file")
     if config.class_index is not None and not config.predictions:
         raise ConfigError(f"class_index {config.class_index!r} is used by --predictions only; add --predictions 5 "
                           f"or drop --class-index")
@@ -377,11 +427,6 @@ def validate(config: RunConfig) -> None:
     if config.weights_ordering != "auto" and (weights in (None, "imagenet") or weights.endswith(".weights.h5")):
         raise ConfigError(f"weights_ordering {config.weights_ordering!r} applies to legacy .h5 weights files only, "
                           f"not to weights {config.weights!r}; drop --weights-ordering")
-    if config.unit_size < 1:
-        raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
-    if config.resume and config.overwrite:
-        raise ConfigError("resume and overwrite exclude each other; pass --resume to continue the output in "
-                          "--output, or --overwrite to replace it")
 
 
 def input_size(config: RunConfig) -> tuple[int, int]:

@@ -26,8 +26,8 @@ from pipeline import files
 from pipeline.elements import RecordFields
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.job import manifest, progress
-from pipeline.job.checks import (check_input, check_model_before_workers, committed_for, package_version,
-                                 store_identity)
+from pipeline.job.checks import (check_hub_preset, check_input, check_model_before_workers, committed_for,
+                                 package_version, store_identity)
 from pipeline.job.config import ConfigError, RunConfig, input_size, parse_run_args
 from pipeline.job.journal import (clear_previous_output, committed_unit_ids, iter_committed_units, read_store_state,
                                   remove_orphans, write_store_state)
@@ -37,14 +37,21 @@ from pipeline.job.plan_files import StagedPlan, stage
 from pipeline.job.stages import PlannedUnits, ProcessUnits
 from pipeline.job.stopping import CtrlC, Interrupted
 from pipeline.job.units import Plan, plan_units
-from pipeline.model import backbones, keras_models
+from pipeline.model import backbones, hub, keras_models
+from pipeline.model.hub import LocalPreset
 from pipeline.model.handler import KerasBackboneHandler
 from pipeline.model.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
 from pipeline.model.spec import stored_weights, weights_argument
 from pipeline.model.weights_cache import sha256_of
 from pipeline.store.fingerprint import Fingerprint
+from pipeline.store.schema import PRESETS_DIR
 
-_VERSIONED = ("featurize", "apache-beam", "keras", "tensorflow", "numpy", "pillow", "pyarrow", "h5py")
+_VERSIONED = ("featurize", "apache-beam", "keras", "keras-hub", "tensorflow", "numpy", "pillow", "pyarrow", "h5py")
+
+
+def preset_folder(preset: LocalPreset) -> str:
+    """Where a run copies its preset, relative to the store (the fingerprint's weights)."""
+    return f"{PRESETS_DIR}/{preset.files.digest[:16]}"
 
 
 def weights_digest(config: RunConfig) -> str | None:
@@ -61,9 +68,11 @@ def weights_digest(config: RunConfig) -> str | None:
     return digest
 
 
-def output_dims(config: RunConfig) -> dict[str, int]:
+def output_dims(config: RunConfig, preset: LocalPreset | None = None) -> dict[str, int]:
     """{output name: feature dimension}; building the model only when intermediate layers are asked for.
     With --predictions the one vector is the classifier's input (see Backbone.classifier_dim)."""
+    if preset is not None:
+        return hub.output_dims(preset.info, config.layers, config.pooling)
     backbone = backbones.BACKBONES[config.model]
     if config.predictions > 0:
         return {keras_models.EMBEDDING: backbone.classifier_dim}
@@ -79,9 +88,21 @@ def output_dims(config: RunConfig) -> dict[str, int]:
             for layer in config.layers for pooling in config.pooling}
 
 
-def run_fingerprint(config: RunConfig, outputs: dict[str, int], weights_sha256: str | None) -> Fingerprint:
+def run_fingerprint(config: RunConfig, outputs: dict[str, int], weights_sha256: str | None,
+                    preset: LocalPreset | None = None) -> Fingerprint:
     """What decides this run's numbers, built once: the store's JSON (`to_json`), and the model and decode
     specs the workers compute with (`model_spec`, `decode_spec`), so both are what the store records."""
+    if preset is not None:  # a keras-hub model: its weights are the preset's files, copied into the store
+        info = preset.info
+        return Fingerprint(
+            backbone=config.model, weights=preset_folder(preset), weights_sha256=preset.files.digest,
+            input_size=tuple(config.image_size or info.image_size), resize=config.resize or info.resize,
+            interpolation=config.interpolation or info.interpolation, jpeg_draft=config.jpeg_draft,
+            exif_transpose=config.exif_transpose, preprocess=info.preprocess,
+            layers=tuple(config.layers) if config.layers else None, pooling=tuple(config.pooling),
+            gem_p=config.gem_p if "gem" in config.pooling else None, l2_normalize=config.l2_normalize,
+            outputs=outputs, dtype=config.dtype, precision=config.precision, keras_backend=config.keras_backend,
+            family=info.family.name, versions={name: package_version(name) for name in _VERSIONED})
     return Fingerprint(
         backbone=config.model,
         weights=stored_weights(weights_argument(config.weights)),
@@ -89,8 +110,8 @@ def run_fingerprint(config: RunConfig, outputs: dict[str, int], weights_sha256: 
         weights_ordering=config.weights_ordering if weights_sha256 else None,
         predictions=config.predictions,
         input_size=tuple(input_size(config)),
-        resize=config.resize,
-        interpolation=config.interpolation,
+        resize=config.resize or "squash",
+        interpolation=config.interpolation or "bilinear",
         jpeg_draft=config.jpeg_draft,
         exif_transpose=config.exif_transpose,
         preprocess=backbones.BACKBONES[config.model].preprocess,
@@ -120,6 +141,7 @@ class Job:
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
     class_names: list[str] | None = None  # --predictions: every class's name, handed to the workers
     staged: StagedPlan | None = None  # set by stage_plan: the plan in the store, which the graph reads
+    preset: LocalPreset | None = None  # a hub model's preset, copied into the store before the workers start
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -137,12 +159,13 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     """Parse and validate everything, list the input and plan the units; raises ConfigError before any work."""
     config, beam_args = parse_run_args(list(argv) if argv is not None else sys.argv[1:])
     config = with_absolute_paths(config)
+    preset = check_hub_preset(config) if hub.is_hub(config.model) else None  # before a listing that may be long
     listing = check_input(config)
-    outputs = output_dims(config)
+    outputs = output_dims(config, preset)
     options = pipeline_options(beam_args)
     check_job_endpoint(options)
-    fingerprint = run_fingerprint(config, outputs, weights_digest(config))
-    spec, fp = fingerprint.model_spec(), fingerprint.to_json()
+    fingerprint = run_fingerprint(config, outputs, weights_digest(config), preset)
+    spec, fp = fingerprint.model_spec(config.output), fingerprint.to_json()
     identity = store_identity(config, fp, listing)
     plan = plan_units(listing, committed_for(config, identity), config.unit_size, config.batch_size,
                       RecordFields(config.image_field, config.key_field))
@@ -161,7 +184,7 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
         check_model_before_workers(spec, options)
     started_at = time.time()
     return Job(config, options, handler, fingerprint, manifest.manifest_template(config, fp, options, plan, started_at),
-               plan, identity, started_at, class_names=class_names)
+               plan, identity, started_at, class_names=class_names, preset=preset)
 
 
 def stage_plan(job: Job) -> StagedPlan:
@@ -296,6 +319,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
     try:
         if not job.plan.pending:  # everything is committed already: only the manifest is left to write
             return manifest.finalize_store(config.output, job.manifest, job.started_at)
+        if job.preset is not None:  # the workers load these bytes, never the hub
+            hub.publish_preset(job.preset.folder, job.preset.files, files.join(config.output, preset_folder(job.preset)))
         stage_plan(job)
         result = _run_pipeline(job, log)
     except Exception as exc:  # noqa: BLE001 - logged in full, raised again as one sentence (RunFailed)

@@ -13,6 +13,9 @@ from typing import Any
 import numpy as np
 
 POOLINGS = ("avg", "max", "gem")
+# A keras-hub model's own image embedding (pipeline.model.hub), beside the poolings of its patch tokens.
+MODEL_POOLING = "model"
+ALL_POOLINGS = (MODEL_POOLING, *POOLINGS)
 PREPROCESS_MODES = ("caffe", "tf", "torch", "builtin")
 
 
@@ -150,5 +153,5 @@ def preprocess_batch(backbone: Backbone | str, x):
     return preprocess_input(x)
 
 
-__all__ = ["BACKBONES", "Backbone", "POOLINGS", "PREPROCESS_MODES", "get_backbone", "model_summary_rows",
+__all__ = ["ALL_POOLINGS", "BACKBONES", "Backbone", "MODEL_POOLING", "POOLINGS", "PREPROCESS_MODES", "get_backbone", "model_summary_rows",
            "preprocess_batch"]

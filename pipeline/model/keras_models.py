@@ -40,7 +40,7 @@ from __future__ import annotations
 from typing import Sequence
 
 from pipeline.model import applications
-from pipeline.model.backbones import POOLINGS, Backbone, get_backbone
+from pipeline.model.backbones import ALL_POOLINGS, POOLINGS, Backbone, get_backbone
 from pipeline.model.layers import custom_layers
 
 EMBEDDING = "embedding"
@@ -60,8 +60,8 @@ def output_name(layer: str | None, pooling: str, n_outputs: int, *,
         outputs; `final_layer` (the name) wins over `backbone` (which builds the model once
         to look the name up, see `default_layer`).
     """
-    if pooling not in POOLINGS:
-        raise ValueError(f"unknown pooling {pooling!r}; choose from: {', '.join(POOLINGS)}")
+    if pooling not in ALL_POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}; choose from: {', '.join(ALL_POOLINGS)}")
     if n_outputs == 1:
         return EMBEDDING
     if layer is None:

@@ -10,6 +10,7 @@ import: a process sets KERAS_BACKEND and the thread caps (`limit_threads`) first
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import sys
@@ -18,7 +19,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.model import backbones, keras_models
+from pipeline.model import backbones, hub, keras_models
 from pipeline.model.failures import as_model_load_error, is_out_of_memory
 from pipeline.model.spec import ModelSpec
 from pipeline.model.weights_cache import cache_dir, machine_lock, stage_weights
@@ -102,6 +103,10 @@ def build_keras_model(spec: ModelSpec):
     downloaded by Keras under a machine-wide lock, random weights seeded."""
     import keras
 
+    if hub.is_hub(spec.backbone):  # a keras-hub preset: its files staged from the store's copy, by digest
+        folder = hub.stage_preset(spec.weights, spec.weights_sha256)
+        return hub.build_hub_model(folder, spec.input_size, spec.layers, spec.poolings, spec.gem_p,
+                                   spec.l2_normalize, spec.precision)
     backbone = backbones.get_backbone(spec.backbone)
     weights = spec.weights
     if weights is None:
@@ -134,9 +139,12 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
     """Build the backbone with preprocessing folded in, compiled for one fixed batch shape, warmed up."""
     import keras
 
-    backbone = backbones.get_backbone(spec.backbone)
     model = build_keras_model(spec)
     height, width = spec.input_size
+    if hub.is_hub(spec.backbone):
+        preprocess = lambda x: x  # noqa: E731 - the hub model holds its image converter's arithmetic
+    else:
+        preprocess = functools.partial(backbones.preprocess_batch, backbones.get_backbone(spec.backbone))
 
     def predict_for(size: int) -> Callable[[np.ndarray], dict[str, Any]]:
         """A predict function for batches of exactly `size` (compiled on its first call)."""
@@ -146,14 +154,14 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
             @tf.function(input_signature=[tf.TensorSpec([size, height, width, 3], tf.uint8)],
                          jit_compile=jit_compile)
             def forward(pixels):
-                return model(backbones.preprocess_batch(backbone, tf.cast(pixels, tf.float32)), training=False)
+                return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
 
             return lambda pixels: {name: value.numpy() for name, value in forward(pixels).items()}
 
         # JAX and torch: Keras's predict step, jit-compiled per input shape on JAX (always: jit_compile
         # has nothing to switch there), so one fixed batch shape means one compilation.
         def predict(pixels: np.ndarray) -> dict[str, Any]:
-            batch = backbones.preprocess_batch(backbone, pixels.astype(np.float32))
+            batch = preprocess(pixels.astype(np.float32))
             return {name: keras.ops.convert_to_numpy(value)
                     for name, value in model.predict_on_batch(batch).items()}
         return predict

@@ -31,7 +31,7 @@ from pipeline.store.schema import (ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, FINGE
 from pipeline.store.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
 from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
 
-__all__ = ["FeatureStore", "IncompleteStore", "SearchResult", "METRICS"]
+__all__ = ["FeatureStore", "IncompleteStore", "NoTextTower", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
 
 
@@ -62,6 +62,10 @@ def _string_scalar(text: str) -> pa.Scalar:
     return pa.Array.from_buffers(pa.string(), 1, [None, pa.py_buffer(offsets), pa.py_buffer(data)])[0]
 
 
+class NoTextTower(ValueError):
+    """A text query on a store whose vectors are not in a joint image-text space; one sentence."""
+
+
 class FeatureStore:
     """A finished featurize output directory, opened read-only."""
 
@@ -77,6 +81,7 @@ class FeatureStore:
         self._reader: StoreReader | None = None
         self._indexes: dict[str, Any] = {}
         self._models: dict[int, Any] = {}
+        self._text_tower: Any = None
 
     # ------------------------------------------------------------------ opening
     @classmethod
@@ -252,15 +257,21 @@ class FeatureStore:
         except StaleIndex:
             return None
 
-    def search(self, vectors: np.ndarray | Sequence[float], k: int = 10, *, metric: str = "cosine",
-               output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, exact: bool = False) -> SearchResult:
-        """Top-k of each query. Through the output's index when it has one (`featurize index`; a stale
+    def search(self, vectors: np.ndarray | Sequence[float] | None = None, k: int = 10, *, metric: str = "cosine",
+               output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, exact: bool = False,
+               text: str | Sequence[str] | None = None) -> SearchResult:
+        """Top-k of each query: `vectors`, or `text` (one sentence or several) embedded by the store's text
+        tower (`embed_text`). Through the output's index when it has one (`featurize index`; a stale
         one raises `pipeline.store.index.StaleIndex`); with exact=True or without an index, an exact scan:
         of the index's memory-mapped matrix when there is a current one, else of the store's shards in
         blocks of chunk_rows (memory O(chunk_rows x (D + queries)))."""
         check_metric(metric)
         if k < 1:
             raise ValueError(f"k {k} must be at least 1")
+        if (vectors is None) == (text is None):
+            raise ValueError("search takes either vectors or text")
+        if text is not None:
+            vectors = self.embed_text([text] if isinstance(text, str) else list(text))
         name = self.output_name(output)
         queries = as_queries(vectors, self.outputs[name])
         index = self._current_index(name) if exact else self.index(name)
@@ -283,12 +294,56 @@ class FeatureStore:
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
         decode = self.fingerprint.decode_spec(max_pixels)
         pixels = np.stack([decode_image(data, decode)[0] for data in images])
-        # Kept per batch size (the compiled shape is fixed): a server embeds one upload after another.
-        if len(pixels) not in self._models:
-            # TensorFlow's start-up lines (C++, past Python's stderr) go to featurize's log, as in a run.
-            with logs.native_stderr_to_log(), tensorflow_without_jax():
-                self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(), batch_size=len(pixels))
-        return self._models[len(pixels)](pixels)[self.output_name(output)].astype(self.fingerprint.dtype).astype(np.float32)
+        # TensorFlow's lines (C++, past Python's stderr; some on the first call) go to featurize's log, as in a run.
+        with logs.native_stderr_to_log(), tensorflow_without_jax():
+            # Kept per batch size (the compiled shape is fixed): a server embeds one upload after another.
+            if len(pixels) not in self._models:
+                self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(self.root),
+                                                                batch_size=len(pixels))
+            vectors = self._models[len(pixels)](pixels)[self.output_name(output)]
+        return vectors.astype(self.fingerprint.dtype).astype(np.float32)
+
+    def text_search_refusal(self) -> str | None:
+        """Why this store cannot answer a text query, in one sentence (decided from its fingerprint, before
+        any model loads); None when it can: a CLIP or SigLIP store of the model's own embedding."""
+        from pipeline.model.backbones import MODEL_POOLING
+        from pipeline.model.hub import FAMILY_NAMES
+
+        fp = self.fingerprint
+        family = FAMILY_NAMES.get(fp.family or "")
+        if family is None or family.text_preprocessor is None:
+            kind = f"a {family.name} model, which sees images only" if family else "not a keras-hub model"
+            return (f"store {self.root!r} was made with {fp.backbone} ({kind}), so it has no text tower; text "
+                    f"search needs a CLIP or SigLIP store, e.g. --model hub:siglip2_base_patch16_224")
+        if fp.layers or tuple(fp.pooling or ()) != (MODEL_POOLING,):
+            pooled = f"--layers {','.join(fp.layers)} " if fp.layers else ""
+            return (f"store {self.root!r} holds {pooled}--pooling {','.join(fp.pooling or ())} vectors of {fp.backbone}, "
+                    f"which are not in its joint image-text space; text search needs a store made with --pooling "
+                    f"model (the default)")
+        return None
+
+    def embed_text(self, texts: Sequence[str]) -> np.ndarray:
+        """Vectors for sentences in this store's joint image-text space: the preset's own tokenizer and text
+        tower (loaded from the store's copy of the preset on the first call), normalised and stored like
+        the rows. Raises NoTextTower for a store that has none."""
+        refusal = self.text_search_refusal()
+        if refusal:
+            raise NoTextTower(refusal)
+        from pipeline import logs
+        from pipeline.model.runtime import tensorflow_without_jax
+
+        fp = self.fingerprint
+        # TensorFlow's lines (C++, past Python's stderr) go to featurize's log, as in a run.
+        with logs.native_stderr_to_log(), tensorflow_without_jax():
+            if self._text_tower is None:
+                from pipeline.model.hub import FAMILY_NAMES, TextTower, stage_preset
+
+                folder = stage_preset(files.join(self.root, fp.weights), fp.weights_sha256)
+                self._text_tower = TextTower(folder, FAMILY_NAMES[fp.family])
+            vectors = self._text_tower.embed(texts)
+        if fp.l2_normalize:
+            vectors = vectors / np.maximum(np.linalg.norm(vectors, axis=1, keepdims=True), 1e-12)
+        return vectors.astype(fp.dtype).astype(np.float32)
 
     # ------------------------------------------------------------------ errors
     def errors(self) -> pa.Table:

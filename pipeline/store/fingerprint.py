@@ -43,6 +43,7 @@ class Fingerprint:
     dtype: str = "float32"
     precision: str = "float32"
     keras_backend: str = "tensorflow"
+    family: str | None = None  # a keras-hub model's family (pipeline.model.hub): clip, siglip, dinov2, ...
     versions: dict[str, str | None] = field(default_factory=dict, hash=False, compare=False)
 
     def to_json(self) -> dict[str, Any]:
@@ -70,13 +71,21 @@ class Fingerprint:
             values[name] = tuple(values[name]) if values.get(name) else None
         return cls(**values)
 
-    def model_spec(self) -> "ModelSpec":
+    def model_spec(self, root: str | None = None) -> "ModelSpec":
         """The `ModelSpec` that computes this store's vectors (weights_sha256 makes the staging verify
-        that a weights file is the one the store was made with)."""
+        that a weights file is the one the store was made with). A keras-hub model's weights are its
+        preset's copy inside the store: `root` is the store's folder."""
         from pipeline.model.spec import ModelSpec, weights_argument
 
         self._require_model()
-        return ModelSpec(self.backbone, self.input_size, weights_argument(self.weights),
+        weights = weights_argument(self.weights)
+        if self.family is not None:
+            if root is None:
+                raise ValueError(f"{self.backbone}'s weights are a preset copy inside its store; pass the store's root")
+            from pipeline import files
+
+            weights = files.join(root, self.weights)
+        return ModelSpec(self.backbone, self.input_size, weights,
                          self.layers, self.pooling, self.gem_p or 3.0, self.l2_normalize,
                          weights_sha256=self.weights_sha256, precision=self.precision,
                          weights_ordering=self.weights_ordering or "auto", predictions=self.predictions)

@@ -29,6 +29,7 @@ STORE_STATE = f"{STATE_DIR}/store.json"
 UNITS_DIR = f"{STATE_DIR}/units"
 TMP_DIR = f"{STATE_DIR}/tmp"
 PLAN_DIR = f"{STATE_DIR}/plan"
+PRESETS_DIR = f"{STATE_DIR}/presets"  # a hub model's preset files, copied by the launcher, read by every worker
 FINGERPRINT_KEY = b"featurize.fingerprint"  # Parquet schema metadata
 FINGERPRINT_ATTR = "featurize.fingerprint"  # HDF5 file attribute
 

@@ -27,12 +27,12 @@ def test_the_jobs_fingerprint_round_trips_key_for_key(tmp_path):
     assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
                               "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "preprocess",
                               "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",
-                              "keras_backend", "versions"]
+                              "keras_backend", "family", "versions"]
     assert document["input_size"] == [48, 64] and document["pooling"] == ["avg", "max"]
     parsed = Fingerprint.from_json(document)
     assert parsed.to_json() == document
     assert parsed.model_spec() == spec  # what embeds a new image is what made the store
-    assert parsed.decode_spec(1000) == DecodeSpec(48, 64, "pad", config.interpolation, 1000, config.jpeg_draft,
+    assert parsed.decode_spec(1000) == DecodeSpec(48, 64, "pad", "bilinear", 1000, config.jpeg_draft,
                                                   config.exif_transpose)
 
 
