@@ -23,6 +23,7 @@ from pipeline.job.runner import metrics_summary, pipeline_options  # noqa: E402
 from tests.helpers import slow_fs  # noqa: E402
 from tests.helpers.crash import read_store  # noqa: E402
 from tests.helpers.dask_cluster import DaskCluster  # noqa: E402
+from tests.helpers.hub_presets import write_photos  # noqa: E402
 from tests.helpers.runs import featurize_args  # noqa: E402
 from tests.helpers.servers import serving  # noqa: E402
 
@@ -209,3 +210,14 @@ def test_the_error_rate_is_judged_over_every_partition(
         run_bounded(dask_args(dask_cluster, folder, out, small_weights, "--max-error-rate", "0.01"), dask_cluster)
     assert not (out / "manifest.json").exists()
     assert len(journal_entries(out)) == units > 2
+
+
+def test_a_hub_preset_on_the_cluster_equals_the_local_runner(dask_cluster, hub_presets, tmp_path):
+    """The workers stage the preset from the store's copy (no hub), and give the local runner's vectors."""
+    source = write_photos(str(tmp_path / "photos"), (56, 56), count=8)
+    flags = ["--input", source, "--model", f"hub:{hub_presets['dinov2']}", "--batch-size", "4", "--no-progress"]
+    run([*flags, "--output", str(tmp_path / "local"), "--direct_running_mode=in_memory"])
+    manifest = run_bounded([*flags, "--output", str(tmp_path / "dask"), "--runner", "DaskRunner",
+                            "--dask_client_address", dask_cluster.address, "--tf-threads", "1"], dask_cluster)
+    assert manifest["counts"]["rows"] == 8
+    check_equal_to_local(tmp_path / "dask", tmp_path / "local")

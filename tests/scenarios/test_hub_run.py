@@ -14,19 +14,10 @@ from PIL import Image
 from pipeline.errors import ConfigError
 from pipeline.job.launch import run
 from pipeline.store.feature_store import FeatureStore, NoTextTower
+from tests.helpers.hub_presets import write_photos
 from tests.helpers.runs import LOCAL, MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-
-
-def photos(folder, size, count=10):
-    """PNGs at the preset's input size (featurize then resizes nothing: the exactness contract)."""
-    rng = np.random.RandomState(3)
-    for i in range(count):
-        sub = os.path.join(folder, "ab"[i % 2])
-        os.makedirs(sub, exist_ok=True)
-        Image.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8)).save(os.path.join(sub, f"{i:02d}.png"))
-    return folder
 
 
 def hub_run(source, out, preset, *extra):
@@ -44,7 +35,7 @@ def vectors_by_key(out, column="embedding"):
 def clip_store(hub_presets, tmp_path_factory):
     """A CLIP store made by two local worker processes, with a cache of their own."""
     root = tmp_path_factory.mktemp("clip-run")
-    source = photos(str(root / "photos"), (64, 64))
+    source = write_photos(str(root / "photos"), (64, 64))
     cache = root / "cache"
     previous = os.environ.get("FEATURIZE_CACHE")
     os.environ["FEATURIZE_CACHE"] = str(cache)  # the spawned workers inherit it
@@ -118,7 +109,7 @@ def test_resume_with_the_same_preset_reuses_every_unit(clip_store, hub_presets):
 
 
 def test_an_image_only_store_refuses_text_in_one_sentence_before_any_model(hub_presets, tmp_path):
-    source = photos(str(tmp_path / "photos"), (56, 56), count=4)
+    source = write_photos(str(tmp_path / "photos"), (56, 56), count=4)
     out = tmp_path / "dino"
     hub_run(source, out, hub_presets["dinov2"], "--pooling", "avg,model", *MODES["in_process"])
     store = FeatureStore.open(str(out))
@@ -139,13 +130,13 @@ def test_an_image_only_store_refuses_text_in_one_sentence_before_any_model(hub_p
     (["--predictions", "5"], "applies to keras.applications models"),
 ])
 def test_what_a_preset_decides_is_refused_in_one_sentence(flags, sentence, hub_presets, tmp_path):
-    source = photos(str(tmp_path / "photos"), (64, 64), count=2)
+    source = write_photos(str(tmp_path / "photos"), (64, 64), count=2)
     with pytest.raises(ConfigError, match=sentence):
         hub_run(source, tmp_path / "out", hub_presets["clip"], "--dry-run", *flags)
 
 
 def test_a_model_pooling_for_a_cnn_and_a_missing_preset_are_refused(tmp_path):
-    source = photos(str(tmp_path / "photos"), (64, 64), count=2)
+    source = write_photos(str(tmp_path / "photos"), (64, 64), count=2)
     with pytest.raises(ConfigError, match="pooling 'model' is a hub model's own embedding"):
         run(["--input", source, "--output", str(tmp_path / "a"), "--model", "MobileNetV3Small", "--weights", "none",
              "--pooling", "model", "--dry-run"])
