@@ -1,25 +1,26 @@
 """Library transforms for Beam graphs of your own: `ReadImages` (input spec -> ImageRecords) and
-`ExtractFeatures` (ImageRecords -> rows, through RunInference).
+`ExtractFeatures` (ImageRecords -> rows).
 
 `featurize run` does not use them: its stages are `pipeline.job.stages`. Both read through
-`pipeline.inputs.reading`, decode through `decode_record` and make rows with `feature_row`, so a
-graph of your own gives the rows `featurize run` would.
+`pipeline.inputs.reading`, decode through `decode_record`, run the model through the one
+`LoadedModel` (a failing batch bisected, only the inputs that fail alone becoming error rows) and
+make rows with `feature_row`, so a graph of your own gives the rows `featurize run` would.
 """
 from __future__ import annotations
 
 import time
+import uuid
 
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import RunInference
 
-from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageRecord
+from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception
 from pipeline.images import DecodeSpec
 from pipeline.inputs.listing import list_inputs, resolve_input
 from pipeline.job.stages import ReadUnit, StageMetrics, decode_record, feature_row, with_losers
 from pipeline.job.units import plan_units
-from pipeline.model.handler import KerasBackboneHandler
+from pipeline.model.handler import KerasBackboneHandler, LoadedModel
 
 
 class ReadImages(beam.PTransform):
@@ -69,20 +70,35 @@ class _Decode(beam.DoFn):
         yield decoded
 
 
-def _failed_batch_to_errors(dead_letter):
-    """RunInference's dead letters are (batch, (type, repr, traceback)): one error row per image."""
-    batch, (exc_type, exc_repr, _) = dead_letter
-    Metrics.counter(METRICS_NAMESPACE, "infer_errors").inc(len(batch))
-    for meta, _ in batch:
-        yield ErrorRecord(meta.key, meta.uri, "infer", exc_type.__name__, exc_repr[:2000])
+class _Infer(beam.DoFn):
+    """A batch of (ImageMeta, pixels) -> rows; inputs that fail alone -> 'errors' (stage infer)."""
+
+    def __init__(self, handler: KerasBackboneHandler, dtype: np.dtype):
+        self._handler, self._dtype = handler, dtype
+        self._tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one model per process for the graph
+
+    def setup(self):
+        self._model = LoadedModel(self._handler, self._tag)
+
+    def process(self, batch):
+        predictions, failures = self._model.infer(batch)
+        if failures:
+            Metrics.counter(METRICS_NAMESPACE, "infer_errors").inc(len(failures))
+        for position, exc in failures:
+            meta = batch[position][0]
+            yield beam.pvalue.TaggedOutput("errors", error_from_exception(meta.key, meta.uri, "infer", exc))
+        for prediction in predictions:
+            if prediction is not None:
+                yield feature_row(*prediction, self._dtype)
 
 
 class ExtractFeatures(beam.PTransform):
-    """Decode -> RunInference(KerasBackboneHandler) -> feature rows, for graphs of your own.
+    """Decode -> batches (the handler's sizes) -> the model -> feature rows, for graphs of your own.
 
     Input: a PCollection of ImageRecord. Output: a dict with `rows` (dicts: key, uri,
     width, height and one array per model output) and `errors` (ErrorRecord, stages
-    decode and infer).
+    decode and infer: an input that fails the model alone; a model that fails every input
+    fails the bundle instead, as in `featurize run`).
     """
 
     def __init__(self, handler: KerasBackboneHandler, decode: DecodeSpec, dtype: str = "float32"):
@@ -91,9 +107,8 @@ class ExtractFeatures(beam.PTransform):
 
     def expand(self, images):
         decoded = images | "Decode" >> beam.ParDo(_Decode(self._decode)).with_outputs("errors", main="pixels")
-        predictions, dead_letters = (
-            decoded.pixels | "Infer" >> RunInference(self._handler).with_exception_handling())
-        rows = predictions | "ToRow" >> beam.Map(lambda p, dtype=self._dtype: feature_row(*p, dtype))
-        infer_errors = dead_letters.failed_inferences | "InferErrors" >> beam.FlatMap(_failed_batch_to_errors)
-        errors = (decoded.errors, infer_errors) | "Errors" >> beam.Flatten()
-        return {"rows": rows, "errors": errors}
+        inferred = (decoded.pixels
+                    | "Batch" >> beam.BatchElements(**self._handler.batch_elements_kwargs())
+                    | "Infer" >> beam.ParDo(_Infer(self._handler, self._dtype)).with_outputs("errors", main="rows"))
+        errors = (decoded.errors, inferred.errors) | "Errors" >> beam.Flatten()
+        return {"rows": inferred.rows, "errors": errors}

@@ -83,7 +83,7 @@ class RunConfig:
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS,
                                     help="decompression-bomb limit in pixels, or none (default Pillow's)")
     batch_size: int = option(32, help="images per model call (default 32)")
-    min_batch_size: int | None = option(None, help="smallest batch RunInference may form (default = batch size)")
+    min_batch_size: int | None = option(None, help="smallest batch ExtractFeatures may form in a graph of your own (default = batch size)")
     format: str = option("parquet", choices=FORMATS, help="parquet (default) or hdf5")
     dtype: str = option("float32", choices=DTYPES, help="float32 (default) or float16")
     overwrite: bool = option(False, help="replace a previous featurize output in --output")

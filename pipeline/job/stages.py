@@ -21,7 +21,6 @@ from typing import Any, Iterator, NamedTuple
 import apache_beam as beam
 import numpy as np
 from apache_beam.metrics import Metrics
-from apache_beam.utils import multi_process_shared, shared
 
 from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
 from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
@@ -33,14 +32,8 @@ from pipeline.job.manifest import check_error_rate
 from pipeline.job.plan_files import PENDING, STORE, StagedPlan, read_plan_file
 from pipeline.job.progress import ProgressWriter
 from pipeline.job.writer import UnitWriter
-from pipeline.model.devices import pin_process_to_gpu
-from pipeline.model.failures import isolate_failures
-from pipeline.model.handler import KerasBackboneHandler
+from pipeline.model.handler import KerasBackboneHandler, LoadedModel
 from pipeline.model.predictions import CLASSIFIER_OUTPUT, top_classes
-
-# One model per worker process, whatever the number of DoFn instances (threads) in it.
-_MODELS = shared.Shared()
-
 
 class _ErrorTally:
     """What a worker process committed for one job: inputs, error rows and their kinds, for
@@ -147,24 +140,11 @@ class _ProcessUnit(beam.DoFn):
         self._dtype = np.dtype(fingerprint["dtype"])
 
     def setup(self):
-        self._model = None
+        self._model = LoadedModel(self._handler, self._model_tag)
         self._tally = _ErrorTally.of(self._model_tag)  # this process's committed units, for --max-error-rate
         self._metrics = StageMetrics()
         self._progress = (ProgressWriter(self._progress_dir)
                           if self._progress_dir and os.path.isdir(self._progress_dir) else None)
-
-    def _loaded_model(self):
-        # Loaded on the first batch, not in setup(): a resumed run with nothing left loads no model.
-        # A model that cannot load fails the bundle (Beam retries it); it is never an error row.
-        if self._model is None:
-            gpu = pin_process_to_gpu()  # before the backend loads; one shared model per GPU
-            tag = self._model_tag if gpu is None else f"{self._model_tag}-gpu{gpu}"
-            if self._handler.share_model_across_processes():
-                self._model = multi_process_shared.MultiProcessShared(
-                    self._handler.load_model, tag=tag, always_proxy=True).acquire()
-            else:
-                self._model = _MODELS.acquire(self._handler.load_model, tag=tag)
-        return self._model
 
     def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
         unit, losers, scanned = element
@@ -225,8 +205,9 @@ class _ProcessUnit(beam.DoFn):
         # Which worker process did the unit: how a cluster run's spread shows in the journal.
         entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs,
                  "worker": f"{socket.gethostname()}:{os.getpid()}"}
-        if self._model is not None and self._model.current_batch_size() < self._batch_size:
-            entry["batch_size"] = self._model.current_batch_size()  # halved after running out of memory
+        size = self._model.current_batch_size()
+        if size is not None and size < self._batch_size:
+            entry["batch_size"] = size  # halved after running out of memory
         if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again
             entry["retry"] = True
         if unit.layout == "files":
@@ -236,9 +217,8 @@ class _ProcessUnit(beam.DoFn):
         return entry, key_hashes(kept_keys)
 
     def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
-        model = self._loaded_model()
         # A batch that fails is bisected: only inputs that fail alone become error rows (pipeline.model.failures).
-        predictions, failures = isolate_failures(lambda part: self._handler.run_inference(part, model), batch)
+        predictions, failures = self._model.infer(batch)
         for position, exc in failures:
             meta = batch[position][0]
             writer.add_error(error_from_exception(meta.key, meta.uri, "infer", exc))

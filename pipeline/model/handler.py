@@ -1,5 +1,6 @@
-"""KerasBackboneHandler: the Beam face of a backbone, for RunInference. Beam's batching,
-environment and metrics live here; loading and running the model is `pipeline.model.runtime`'s.
+"""KerasBackboneHandler: the Beam face of a backbone (Beam's batching, environment and metrics; loading
+and running the model is `pipeline.model.runtime`'s), and `LoadedModel`: the handler's model as a worker
+runs it, the one inference path of `featurize run`'s stage and the library's `ExtractFeatures`.
 
 Keras (and TensorFlow) are imported in `load_model`, on the worker, after the
 environment (Keras backend, thread pools) is set, never at module import.
@@ -12,9 +13,12 @@ from typing import Any, Iterable, Sequence
 import numpy as np
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler
+from apache_beam.utils import multi_process_shared, shared
 
 from pipeline import logs
 from pipeline.elements import METRICS_NAMESPACE, ImageMeta
+from pipeline.model.devices import pin_process_to_gpu
+from pipeline.model.failures import isolate_failures
 from pipeline.model.runtime import FeatureModel, load_feature_model
 from pipeline.model.spec import ModelSpec
 
@@ -74,3 +78,41 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
     def get_num_bytes(self, batch: Sequence[Example]) -> int:
         return sum(pixels.nbytes for _, pixels in batch)
 
+
+
+# One model per worker process (per GPU), whatever the number of DoFn instances (threads) in it.
+_MODELS = shared.Shared()
+
+
+class LoadedModel:
+    """A handler's model in a worker: loaded on the first batch (a resumed run with nothing left loads
+    none), once per process, or once per machine with `share_across_processes`, and once per GPU (the
+    process claims one before its backend loads); run on a batch with the inputs that fail alone
+    isolated (`pipeline.model.failures.isolate_failures`: their exceptions come back, the rest get
+    predictions; a batch where nothing works raises). A model that cannot load raises: never data.
+
+    `tag` names the model across the DoFn instances of one job (pickled with the DoFn, so every worker
+    of the job shares it)."""
+
+    def __init__(self, handler: KerasBackboneHandler, tag: str):
+        self._handler, self._tag, self._model = handler, tag, None
+
+    def _acquire(self) -> FeatureModel:
+        if self._model is None:
+            gpu = pin_process_to_gpu()  # before the backend loads; one shared model per GPU
+            tag = self._tag if gpu is None else f"{self._tag}-gpu{gpu}"
+            if self._handler.share_model_across_processes():
+                self._model = multi_process_shared.MultiProcessShared(
+                    self._handler.load_model, tag=tag, always_proxy=True).acquire()
+            else:
+                self._model = _MODELS.acquire(self._handler.load_model, tag=tag)
+        return self._model
+
+    def infer(self, batch: Sequence[Example]) -> tuple[list[Prediction | None], list[tuple[int, Exception]]]:
+        """(a prediction per input, None where it failed; the failed inputs' positions and exceptions)."""
+        model = self._acquire()
+        return isolate_failures(lambda part: self._handler.run_inference(part, model), batch)
+
+    def current_batch_size(self) -> int | None:
+        """The batch size the model runs now (halved after running out of memory); None before it loads."""
+        return None if self._model is None else self._model.current_batch_size()

@@ -107,3 +107,45 @@ def test_out_of_memory_at_batch_size_one_and_other_errors_raise():
     with pytest.raises(ValueError):
         KerasBackboneHandler(SPEC, batch_size=8).run_inference([example(0)], model)
     assert shapes == [8] and model.batch_size == 8
+
+
+class _CountingHandler(KerasBackboneHandler):
+    """A handler whose load_model builds the fake model and counts the loads."""
+
+    def __init__(self, poison=None):
+        super().__init__(SPEC, batch_size=4)
+        self.loads, self._poison = [], poison
+
+    def load_model(self):
+        self.loads.append(1)
+        model = fake_model(4, [])
+        if self._poison is not None:
+            real = model.predict
+            model.predict = lambda pixels: (_ for _ in ()).throw(ValueError("poison")) \
+                if (pixels == self._poison).all(axis=(1, 2, 3)).any() else real(pixels)
+        return model
+
+
+def test_a_loaded_model_loads_once_per_tag_in_a_process_and_not_before_the_first_batch():
+    from pipeline.model.handler import LoadedModel
+
+    handler = _CountingHandler()
+    first, second = LoadedModel(handler, "tag-once"), LoadedModel(handler, "tag-once")
+    assert first.current_batch_size() is None and handler.loads == []
+    first.infer([example(1)])
+    second.infer([example(2)])
+    assert handler.loads == [1] and second.current_batch_size() == 4
+    LoadedModel(handler, "tag-other").infer([example(3)])
+    assert handler.loads == [1, 1]
+
+
+def test_a_loaded_model_isolates_the_input_that_fails_alone():
+    from pipeline.model.handler import LoadedModel
+
+    model = LoadedModel(_CountingHandler(poison=5), "tag-poison")
+    predictions, failures = model.infer([example(i) for i in (1, 5, 7)])
+    assert [position for position, _ in failures] == [1] and str(failures[0][1]) == "poison"
+    assert predictions[1] is None
+    assert [float(p[1]["embedding"][0]) for p in (predictions[0], predictions[2])] == [1.0, 7.0]
+    with pytest.raises(ValueError, match="poison"):  # nothing works alone: the model's fault, raised
+        model.infer([example(5), example(5)])
