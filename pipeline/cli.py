@@ -201,16 +201,15 @@ def _open_store(path: str):
 
 def search_command(argv: Sequence[str]) -> int:
     import argparse
-    import os
 
     from pipeline.store.index import StaleIndex
 
     parser = argparse.ArgumentParser(prog="featurize search", description="Nearest neighbours in a store: through "
                                      "its index when it has one (featurize index), else an exact scan.")
     parser.add_argument("store", help="a featurize output directory")
-    query = parser.add_mutually_exclusive_group(required=True)
-    query.add_argument("--query", help="an image file (embedded with the store's model) or a key")
-    query.add_argument("--text", help="a sentence, embedded by the store's text tower (CLIP and SigLIP stores)")
+    queries = parser.add_mutually_exclusive_group(required=True)
+    queries.add_argument("--query", help="an image file (embedded with the store's model) or a key")
+    queries.add_argument("--text", help="a sentence, embedded by the store's text tower (CLIP and SigLIP stores)")
     parser.add_argument("--k", type=int, default=10, help="neighbours to return (default 10)")
     parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
     parser.add_argument("--output-name", "--output", dest="output_name", help="which output, for stores with several")
@@ -220,27 +219,15 @@ def search_command(argv: Sequence[str]) -> int:
     if args.k < 1:
         raise ConfigError(f"k {args.k} must be at least 1")
     store = _open_store(args.store)
-    name = _store_output(store, args.output_name)
-    query_bytes = None
     if args.text is not None:
-        refusal = store.text_search_refusal()  # before any model loads
+        refusal = store.text_search_refusal(args.output_name)  # before any model loads
         if refusal:
             raise ConfigError(refusal)
-        vector, query_label = store.embed_text([args.text])[0], args.text
-    elif os.path.isfile(args.query):
-        with open(args.query, "rb") as handle:
-            query_bytes = handle.read()
-        try:
-            vector = store.embed([query_bytes], name)[0]
-        except (OSError, ValueError) as exc:  # unreadable image, or weights that are not the store's
-            raise ConfigError(f"query {args.query!r} cannot be embedded with the store's model "
-                              f"({type(exc).__name__}: {exc})") from None
-        query_label = os.path.basename(args.query)
+        name = store.text_output()  # the model's own embedding: the joint image-text space
+        vector, query_label, query_bytes = store.embed_text([args.text])[0], args.text, None
     else:
-        try:
-            vector, query_label = store.get(args.query, name), args.query
-        except KeyError:
-            raise ConfigError(f"query {args.query!r} is neither an image file nor a key of the store") from None
+        name = _store_output(store, args.output_name)
+        vector, query_label, query_bytes = _image_or_key_query(store, args.query, name)
     try:
         result = store.search(vector, k=args.k, metric=args.metric, output=name, exact=args.exact)
     except StaleIndex as exc:
@@ -274,6 +261,24 @@ def search_command(argv: Sequence[str]) -> int:
             handle.write(png)
         print(f"featurize: wrote {args.grid}")
     return 0
+
+
+def _image_or_key_query(store, query: str, name: str):
+    """(vector, label, the image's bytes or None) of `--query`: an image file embedded with the store's
+    model, else a key of the store."""
+    if os.path.isfile(query):
+        with open(query, "rb") as handle:
+            data = handle.read()
+        try:
+            vector = store.embed([data], name)[0]
+        except (OSError, ValueError) as exc:  # unreadable image, or weights that are not the store's
+            raise ConfigError(f"query {query!r} cannot be embedded with the store's model "
+                              f"({type(exc).__name__}: {exc})") from None
+        return vector, os.path.basename(query), data
+    try:
+        return store.get(query, name), query, None
+    except KeyError:
+        raise ConfigError(f"query {query!r} is neither an image file nor a key of the store") from None
 
 
 def _store_output(store, output_name: str | None) -> str:

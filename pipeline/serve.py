@@ -92,7 +92,7 @@ class SearchService:
         return self._results(self.store.get(key, self.output), k)
 
     def by_text(self, text: str, k: int) -> dict[str, Any]:
-        refusal = self.store.text_search_refusal()
+        refusal = self.store.text_search_refusal(self.output)
         if refusal:
             raise BadRequest(400, refusal)
         if not text.strip():

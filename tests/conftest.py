@@ -165,3 +165,25 @@ def hub_presets(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("presets")
     return {family: save_tiny_preset(family, str(root / family)) for family in BUILDERS}
+
+
+@pytest.fixture(scope="session")
+def clip_store(hub_presets, tmp_path_factory):
+    """A store of the tiny CLIP preset over 10 random 64 px PNGs, made by two local worker processes with a
+    featurize cache of their own: {source, out, manifest, cache}."""
+    from tests.helpers.hub_presets import hub_run, write_photos
+    from tests.helpers.runs import LOCAL
+
+    root = tmp_path_factory.mktemp("clip-run")
+    source = write_photos(str(root / "photos"), (64, 64))
+    cache = root / "cache"
+    previous = os.environ.get("FEATURIZE_CACHE")
+    os.environ["FEATURIZE_CACHE"] = str(cache)  # the spawned workers inherit it
+    try:
+        manifest = hub_run(source, root / "out", hub_presets["clip"], *LOCAL)
+    finally:
+        if previous is None:
+            os.environ.pop("FEATURIZE_CACHE")
+        else:
+            os.environ["FEATURIZE_CACHE"] = previous
+    return {"source": source, "out": str(root / "out"), "manifest": manifest, "cache": str(cache)}

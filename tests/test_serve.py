@@ -171,18 +171,10 @@ def test_a_store_whose_index_went_stale_answers_409_in_one_sentence(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def clip_server(hub_presets, tmp_path_factory):
-    """`featurize serve` over a store of the tiny CLIP preset (a text tower), made from the shapes samples."""
-    from pipeline.job.launch import run
-    from tests.helpers.runs import MODES
-
-    out = tmp_path_factory.mktemp("clip-served")
-    samples = os.path.join(os.path.dirname(os.path.dirname(__file__)), "samples", "shapes")
-    run(["--input", samples, "--output", str(out), "--model", f"hub:{hub_presets['clip']}", "--no-progress",
-         *MODES["in_process"]])
-    store = FeatureStore.open(str(out))
-    with serving(str(out)) as base:
-        yield base, store
+def clip_server(clip_store):
+    """`featurize serve` over a store of the tiny CLIP preset (a text tower)."""
+    with serving(clip_store["out"]) as base:
+        yield base, FeatureStore.open(clip_store["out"])
 
 
 def test_search_by_text_returns_the_stores_text_neighbours(clip_server):

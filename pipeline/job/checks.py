@@ -21,11 +21,12 @@ from pipeline.inputs.record_shards import check_record_fields
 from pipeline.job.config import RunConfig, as_typed
 from pipeline.job.journal import iter_committed_units, read_store_state
 from pipeline.job.runner import local_workers
+from pipeline.logs import native_stderr_to_log
+from pipeline.model.backbones import MODEL_POOLING
 from pipeline.model.failures import ModelLoadError
 from pipeline.model.hub import LocalPreset, PresetUnavailable, block_number, is_hub, preset_of
 from pipeline.model.preflight import check_model
 from pipeline.model.runtime import tensorflow_without_jax
-from pipeline.logs import native_stderr_to_log
 from pipeline.model.spec import ModelSpec
 from pipeline.store.schema import STORE_STATE
 
@@ -169,7 +170,7 @@ def check_hub_preset(config: RunConfig) -> LocalPreset:
         if block_number(layer, info.blocks) is None:
             raise ConfigError(f"layers {layer!r} is not a block of {config.model}; give block1 to "
                               f"block{info.blocks} (the output of that transformer block)")
-    if config.layers and "model" in config.pooling and not info.family.class_token:
-        raise ConfigError(f"pooling 'model' of an intermediate block takes its class token, which "
+    if config.layers and MODEL_POOLING in config.pooling and not info.family.class_token:
+        raise ConfigError(f"pooling {MODEL_POOLING!r} of an intermediate block takes its class token, which "
                           f"{info.family.name} has not; pool its patch tokens with avg, max or gem")
     return local

@@ -145,10 +145,13 @@ class Job:
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
-    """Local --output and --weights made absolute (the input is, when listed): the workers of a
-    portable runner do not run in the launcher's folder, and a store outlives the folder it was
-    made from."""
+    """Local --output, --weights and a hub preset folder made absolute (the input is, when listed): the
+    workers of a portable runner do not run in the launcher's folder, and a store outlives the folder it
+    was made from."""
     changes = {"output": os.path.abspath(config.output)} if files.is_local(config.output) else {}
+    if hub.is_hub(config.model) and os.path.isdir(os.path.expanduser(hub.preset_of(config.model))):
+        # a preset folder: the fingerprint names it the same from any working folder (--resume compares it)
+        changes["model"] = hub.HUB_PREFIX + os.path.abspath(os.path.expanduser(hub.preset_of(config.model)))
     weights = weights_argument(config.weights)
     if weights not in (None, "imagenet") and files.is_local(weights):
         changes["weights"] = os.path.abspath(weights)

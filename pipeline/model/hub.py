@@ -124,7 +124,7 @@ def resolve_preset(preset: str) -> str:
             return _copy_folder(handle)
     except ImportError:
         raise
-    except Exception as exc:  # noqa: BLE001 - kagglehub, requests and huggingface_hub raise many kinds; one sentence
+    except (OSError, ValueError, *_fetch_errors()) as exc:  # network, HTTP, missing files (requests' are OSErrors)
         raise PresetUnavailable(f"preset {preset!r} cannot be fetched ({_reason(exc)}); on a machine without "
                                 f"network give the folder keras-hub's save_to_preset wrote, or fetch it once where "
                                 f"there is network (keras-hub's cache is then used)") from None
@@ -134,6 +134,16 @@ def resolve_preset(preset: str) -> str:
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise PresetUnavailable(f"preset {preset!r} is neither a keras-hub preset name{hint}, a local folder, nor a "
                             f"kaggle://, hf:// or filesystem URI; `featurize models --hub` lists the presets")
+
+
+def _fetch_errors() -> tuple[type[BaseException], ...]:
+    """kagglehub's own errors that are not OSErrors (no credentials, a gated model, not found)."""
+    try:
+        from kagglehub import exceptions
+    except ImportError:
+        return ()
+    return (exceptions.CredentialError, exceptions.BackendError, exceptions.NotFoundError,
+            exceptions.UnauthenticatedError, exceptions.DataCorruptionError)
 
 
 def _reason(exc: BaseException) -> str:

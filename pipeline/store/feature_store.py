@@ -261,7 +261,7 @@ class FeatureStore:
                output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, exact: bool = False,
                text: str | Sequence[str] | None = None) -> SearchResult:
         """Top-k of each query: `vectors`, or `text` (one sentence or several) embedded by the store's text
-        tower (`embed_text`). Through the output's index when it has one (`featurize index`; a stale
+        tower (`embed_text`) and ranked against the model's own embedding (`text_output`). Through the output's index when it has one (`featurize index`; a stale
         one raises `pipeline.store.index.StaleIndex`); with exact=True or without an index, an exact scan:
         of the index's memory-mapped matrix when there is a current one, else of the store's shards in
         blocks of chunk_rows (memory O(chunk_rows x (D + queries)))."""
@@ -271,7 +271,10 @@ class FeatureStore:
         if (vectors is None) == (text is None):
             raise ValueError("search takes either vectors or text")
         if text is not None:
-            vectors = self.embed_text([text] if isinstance(text, str) else list(text))
+            refusal = self.text_search_refusal(output)
+            if refusal:
+                raise NoTextTower(refusal)
+            vectors, output = self.embed_text([text] if isinstance(text, str) else list(text)), self.text_output()
         name = self.output_name(output)
         queries = as_queries(vectors, self.outputs[name])
         index = self._current_index(name) if exact else self.index(name)
@@ -303,10 +306,20 @@ class FeatureStore:
             vectors = self._models[len(pixels)](pixels)[self.output_name(output)]
         return vectors.astype(self.fingerprint.dtype).astype(np.float32)
 
-    def text_search_refusal(self) -> str | None:
-        """Why this store cannot answer a text query, in one sentence (decided from its fingerprint, before
-        any model loads); None when it can: a CLIP or SigLIP store of the model's own embedding."""
+    def text_output(self) -> str | None:
+        """The output that holds a keras-hub model's own image embedding (pooling `model` of its final
+        output), the one a text query is ranked against; None when the store has none."""
         from pipeline.model.backbones import MODEL_POOLING
+        from pipeline.model.hub import FINAL_LAYER
+
+        fp = self.fingerprint
+        if fp.family is None or fp.layers or MODEL_POOLING not in (fp.pooling or ()):
+            return None
+        return "embedding" if len(self.outputs) == 1 else f"{FINAL_LAYER}/{MODEL_POOLING}"
+
+    def text_search_refusal(self, output: str | None = None) -> str | None:
+        """Why this store (or its `output`) cannot answer a text query, in one sentence, decided from its
+        fingerprint before any model loads; None when it can: the own embedding of a CLIP or SigLIP model."""
         from pipeline.model.hub import FAMILY_NAMES
 
         fp = self.fingerprint
@@ -315,11 +328,15 @@ class FeatureStore:
             kind = f"a {family.name} model, which sees images only" if family else "not a keras-hub model"
             return (f"store {self.root!r} was made with {fp.backbone} ({kind}), so it has no text tower; text "
                     f"search needs a CLIP or SigLIP store, e.g. --model hub:siglip2_base_patch16_224")
-        if fp.layers or tuple(fp.pooling or ()) != (MODEL_POOLING,):
+        own = self.text_output()
+        if own is None:
             pooled = f"--layers {','.join(fp.layers)} " if fp.layers else ""
-            return (f"store {self.root!r} holds {pooled}--pooling {','.join(fp.pooling or ())} vectors of {fp.backbone}, "
-                    f"which are not in its joint image-text space; text search needs a store made with --pooling "
-                    f"model (the default)")
+            return (f"store {self.root!r} holds {pooled}--pooling {','.join(fp.pooling or ())} vectors of "
+                    f"{fp.backbone}, which are not in its joint image-text space; text search needs a store made "
+                    f"with --pooling model (the default)")
+        if output is not None and output != own:
+            return (f"output {output!r} of store {self.root!r} is not in {fp.backbone}'s joint image-text space; "
+                    f"text search ranks output {own!r}")
         return None
 
     def embed_text(self, texts: Sequence[str]) -> np.ndarray:

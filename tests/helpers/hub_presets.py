@@ -46,3 +46,11 @@ def write_photos(folder: str, size: tuple[int, int], count: int = 10) -> str:
         os.makedirs(sub, exist_ok=True)
         Image.fromarray(rng.randint(0, 256, (*size, 3), dtype=np.uint8)).save(os.path.join(sub, f"{i:02d}.png"))
     return folder
+
+
+def hub_run(source, out, preset: str, *extra) -> dict:
+    """`featurize run --model hub:PRESET` (batch 4, no progress line); returns the manifest."""
+    from pipeline.job.launch import run
+
+    return run(["--input", str(source), "--output", str(out), "--model", f"hub:{preset}", "--batch-size", "4",
+                "--no-progress", *extra])

@@ -14,39 +14,16 @@ from PIL import Image
 from pipeline.errors import ConfigError
 from pipeline.job.launch import run
 from pipeline.store.feature_store import FeatureStore, NoTextTower
-from tests.helpers.hub_presets import write_photos
-from tests.helpers.runs import LOCAL, MODES
+from tests.helpers.hub_presets import hub_run, write_photos
+from tests.helpers.runs import MODES
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(__file__)))
-
-
-def hub_run(source, out, preset, *extra):
-    return run(["--input", str(source), "--output", str(out), "--model", f"hub:{preset}", "--batch-size", "4",
-                "--no-progress", *extra])
 
 
 def vectors_by_key(out, column="embedding"):
     table = pq.read_table(os.path.join(out, "features"))
     return {key: np.asarray(vector, np.float32) for key, vector in zip(table["key"].to_pylist(),
                                                                       table[column].to_pylist())}
-
-
-@pytest.fixture(scope="module")
-def clip_store(hub_presets, tmp_path_factory):
-    """A CLIP store made by two local worker processes, with a cache of their own."""
-    root = tmp_path_factory.mktemp("clip-run")
-    source = write_photos(str(root / "photos"), (64, 64))
-    cache = root / "cache"
-    previous = os.environ.get("FEATURIZE_CACHE")
-    os.environ["FEATURIZE_CACHE"] = str(cache)  # the spawned workers inherit it
-    try:
-        manifest = hub_run(source, root / "out", hub_presets["clip"], *LOCAL)
-    finally:
-        if previous is None:
-            os.environ.pop("FEATURIZE_CACHE")
-        else:
-            os.environ["FEATURIZE_CACHE"] = previous
-    return {"source": source, "out": str(root / "out"), "manifest": manifest, "cache": str(cache)}
 
 
 def test_rows_equal_keras_hubs_pipeline_image_by_image(clip_store, hub_presets):
@@ -121,6 +98,18 @@ def test_an_image_only_store_refuses_text_in_one_sentence_before_any_model(hub_p
     assert done.returncode == 2 and done.stderr.count("\n") == 1
     assert "featurize: error: store" in done.stderr and "has no text tower" in done.stderr
     assert "tensorflow" not in done.stderr.lower()
+
+
+def test_a_store_of_several_outputs_searches_text_against_the_models_own_embedding(hub_presets, tmp_path):
+    source = write_photos(str(tmp_path / "photos"), (64, 64), count=4)
+    out = tmp_path / "two"
+    hub_run(source, out, hub_presets["clip"], "--pooling", "model,avg", *MODES["in_process"])
+    store = FeatureStore.open(str(out))
+    assert store.text_output() == "final/model" and store.outputs == {"final/model": 24, "final/avg": 32}
+    query = store.embed_text(["a blue car"])[0]
+    assert store.search(text="a blue car", k=4).keys == store.search(query, k=4, output="final/model").keys
+    with pytest.raises(NoTextTower, match="output 'final/avg' .* is not in .* joint image-text space"):
+        store.search(text="a blue car", k=2, output="final/avg")
 
 
 @pytest.mark.parametrize("flags, sentence", [

@@ -1,5 +1,6 @@
 """The README's "Retrieval models" commands, run as a new user types them from a fresh folder (no network):
 a tiny CLIP preset written by keras-hub's save_to_preset, a run on the sample set, a text search."""
+import json
 import pathlib
 import re
 import shlex
@@ -37,5 +38,7 @@ def test_readme_hub_commands_run_offline_and_search_by_text(tmp_path):
     assert np.isfinite(np.asarray(table["embedding"].to_pylist())).all()
     lines = outputs[2].splitlines()
     assert lines[0].split() == ["rank", "score", "key", "uri"] and len(lines) == 2 + 5
+    fingerprint = json.loads((store / "manifest.json").read_text())["fingerprint"]
+    assert fingerprint["backbone"] == f"hub:{tmp_path / 'tiny-clip'}"  # the folder made absolute
     keys = set(table["key"].to_pylist())
     assert all(line.split()[2] in keys for line in lines[2:])
