@@ -25,7 +25,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from throughput import make_jpegs  # noqa: E402
+from throughput import jpeg_sets  # noqa: E402
 
 
 def main() -> None:
@@ -61,10 +61,7 @@ def main() -> None:
     print(f"GPUs: {gpus}; {versions}, Keras {keras.__version__} on {keras.backend.backend()}")
     work = Path(tempfile.mkdtemp(prefix="featurize-gpu-bench-"))
     try:
-        paths = make_jpegs(work / "all", 2 * args.images)
-        (work / "half").mkdir()
-        for path in paths[: args.images]:
-            os.link(path, work / "half" / path.name)
+        jpeg_sets(work, args.images, 2 * args.images)  # work/small and work/all
         weights = str(work / "w.weights.h5")
         getattr(keras.applications, args.model)(include_top=False, weights=None, pooling="avg",
                                                  input_shape=(args.size, args.size, 3)).save_weights(weights)
@@ -86,7 +83,7 @@ def main() -> None:
                     vectors = build_feature_model(spec, 8, jit_compile=jit)(probe)["embedding"]
                     error = float((np.linalg.norm(vectors - reference, axis=1) / np.linalg.norm(reference, axis=1)).max())
                     seconds = []
-                    for source in ("half", "all"):
+                    for source in ("small", "all"):
                         shutil.rmtree(work / "out", ignore_errors=True)
                         start = time.perf_counter()
                         run(["--input", str(work / source), "--output", str(work / "out"), "--model", args.model,

@@ -25,12 +25,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from throughput import make_jpegs  # noqa: E402 - bench/ is not a package
+from throughput import jpeg_sets  # noqa: E402 - bench/ is not a package
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
@@ -120,11 +119,7 @@ def main() -> None:
     cores = os.cpu_count() or 1
     work = Path(tempfile.mkdtemp(prefix="featurize-hub-bench-"))
     try:
-        paths = make_jpegs(work / "all", 5 * args.images)
-        small = work / "small"
-        small.mkdir()
-        for path in paths[: args.images]:
-            os.link(path, small / path.name)
+        small, everything = jpeg_sets(work, args.images, 5 * args.images)
         rows = []
         for name in args.models.split(","):
             keras.utils.set_random_seed(0)
@@ -136,7 +131,7 @@ def main() -> None:
             one = bare_rate(folder, work, 1, None, args.batches)
             per_core = bare_rate(folder, work, cores, 1, args.batches)
             t_n = min(featurize_seconds(folder, small, work / "out") for _ in range(args.repeats))
-            t_5n = min(featurize_seconds(folder, work / "all", work / "out") for _ in range(args.repeats))
+            t_5n = min(featurize_seconds(folder, everything, work / "out") for _ in range(args.repeats))
             steady = 4 * args.images / (t_5n - t_n)
             rows.append((name, one, per_core, steady, t_n - args.images / steady))
         load_after = os.getloadavg()

@@ -49,6 +49,16 @@ def make_jpegs(root: Path, count: int, seed: int = 0) -> list[Path]:
     return paths
 
 
+def jpeg_sets(work: Path, small: int, large: int) -> tuple[Path, Path]:
+    """`large` photo-like JPEGs in work/all, the first `small` of them hard-linked into work/small: the N and
+    kN inputs of a differenced measurement."""
+    paths = make_jpegs(work / "all", large)
+    (work / "small").mkdir()
+    for path in paths[:small]:
+        os.link(path, work / "small" / path.name)
+    return work / "small", work / "all"
+
+
 def bare_model_rate(name: str, weights: str, size: int, batches: int = 8) -> float:
     from pipeline.model.runtime import build_feature_model
     from pipeline.model.spec import ModelSpec
@@ -108,11 +118,8 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="featurize-bench-"))
     try:
-        paths = make_jpegs(work / "all", 2 * args.images)
-        half = work / "half"
-        half.mkdir()
-        for path in paths[: args.images]:
-            os.link(path, half / path.name)
+        half, everything = jpeg_sets(work, args.images, 2 * args.images)
+        paths = sorted(everything.iterdir())
         rows = []
         for name in args.models.split(","):
             weights = str(work / f"{name}.weights.h5")
@@ -121,7 +128,7 @@ def main() -> None:
             bare = bare_model_rate(name, weights, args.size)
             naive = naive_loop_rate(name, weights, args.size, paths[: args.naive_images])
             t_n = min(featurize_seconds(name, weights, args.size, half, work / "out") for _ in range(args.repeats))
-            t_2n = min(featurize_seconds(name, weights, args.size, work / "all", work / "out")
+            t_2n = min(featurize_seconds(name, weights, args.size, everything, work / "out")
                        for _ in range(args.repeats))
             steady = args.images / (t_2n - t_n)
             startup = t_n - args.images / steady

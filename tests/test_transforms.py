@@ -7,27 +7,13 @@ import json
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from PIL import Image
 
 from pipeline.images import DecodeSpec
 from pipeline.job.launch import run
 from pipeline.model.handler import KerasBackboneHandler
 from pipeline.model.spec import ModelSpec
+from tests.helpers.poison import Poisoned, poison_white_images, write_images
 from tests.helpers.runs import TEST_MODEL, TEST_SIZE
-
-
-class Poisoned(RuntimeError):
-    pass
-
-
-def images(folder, white):
-    rng = np.random.default_rng(5)
-    folder.mkdir()
-    for i in range(10):
-        pixels = np.full((TEST_SIZE, TEST_SIZE, 3), 255, np.uint8) if i == white else \
-            rng.integers(0, 250, (TEST_SIZE, TEST_SIZE, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / f"img{i}.png")
-    return folder
 
 
 def graph_rows(source, handler, decode, out):
@@ -50,7 +36,7 @@ def graph_rows(source, handler, decode, out):
 
 
 def test_a_graph_of_ones_own_gives_the_rows_featurize_run_gives(small_weights, tmp_path):
-    source = images(tmp_path / "in", white=None)
+    source = write_images(tmp_path / "in", TEST_SIZE, None)
     handler = KerasBackboneHandler(ModelSpec(TEST_MODEL, (TEST_SIZE, TEST_SIZE), small_weights), batch_size=4)
     rows, errors = graph_rows(source, handler, DecodeSpec(TEST_SIZE, TEST_SIZE), tmp_path)
     run(["--input", str(source), "--output", str(tmp_path / "out"), "--model", TEST_MODEL, "--weights", small_weights,
@@ -62,25 +48,13 @@ def test_a_graph_of_ones_own_gives_the_rows_featurize_run_gives(small_weights, t
 
 
 def test_a_poison_input_is_one_infer_error_row_and_its_batch_keeps_its_vectors(small_weights, tmp_path, monkeypatch):
-    source = images(tmp_path / "in", white=6)
+    source = write_images(tmp_path / "in", TEST_SIZE, 6)
     handler = KerasBackboneHandler(ModelSpec(TEST_MODEL, (TEST_SIZE, TEST_SIZE), small_weights), batch_size=4)
     decode = DecodeSpec(TEST_SIZE, TEST_SIZE)
     (tmp_path / "clean").mkdir()
     clean, _ = graph_rows(source, handler, decode, tmp_path / "clean")
     real_load = KerasBackboneHandler.load_model
-
-    def poisoned(self):
-        model = real_load(self)
-        real_infer = model.infer
-
-        def infer(pixels):
-            if any((image == 255).all() for image in pixels):
-                raise Poisoned("this image breaks the model")
-            return real_infer(pixels)
-        model.infer = infer
-        return model
-
-    monkeypatch.setattr(KerasBackboneHandler, "load_model", poisoned)
+    monkeypatch.setattr(KerasBackboneHandler, "load_model", lambda self: poison_white_images(real_load(self)))
     fresh = KerasBackboneHandler(ModelSpec(TEST_MODEL, (TEST_SIZE, TEST_SIZE), small_weights), batch_size=4)
     (tmp_path / "poisoned").mkdir()
     rows, errors = graph_rows(source, fresh, decode, tmp_path / "poisoned")
@@ -92,7 +66,7 @@ def test_a_poison_input_is_one_infer_error_row_and_its_batch_keeps_its_vectors(s
 
 def test_a_model_that_fails_every_input_fails_the_graph(small_weights, tmp_path, monkeypatch):
     """Not data: a broken model raises (Beam would retry the bundle), never a graph of error rows."""
-    source = images(tmp_path / "in", white=None)
+    source = write_images(tmp_path / "in", TEST_SIZE, None)
 
     def broken(self):
         model = real_load(self)

@@ -388,7 +388,7 @@ def build_hub_model(folder: str, input_size: tuple[int, int], layers: Sequence[s
     spelled `final`."""
     import keras
 
-    from pipeline.model.keras_models import output_name
+    from pipeline.model.keras_models import output_name, pooling_layer
     from pipeline.model.layers import custom_layers
 
     family, converter = _family_and_converter(folder, folder)
@@ -413,12 +413,7 @@ def build_hub_model(folder: str, input_size: tuple[int, int], layers: Sequence[s
                 vector = taps.own_embedding(sequences) if layer is None else sequence[:, 0, :]
             else:
                 grid = keras.ops.expand_dims(sequence[:, taps.prefix:, :], 1)  # (N, 1, patches, D): 2-D poolings
-                if pooling == "avg":
-                    vector = keras.layers.GlobalAveragePooling2D(name=f"{tag}_pool", dtype="float32")(grid)
-                elif pooling == "max":
-                    vector = keras.layers.GlobalMaxPooling2D(name=f"{tag}_pool", dtype="float32")(grid)
-                else:
-                    vector = custom.GeneralizedMeanPooling2D(p=gem_p, name=f"{tag}_pool", dtype="float32")(grid)
+                vector = pooling_layer(pooling, f"{tag}_pool", gem_p)(grid)
             vector = keras.layers.Activation("linear", name=f"{tag}_float32", dtype="float32")(vector)
             if l2_normalize:
                 vector = custom.L2Normalize(name=f"{tag}_l2", dtype="float32")(vector)

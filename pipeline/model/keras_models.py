@@ -101,6 +101,17 @@ def list_layers(backbone: Backbone | str, input_size: Sequence[int]) -> list[tup
 # --------------------------------------------------------------------------- models
 
 
+def pooling_layer(pooling: str, name: str, gem_p: float = 3.0):
+    """The global pooling layer of `pooling` (avg, max, gem) over (N, H, W, C) maps, float32 out."""
+    import keras
+
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name=name, dtype="float32")
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name=name, dtype="float32")
+    return custom_layers().GeneralizedMeanPooling2D(p=gem_p, name=name, dtype="float32")
+
+
 def _unique(values: Sequence) -> list:
     return list(dict.fromkeys(values))
 
@@ -154,12 +165,7 @@ def build_pooled_model(backbone: Backbone | str, input_size: tuple[int, int], we
             feature_map = layer.output
         for pooling in poolings:
             tag = f"featurize_{index}_{pooling}"
-            if pooling == "avg":
-                pooled = keras.layers.GlobalAveragePooling2D(name=f"{tag}_pool", dtype="float32")(feature_map)
-            elif pooling == "max":
-                pooled = keras.layers.GlobalMaxPooling2D(name=f"{tag}_pool", dtype="float32")(feature_map)
-            else:
-                pooled = custom.GeneralizedMeanPooling2D(p=gem_p, name=f"{tag}_pool", dtype="float32")(feature_map)
+            pooled = pooling_layer(pooling, f"{tag}_pool", gem_p)(feature_map)
             if post_norm is not None:
                 pooled = post_norm(pooled)
                 pooled = keras.layers.Activation("linear", name=f"{tag}_float32", dtype="float32")(pooled)

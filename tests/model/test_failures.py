@@ -4,10 +4,7 @@ import pytest
 
 from pipeline.model.failures import ModelLoadError, as_model_load_error, is_out_of_memory, isolate_failures
 from pipeline.model.spec import ModelSpec
-
-
-class Poisoned(Exception):
-    pass
+from tests.helpers.poison import Poisoned, poison_white_images, write_images
 
 
 def model_failing_on(bad: set, calls: list):
@@ -94,20 +91,13 @@ def clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, batch_size, wra
     """Nine or ten small PNGs (`white`: the position of an all-white one) featurized twice in
     this process: with the real model, then with the model `wrap` returns for it. Returns both
     manifests and {key: vector} of each store."""
-    import numpy as np
     import pyarrow.parquet as pq
-    from PIL import Image
 
     from pipeline.model.handler import KerasBackboneHandler
     from pipeline.job.launch import run
     from tests.helpers.runs import TEST_MODEL, TEST_SIZE
 
-    rng = np.random.default_rng(4)
-    (tmp_path / "in").mkdir()
-    for i in range(10):
-        pixels = np.full((TEST_SIZE, TEST_SIZE, 3), 255, np.uint8) if i == white else \
-            rng.integers(0, 250, (TEST_SIZE, TEST_SIZE, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(tmp_path / "in" / f"img{i}.png")
+    write_images(tmp_path / "in", TEST_SIZE, white)
     args = ["--input", str(tmp_path / "in"), "--model", TEST_MODEL, "--weights", small_weights, "--image-size",
             str(TEST_SIZE), "--batch-size", str(batch_size), "--direct_running_mode=in_memory", "--no-progress"]
     clean = run([*args, "--output", str(tmp_path / "clean")])
@@ -124,17 +114,7 @@ def test_a_poison_image_is_one_infer_error_row_and_its_batch_keeps_its_vectors(s
     import numpy as np
     import pyarrow.parquet as pq
 
-    def poison(model):
-        real_infer = model.infer
-
-        def infer(pixels):
-            if any((image == 255).all() for image in pixels):
-                raise Poisoned("this image breaks the model")
-            return real_infer(pixels)
-        model.infer = infer
-        return model
-
-    clean, poisoned, want, rows = clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, 4, poison, white=6)
+    clean, poisoned, want, rows = clean_and_wrapped_runs(tmp_path, small_weights, monkeypatch, 4, poison_white_images, white=6)
     errors = pq.read_table(tmp_path / "wrapped" / "errors").to_pylist()
     assert [(e["key"], e["stage"], e["error_type"]) for e in errors] == [("img6.png", "infer", "Poisoned")]
     assert sorted(rows) == sorted(set(want) - {"img6.png"})

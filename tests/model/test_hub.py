@@ -182,3 +182,18 @@ np.save({str(tmp_path / 'jax.npy')!r}, np.stack([outputs["final/model"], outputs
     jax = np.load(tmp_path / "jax.npy")
     tf = build_feature_model(hub_spec(folder, str(tmp_path / "tf-store"), (56, 56), poolings=("model", "avg")), 3)(pixels)
     assert relative_l2(jax[0], tf["final/model"]) < 1e-5 and relative_l2(jax[1], tf["final/avg"]) < 1e-5
+
+
+def test_a_preset_on_a_beam_filesystem_is_copied_once_into_the_cache(hub_presets, tmp_path, monkeypatch):
+    """hub:scheme://folder (gs://, s3://): read through Beam's filesystems (slow:// here, an object store's
+    stand-in on local disk), copied once into featurize's cache, the same bytes."""
+    from tests.helpers import slow_fs
+
+    monkeypatch.setenv("FEATURIZE_CACHE", str(tmp_path / "cache"))
+    uri = slow_fs.slow_path(hub_presets["dinov2"])
+    with slow_fs.latency(0.0):
+        folder = hub.resolve_preset(uri)
+        calls = slow_fs.stats()["calls"]
+        assert hub.resolve_preset(uri) == folder and slow_fs.stats()["calls"] == calls  # the second: the cache
+    assert folder.startswith(str(tmp_path / "cache"))
+    assert hub.PresetFiles.of_folder(folder).sha256 == hub.PresetFiles.of_folder(hub_presets["dinov2"]).sha256
