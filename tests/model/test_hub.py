@@ -197,3 +197,17 @@ def test_a_preset_on_a_beam_filesystem_is_copied_once_into_the_cache(hub_presets
         assert hub.resolve_preset(uri) == folder and slow_fs.stats()["calls"] == calls  # the second: the cache
     assert folder.startswith(str(tmp_path / "cache"))
     assert hub.PresetFiles.of_folder(folder).sha256 == hub.PresetFiles.of_folder(hub_presets["dinov2"]).sha256
+
+
+def test_dino_at_another_size_equals_keras_hub_built_at_that_size(hub_presets, tmp_path):
+    """DINOv2 interpolates its position embeddings: --image-size 84 on a 56 px preset."""
+    import keras_hub
+
+    folder = hub_presets["dinov2"]
+    pixels = images((84, 84))
+    ours = build_feature_model(hub_spec(folder, str(tmp_path), (84, 84)), batch_size=3)(pixels)["embedding"]
+    converter = keras_hub.layers.ImageConverter.from_preset(folder)
+    converter.image_size = (84, 84)  # the converter's own arithmetic, at the run's size
+    backbone = keras_hub.models.Backbone.from_preset(folder, image_shape=(84, 84, 3))
+    reference = np.asarray(backbone(converter(pixels)))[:, 0, :]
+    assert relative_l2(ours, reference) < 1e-5
