@@ -358,7 +358,8 @@ def inspect_command(argv: Sequence[str]) -> int:
     print(f"store      {store.root}  ({store.format}, complete)")
     print(f"rows       {counts['rows']} of {counts['inputs']} inputs; {counts['errors']} errors; "
           f"{counts.get('reused', 0)} reused from earlier runs")
-    print(f"model      {fp['backbone']}  weights={fp['weights']}  input={fp['input_size'][0]}x{fp['input_size'][1]}  "
+    family = f"  family={fp.family} (text search: {'no' if store.text_search_refusal() else 'yes'})" if fp.family else ""
+    print(f"model      {fp['backbone']}{family}  weights={fp['weights']}  input={fp['input_size'][0]}x{fp['input_size'][1]}  "
           f"resize={fp['resize']}/{fp['interpolation']}  preprocess={fp['preprocess']}")
     print(f"run        {manifest.get('wall_time_s')} s, {manifest.get('images_per_s')} images/s, "
           f"runner {manifest.get('runner')}, finished {manifest.get('finished_at')}")

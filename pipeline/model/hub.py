@@ -19,6 +19,7 @@ extra is an ImportError naming keras_hub, which the CLI turns into one sentence)
 """
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import os
@@ -130,7 +131,8 @@ def resolve_preset(preset: str) -> str:
                                 f"there is network (keras-hub's cache is then used)") from None
     names = sorted(name for name in preset_utils.BUILTIN_PRESETS
                    if any(name.startswith(f.name) for f in FAMILIES))
-    close = [name for name in names if preset.lower().replace("-", "_") in name][:3]
+    wanted = preset.lower().replace("-", "_")
+    close = difflib.get_close_matches(wanted, names, n=3, cutoff=0.75) or [n for n in names if wanted in n][:3]
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     raise PresetUnavailable(f"preset {preset!r} is neither a keras-hub preset name{hint}, a local folder, nor a "
                             f"kaggle://, hf:// or filesystem URI; `featurize models --hub` lists the presets")

@@ -41,6 +41,14 @@ def test_rows_equal_keras_hubs_pipeline_image_by_image(clip_store, hub_presets):
         assert np.linalg.norm(rows[key] - expected) / np.linalg.norm(expected) < 1e-5, key
 
 
+def test_inspect_names_the_family_and_whether_text_search_works(clip_store, capsys):
+    from pipeline.cli import main
+
+    assert main(["inspect", clip_store["out"]]) == 0
+    model_line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("model "))
+    assert "family=clip (text search: yes)" in model_line and "weights=_featurize/presets/" in model_line
+
+
 def test_the_preset_travels_through_the_store_not_the_hub(clip_store, hub_presets):
     from pipeline.model.hub import PRESET_FILES, PresetFiles
 
