@@ -9,7 +9,6 @@ make rows with `feature_row`, so a graph of your own gives the rows `featurize r
 from __future__ import annotations
 
 import time
-import uuid
 
 import apache_beam as beam
 import numpy as np
@@ -75,7 +74,7 @@ class _Infer(beam.DoFn):
 
     def __init__(self, handler: KerasBackboneHandler, dtype: np.dtype):
         self._handler, self._dtype = handler, dtype
-        self._tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one model per process for the graph
+        self._tag = LoadedModel.new_tag()  # pickled: one model per process for the graph
 
     def setup(self):
         self._model = LoadedModel(self._handler, self._tag)

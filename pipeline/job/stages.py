@@ -14,7 +14,6 @@ import os
 import socket
 import threading
 import time
-import uuid
 from collections import Counter
 from typing import Any, Iterator, NamedTuple
 
@@ -136,7 +135,7 @@ class _ProcessUnit(beam.DoFn):
         self._top = TopClasses(fingerprint.get("predictions") or 0, class_names)
         self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
         self._max_error_rate, self._expected_inputs = max_error_rate, expected_inputs
-        self._model_tag = f"featurize-model-{uuid.uuid4().hex}"  # pickled: one tag for every worker of the job
+        self._model_tag = LoadedModel.new_tag()  # pickled: one tag for every worker of the job
         self._dtype = np.dtype(fingerprint["dtype"])
 
     def setup(self):

@@ -8,6 +8,7 @@ environment (Keras backend, thread pools) is set, never at module import.
 from __future__ import annotations
 
 import time
+import uuid
 from typing import Any, Iterable, Sequence
 
 import numpy as np
@@ -96,6 +97,11 @@ class LoadedModel:
 
     def __init__(self, handler: KerasBackboneHandler, tag: str):
         self._handler, self._tag, self._model = handler, tag, None
+
+    @staticmethod
+    def new_tag() -> str:
+        """A tag for one job's (or graph's) model: made when the DoFn is built, pickled with it."""
+        return f"featurize-model-{uuid.uuid4().hex}"
 
     def _acquire(self) -> FeatureModel:
         if self._model is None:
