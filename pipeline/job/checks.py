@@ -24,7 +24,7 @@ from pipeline.job.runner import local_workers
 from pipeline.logs import native_stderr_to_log
 from pipeline.model.backbones import MODEL_POOLING
 from pipeline.model.failures import ModelLoadError
-from pipeline.model.hub import LocalPreset, PresetUnavailable, block_number, is_hub, preset_of
+from pipeline.model.hub import FAMILIES, LocalPreset, PresetUnavailable, block_number, is_hub, preset_of
 from pipeline.model.preflight import check_model
 from pipeline.model.runtime import tensorflow_without_jax
 from pipeline.model.spec import ModelSpec
@@ -162,7 +162,7 @@ def check_hub_preset(config: RunConfig) -> LocalPreset:
     if config.image_size and tuple(config.image_size) != info.image_size and not info.family.any_size:
         raise ConfigError(f"image_size {config.image_size[0]}x{config.image_size[1]} does not fit {config.model}, a "
                           f"{info.family.name} model built for {info.image_size[0]}x{info.image_size[1]}; drop "
-                          f"--image-size (only DINOv2 and DINOv3 take other sizes)")
+                          f"--image-size (only {', '.join(f.name for f in FAMILIES if f.any_size)} take other sizes)")
     for layer in config.layers or ():
         if not info.family.blocks:
             raise ConfigError(f"layers {layer!r}: {config.model} ({info.family.name}) offers its final output only; "

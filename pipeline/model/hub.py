@@ -24,6 +24,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import tempfile
 from dataclasses import dataclass
 from typing import Any, Sequence
@@ -172,8 +173,7 @@ def _copy_folder(uri: str) -> str:
         local = os.path.join(partial, path[len(root):])
         os.makedirs(os.path.dirname(local), exist_ok=True)
         with files.open_read(path) as source, open(local, "wb") as sink:
-            for chunk in iter(lambda: source.read(1 << 22), b""):
-                sink.write(chunk)
+            shutil.copyfileobj(source, sink, 1 << 22)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(partial, target)
     return target
@@ -226,19 +226,16 @@ def stage_preset(location: str, digest: str) -> str:
     preset_files = PresetFiles(listed)
     if preset_files.digest != digest:
         raise WeightsMismatch(f"preset copy {location!r} has digest {preset_files.digest}, expected {digest}")
+    # Each file staged (copied once per machine) and verified once per process, whether linked before or not.
+    staged = {relative: stage_weights(files.join(location, relative), sha256) for relative, sha256 in listed.items()}
     folder = os.path.join(cache_dir(), "presets", digest)
-    if os.path.isfile(os.path.join(folder, PRESET_FILES)):
-        for relative, sha256 in listed.items():
-            stage_weights(files.join(location, relative), sha256)  # verified once per process
-        return folder
     with machine_lock(os.path.join(cache_dir(), f".preset-{digest}.lock")):
         if not os.path.isfile(os.path.join(folder, PRESET_FILES)):
             partial = f"{folder}.partial-{os.getpid()}"
-            for relative, sha256 in listed.items():
-                staged = stage_weights(files.join(location, relative), sha256)
+            for relative, path in staged.items():
                 link = os.path.join(partial, relative)
                 os.makedirs(os.path.dirname(link), exist_ok=True)
-                os.symlink(staged, link)
+                os.symlink(path, link)
             with open(os.path.join(partial, PRESET_FILES), "w") as handle:
                 json.dump(listed, handle)
             os.replace(partial, folder)
@@ -302,7 +299,6 @@ def describe_preset(folder: str, preset: str) -> PresetInfo:
 @dataclass(frozen=True)
 class LocalPreset:
     """A preset as the launcher holds it: the local folder, its files' hashes and what it is."""
-    preset: str
     folder: str
     files: PresetFiles
     info: PresetInfo
@@ -310,7 +306,7 @@ class LocalPreset:
     @classmethod
     def resolve(cls, preset: str) -> "LocalPreset":
         folder = resolve_preset(preset)
-        return cls(preset, folder, PresetFiles.of_folder(folder), describe_preset(folder, preset))
+        return cls(folder, PresetFiles.of_folder(folder), describe_preset(folder, preset))
 
 
 def _plain(value: Any) -> Any:
@@ -370,7 +366,7 @@ class _Taps:
         return sequences[FINAL_LAYER][:, 0, :]
 
 
-def load_backbone(folder: str, input_size: tuple[int, int] | None = None, precision: str = "float32"):
+def _load_backbone(folder: str, input_size: tuple[int, int] | None = None, precision: str = "float32"):
     """keras-hub's backbone from a local preset folder (with another input size where the family allows)."""
     import keras_hub
 
@@ -395,7 +391,7 @@ def build_hub_model(folder: str, input_size: tuple[int, int], layers: Sequence[s
 
     family, converter = _family_and_converter(folder, folder)
     size = None if tuple(input_size) == tuple(converter.image_size) else tuple(input_size)
-    taps = _Taps(load_backbone(folder, size, precision), family)
+    taps = _Taps(_load_backbone(folder, size, precision), family)
     pixels = keras.Input((*input_size, 3), name="pixels", dtype="float32")
     x = pixels
     if converter.scale is not None:  # the converter's arithmetic, in its order and dtype
