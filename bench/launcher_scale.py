@@ -7,7 +7,7 @@
 Each measurement is one fresh `python bench/launcher_scale.py --one ...` with PYTHONPATH=--repo (default:
 this checkout; `--repo /tmp/featurize-before` measures another copy). The child imports Beam and
 `pipeline.job.launch` (the fixed floor: its peak RSS and seconds are reported apart), then times
-`prepare` -> `stage_plan` (where the code has it) -> `build` -> `p.run()` of a Dataflow dry run
+`prepare` -> `upload_plan` (where the code has it) -> `build` -> `p.run()` of a Dataflow dry run
 (flags of tests/helpers/dataflow.py: nothing is submitted), and reports that time, the process's
 peak RSS (`ru_maxrss`) and `result.job.proto_pipeline.ByteSize()`. Fastest time and smallest RSS
 of --repeats; ratios are to the smallest size of the same case.
@@ -58,8 +58,8 @@ def one(spec: dict) -> None:
     workspace = getattr(getattr(getattr(job, "plan", None), "listing", None), "workspace", None)
     spill_bytes = folder_bytes(workspace) if workspace else None
     plan_bytes = None
-    if hasattr(launch, "stage_plan"):  # the new launcher writes the plan into the store before build
-        plan_bytes = folder_bytes(launch.stage_plan(job).folder)
+    if hasattr(launch, "upload_plan"):  # the new launcher writes the plan into the store before build
+        plan_bytes = folder_bytes(launch.upload_plan(job).folder)
     p = beam.Pipeline(options=job.options)
     launch.build(p, job)
     result = p.run()

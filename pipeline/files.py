@@ -6,7 +6,7 @@ Apache Beam's import costs seconds; a reader of a local store (`featurize search
 `apache_beam.io.filesystems.FileSystems`; anything else is a local path, read with the standard
 library exactly as Beam's LocalFileSystem would.
 
-Many small reads (a store's journal entries, its shards' footers) go through `read_many`: an
+Many small reads (a store's journal entries, its shards' footers) go through `in_parallel`: an
 object store answers each in tens of milliseconds, so 10^5 of them one by one take an hour.
 """
 from __future__ import annotations
@@ -133,9 +133,10 @@ def read_iter(read: Callable[[str], T], paths: Iterable[str], threads: int = REA
                 future.cancel()
 
 
-def read_many(read: Callable[[str], T], paths: Sequence[str], threads: int = READ_THREADS) -> list[T]:
-    """`[read(path) for path in paths]`, with up to `threads` reads in flight (see `read_iter`)."""
-    return list(read_iter(read, paths, min(threads, len(paths))))
+def in_parallel(call: Callable[[str], T], paths: Sequence[str], threads: int = READ_THREADS) -> list[T]:
+    """`[call(path) for path in paths]` (reads, or uploads), with up to `threads` calls in flight, results in
+    the order of `paths` (see `read_iter`)."""
+    return list(read_iter(call, paths, min(threads, len(paths))))
 
 
 def read_json_iter(paths: Iterable[str], threads: int = READ_THREADS) -> Iterator[dict[str, Any]]:

@@ -17,7 +17,7 @@ from apache_beam.metrics import Metrics
 from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageRecord, error_from_exception
 from pipeline.images import DecodeSpec
 from pipeline.inputs.listing import list_inputs, resolve_input
-from pipeline.job.stages import ReadUnit, StageMetrics, decode_record, feature_row, with_losers
+from pipeline.job.stages import ReadUnit, RunCounters, decode_record, feature_row, with_losers
 from pipeline.job.units import plan_units
 from pipeline.model.handler import KerasBackboneHandler, LoadedModel
 
@@ -53,7 +53,7 @@ class _Decode(beam.DoFn):
         self._spec = spec
 
     def setup(self):
-        self._metrics = StageMetrics()
+        self._metrics = RunCounters()
 
     def finish_bundle(self):
         self._metrics.flush()

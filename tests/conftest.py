@@ -56,6 +56,14 @@ def small_weights(tmp_path_factory):
     return str(path)
 
 
+@pytest.fixture(scope="module")
+def vgg_notop():
+    """VGG16 notop with seeded random weights, for the legacy weights files written from it."""
+    from tests.helpers.legacy_weights import seeded_vgg16
+
+    return seeded_vgg16()
+
+
 @pytest.fixture(scope="session")
 def zoo_samples():
     from tests.helpers.samples import zoo
@@ -187,3 +195,25 @@ def clip_store(hub_presets, tmp_path_factory):
         else:
             os.environ["FEATURIZE_CACHE"] = previous
     return {"source": source, "out": str(root / "out"), "manifest": manifest, "cache": str(cache)}
+
+
+@pytest.fixture(scope="session")
+def class_index(tmp_path_factory):
+    """--class-index: a class index in Keras's format (Keras's own cannot be downloaded here): 1000 distinct names."""
+    path = tmp_path_factory.mktemp("index") / "classes.json"
+    import json
+
+    path.write_text(json.dumps({str(i): [f"n{i:08d}", f"class_{i}_{'ab'[i % 2]}"] for i in range(1000)}))
+    return str(path)
+
+
+@pytest.fixture
+def keras_class_index(class_index, monkeypatch):
+    """Keras's decode_predictions reading the same index (its module global, as after its own load)."""
+    import json
+
+    from keras.src.applications import imagenet_utils
+
+    with open(class_index) as handle:
+        monkeypatch.setattr(imagenet_utils, "CLASS_INDEX", json.load(handle))
+    return imagenet_utils.decode_predictions

@@ -33,7 +33,7 @@ def test_importing_a_room_loads_none_of_its_forbidden_libraries(room):
 
 
 def test_the_package_and_its_command_line_load_nothing_heavy():
-    script = ("import sys, pipeline, pipeline.cli, pipeline.images, pipeline.files, pipeline.errors\n"
+    script = ("import sys, pipeline, pipeline.cli, pipeline.images, pipeline.files, pipeline.errors, pipeline.processes\n"
               "print(sorted({m.split('.')[0] for m in sys.modules} & {'apache_beam', 'tensorflow', 'keras', 'pandas'}))")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert done.returncode == 0 and done.stdout.strip() == "[]", done.stdout + done.stderr[-2000:]

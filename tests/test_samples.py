@@ -7,7 +7,7 @@ import tarfile
 
 import pytest
 
-from pipeline.images import DecodeSpec, decode_image, is_image_name
+from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image, is_image_name
 
 try:  # works whether or not tests/ is a package
     from tests.helpers.samples import BOMB_MAX_PIXELS, Sample, write_folder, write_tar_shards, webdataset_key, zoo
@@ -30,7 +30,7 @@ def test_valid_sample_decodes_with_promised_size(sample):
 @pytest.mark.parametrize("sample", [s for s in ZOO if not s.valid], ids=lambda s: s.name)
 def test_invalid_sample_raises(sample):
     assert sample.width is None and sample.height is None
-    with pytest.raises(Exception):
+    with pytest.raises(DECODE_ERRORS):  # what a decode error row is made of, never another exception
         decode_image(sample.data, SPEC)
 
 

@@ -18,7 +18,7 @@ from pipeline.errors import ConfigError
 from pipeline.inputs.layouts import LAYOUT_NAMES, RECORD_LAYOUTS
 from pipeline.inputs.listing import Listing, list_inputs, normalized_path, resolve_input
 from pipeline.inputs.record_shards import check_record_fields
-from pipeline.job.config import RunConfig, as_typed
+from pipeline.job.config import FIELDS_BY_NAME, RunConfig, field_kind, flag_name
 from pipeline.job.journal import iter_committed_units, read_store_state
 from pipeline.job.runner import local_workers
 from pipeline.logs import native_stderr_to_log
@@ -32,6 +32,39 @@ from pipeline.store.schema import STORE_STATE
 
 # Fingerprint fields that do not change a single vector: versions are reported, not enforced.
 _NOT_COMPARED = ("versions",)
+
+
+# Stored settings whose flag is not their own name (the fingerprint's and the store identity's names).
+_FLAG_OF = {"backbone": "model", "input_size": "image_size"}
+
+
+def as_flag(name: str, value: Any) -> str:
+    """A stored setting as the flag a user types: `--image-size 128x128`, not `input_size [128, 128]`.
+
+    Settings no flag sets (derived ones: outputs, preprocess) keep their stored name."""
+    if name in ("layout", "key_root"):  # what --input was: its kind, the folder its keys start below
+        if name == "layout":
+            return "an --input of image files" if value in ("files", "list") else f"an --input of {value} shards"
+        return f"an --input whose keys start below {value!r}"
+    if name == "weights_sha256":
+        return f"--weights of sha256 {value}"
+    if name == "record_fields":  # [image field, key field]
+        image, key = value
+        return " ".join(f"--{flag} {v}" for flag, v in (("image-field", image), ("key-field", key)) if v) or \
+            "the default --image-field and --key-field"
+    field = FIELDS_BY_NAME.get(_FLAG_OF.get(name, name))
+    if field is None:
+        return f"{name} {value!r}"
+    flag = flag_name(field)
+    if isinstance(value, bool) or field_kind(field.name)[0] is bool:
+        return flag if bool(value) != field.default else f"without {flag}"
+    if value is None:
+        return f"without {flag}"
+    if name == "input_size":
+        return f"{flag} {value[0]}x{value[1]}"
+    if isinstance(value, (list, tuple)):
+        return f"{flag} {','.join(str(v) for v in value)}"
+    return f"{flag} {value}"
 
 
 def package_version(package: str) -> str | None:
@@ -107,8 +140,8 @@ def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any])
                     if state.get(name, default) != wanted[name]]
     if differences:
         name, before, now = differences[0]
-        raise ConfigError(f"--resume: the store in {output!r} was made with {as_typed(name, before)} but this run "
-                          f"has {as_typed(name, now)}; resume with the same configuration, or start over with "
+        raise ConfigError(f"--resume: the store in {output!r} was made with {as_flag(name, before)} but this run "
+                          f"has {as_flag(name, now)}; resume with the same configuration, or start over with "
                           f"--overwrite or a new --output")
 
 
@@ -140,7 +173,7 @@ def check_model_before_workers(spec: ModelSpec, options: PipelineOptions) -> Non
     the local workers use), a weights file on this machine always."""
     if is_hub(spec.backbone):  # its preset was read by check_hub_preset; its copy in the store is made by the run
         return
-    local_file = spec.weights not in (None, "imagenet") and files.is_local(spec.weights)
+    local_file = spec.weights_file is not None and files.is_local(spec.weights_file)
     if not (local_file or (spec.weights == "imagenet" and local_workers(options))):
         return
     try:

@@ -9,8 +9,8 @@ Every problem is found before a pipeline is built and reported as one sentence n
 the field, the value and what would be valid (`ConfigError`); the CLI turns it into
 exit code 2 without a traceback.
 
-Longer than ~350 lines on purpose: every option's declaration, conversion and validation are one
-table read together; splitting it would put one option in several places.
+The command line itself (the flags generated from the fields, and Beam's own arguments split from
+them) is pipeline.job.runner's.
 """
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ import os
 import re
 import typing
 from dataclasses import dataclass, field
-from typing import Any, Callable, NoReturn, Sequence
+from typing import Any, Callable, Sequence
 
 import yaml
 
@@ -59,8 +59,9 @@ class RunConfig:
     model: str = option("ResNet50", help="backbone name, see `featurize models` (default ResNet50), or hub:PRESET: a "
                                          "keras-hub CLIP, SigLIP, DINOv2/v3 or ViT preset name, folder or URI "
                                          "(`featurize models --hub`)")
-    weights: str = option("imagenet",
-                          help="imagenet (default), none, or a local .h5 / .weights.h5 file (full or notop)")
+    # Normalised once (__post_init__): "imagenet", None (none: random init) or a file's path, ~ expanded.
+    weights: str | None = option("imagenet",
+                                 help="imagenet (default), none, or a local .h5 / .weights.h5 file (full or notop)")
     layers: tuple[str, ...] | None = option(None,
                                             help="comma-separated layer names (default: the backbone's last layer)")
     pooling: tuple[str, ...] = option(("avg",), choices=backbones.ALL_POOLINGS,
@@ -123,17 +124,25 @@ class RunConfig:
     verbose: bool = option(False, help="show TensorFlow's and Beam's own log lines on the terminal "
                                        "(they always go to the run's log file)")
 
+    def __post_init__(self):
+        object.__setattr__(self, "weights", weights_argument(self.weights))
+
+    @property
+    def weights_file(self) -> str | None:
+        """--weights when it names a file (its path), else None."""
+        return None if self.weights in (None, "imagenet") else self.weights
+
     def to_dict(self) -> dict[str, Any]:
         return {f.name: (list(v) if isinstance(v, tuple) else v)
                 for f in dataclasses.fields(self) for v in [getattr(self, f.name)]}
 
 
 FIELDS = {f.name for f in dataclasses.fields(RunConfig)}
-_FIELDS = {f.name: f for f in dataclasses.fields(RunConfig)}
+FIELDS_BY_NAME = {f.name: f for f in dataclasses.fields(RunConfig)}
 _HINTS = typing.get_type_hints(RunConfig)
 
 
-def _kind(name: str) -> tuple[Any, bool]:
+def field_kind(name: str) -> tuple[Any, bool]:
     """A field's value type and whether it may be None: `int | None` -> (int, True)."""
     args = typing.get_args(_HINTS[name])
     if type(None) in args:
@@ -144,40 +153,7 @@ def _kind(name: str) -> tuple[Any, bool]:
 def flag_name(f: dataclasses.Field) -> str:
     """The flag of a field: `--batch-size`; a boolean that defaults to true is switched off by `--no-...`."""
     dashed = f.name.replace("_", "-")
-    return f"--no-{dashed}" if _kind(f.name)[0] is bool and f.default is True else f"--{dashed}"
-
-
-# Stored settings whose flag is not their own name (the fingerprint's and the store identity's names).
-_FLAG_OF = {"backbone": "model", "input_size": "image_size"}
-
-
-def as_typed(name: str, value: Any) -> str:
-    """A stored setting as the flag a user types: `--image-size 128x128`, not `input_size [128, 128]`.
-
-    Settings no flag sets (derived ones: outputs, preprocess) keep their stored name."""
-    if name in ("layout", "key_root"):  # what --input was: its kind, the folder its keys start below
-        if name == "layout":
-            return "an --input of image files" if value in ("files", "list") else f"an --input of {value} shards"
-        return f"an --input whose keys start below {value!r}"
-    if name == "weights_sha256":
-        return f"--weights of sha256 {value}"
-    if name == "record_fields":  # [image field, key field]
-        image, key = value
-        return " ".join(f"--{flag} {v}" for flag, v in (("image-field", image), ("key-field", key)) if v) or \
-            "the default --image-field and --key-field"
-    field = _FIELDS.get(_FLAG_OF.get(name, name))
-    if field is None:
-        return f"{name} {value!r}"
-    flag = flag_name(field)
-    if isinstance(value, bool) or _kind(field.name)[0] is bool:
-        return flag if bool(value) != field.default else f"without {flag}"
-    if value is None:
-        return f"without {flag}"
-    if name == "input_size":
-        return f"{flag} {value[0]}x{value[1]}"
-    if isinstance(value, (list, tuple)):
-        return f"{flag} {','.join(str(v) for v in value)}"
-    return f"{flag} {value}"
+    return f"--no-{dashed}" if field_kind(f.name)[0] is bool and f.default is True else f"--{dashed}"
 
 
 def _suggest(value: str, valid: Sequence[str]) -> str:
@@ -263,36 +239,8 @@ def load_preset(path: str) -> dict[str, Any]:
     return preset
 
 
-class _GivenOnce(argparse.Action):
-    """A flag that takes one value. argparse keeps the last of two silently, so `--input a/ --input b/`
-    would drop a/ without a word: two different values are refused instead."""
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        previous = getattr(namespace, self.dest, None)
-        if previous is not None and previous != values:
-            fix = ("featurize reads one input, so give one glob over several folders ('{a,b}/' or 'data/*/') "
-                   "or a path list" if self.dest == "input" else "it takes one value")
-            raise ConfigError(f"{option_string} is given twice ({previous!r} and {values!r}); {fix}")
-        setattr(namespace, self.dest, values)
-
-
-def add_run_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `featurize run` flags, one per RunConfig field, plus --config.
-
-    Defaults are None so a preset's values survive unless a flag is given; values stay
-    strings here so that flags and presets share one conversion (and its messages) in resolve().
-    """
-    parser.add_argument("--config", action=_GivenOnce, help="YAML preset; flags override its values")
-    for f in dataclasses.fields(RunConfig):
-        if _kind(f.name)[0] is bool:
-            parser.add_argument(flag_name(f), dest=f.name, action="store_false" if f.default else "store_true",
-                                default=None, help=f.metadata["help"])
-        else:
-            parser.add_argument(flag_name(f), dest=f.name, action=_GivenOnce, help=f.metadata["help"])
-
-
 def _convert(name: str, value: Any) -> Any:
-    kind, optional = _kind(name)
+    kind, optional = field_kind(name)
     if value is None and optional:
         return None
     converted = _CONVERT[kind](name, value)
@@ -315,7 +263,7 @@ def resolve(flags: argparse.Namespace) -> RunConfig:
         values.setdefault("pooling", backbones.MODEL_POOLING)
     converted = {name: _convert(name, value) for name, value in values.items()}
     # None for a field that cannot be None (`batch_size: none`) means its default.
-    config = RunConfig(**{k: v for k, v in converted.items() if v is not None or _kind(k)[1]})
+    config = RunConfig(**{k: v for k, v in converted.items() if v is not None or field_kind(k)[1]})
     validate(config)
     return config
 
@@ -396,8 +344,8 @@ def _validate_application(config: RunConfig) -> None:
     if min(height, width) < backbone.min_size:
         raise ConfigError(f"image_size {height}x{width} is below {config.model}'s minimum of "
                           f"{backbone.min_size}x{backbone.min_size}; use at least {backbone.min_size}")
-    weights = weights_argument(config.weights)
-    if weights not in (None, "imagenet"):
+    weights = config.weights_file
+    if weights is not None:
         if not weights.endswith(".h5"):
             raise ConfigError(f"weights {config.weights!r} is not valid; give imagenet, none, or a .h5 / .weights.h5 file")
         try:
@@ -424,7 +372,7 @@ def _validate_application(config: RunConfig) -> None:
         if backbone.flatten_head and (height, width) != (backbone.default_size,) * 2:
             raise ConfigError(f"image_size {height}x{width} does not fit {config.model}'s classifier, which flattens "
                               f"its feature map; use {backbone.default_size} (the default) with --predictions")
-    if config.weights_ordering != "auto" and (weights in (None, "imagenet") or weights.endswith(".weights.h5")):
+    if config.weights_ordering != "auto" and (weights is None or weights.endswith(".weights.h5")):
         raise ConfigError(f"weights_ordering {config.weights_ordering!r} applies to legacy .h5 weights files only, "
                           f"not to weights {config.weights!r}; drop --weights-ordering")
 
@@ -434,110 +382,3 @@ def input_size(config: RunConfig) -> tuple[int, int]:
         return config.image_size
     size = backbones.BACKBONES[config.model].default_size
     return size, size
-
-
-class _OneSentenceParser(argparse.ArgumentParser):
-    """argparse that raises ConfigError instead of printing usage and exiting."""
-
-    def error(self, message: str) -> NoReturn:
-        raise ConfigError(message)
-
-
-def beam_parser() -> argparse.ArgumentParser:
-    """A parser of every Apache Beam pipeline option, collected from Beam itself.
-
-    That is every PipelineOptions subclass imported so far (Beam's own, and those of any
-    runner or user module), so a new Beam release or a custom options class needs no list here.
-    Like Beam (`allow_abbrev=False`), it accepts full option names only.
-    """
-    from apache_beam.options import pipeline_options
-
-    # Beam's parser class: some options classes call its add_value_provider_argument.
-    class Parser(pipeline_options._BeamArgumentParser):
-        def error(self, message: str) -> NoReturn:
-            raise ConfigError(f"Apache Beam {message}")
-
-    # conflict_handler="resolve": an option declared by two classes is known once, not an error.
-    parser = Parser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
-    pending, seen = [pipeline_options.PipelineOptions], set()
-    while pending:
-        for cls in pending.pop().__subclasses__():
-            if cls not in seen:
-                seen.add(cls)
-                pending.append(cls)
-                try:
-                    cls._add_argparse_args(parser)  # pylint: disable=protected-access
-                except argparse.ArgumentError:  # a clash within one class must not hide the others' options
-                    pass
-    return parser
-
-
-DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
-
-
-def _flag_value(args: Sequence[str], flag: str) -> str | None:
-    """The value of `flag` in `args` (`--flag v` or `--flag=v`; the last one given), or None."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg == flag and i + 1 < len(args):
-            value = args[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
-def names_dask_runner(args: Sequence[str]) -> bool:
-    """Whether Beam's --runner is the DaskRunner, by its short name or its full path."""
-    runner = _flag_value(args, "--runner")
-    return runner is not None and runner.rsplit(".", 1)[-1].lower() in ("daskrunner", "dask")
-
-
-def is_dask(args: Sequence[str]) -> bool:
-    """Whether Beam's arguments need the DaskRunner's options (its name, or any --dask_ flag)."""
-    return names_dask_runner(args) or any(arg.startswith("--dask_") for arg in args)
-
-
-def import_dask_runner() -> None:
-    """Declare the DaskRunner's --dask_* options: Beam adds them only once its module is imported."""
-    try:
-        import apache_beam.runners.dask.dask_runner  # noqa: F401 - imported for its DaskOptions
-        import dask.distributed  # noqa: F401 - Beam's module imports without it, then fails at run time
-    except ImportError as exc:
-        raise ConfigError(f"the DaskRunner needs dask.distributed ({exc}); install it with "
-                          f"pip install 'featurize[dask]'") from None
-
-
-def _options(parser: argparse.ArgumentParser) -> list[str]:
-    return [s for action in parser._actions for s in action.option_strings]  # pylint: disable=protected-access
-
-
-def _close_flag(name: str, known: Sequence[str]) -> str:
-    bare = {k.lstrip("-"): k for k in known}  # compare names, not the `--` every flag shares
-    close = difflib.get_close_matches(name.lstrip("-"), list(bare), n=1)
-    return f" (did you mean {bare[close[0]]!r}?)" if close else ""
-
-
-def parse_run_args(argv: Sequence[str]) -> tuple[RunConfig, list[str]]:
-    """`featurize run` arguments -> (the validated config, the arguments left for Apache Beam).
-
-    An argument that is neither a featurize flag nor a Beam pipeline option (nor the value
-    of one) is a ConfigError: Beam would drop a misspelt flag with a mere log warning.
-    """
-    parser = _OneSentenceParser(prog="featurize run", description="Extract features from images.",
-                                allow_abbrev=False)  # exact names, as Beam: `--batch` is not `--batch-size`
-    add_run_arguments(parser)
-    flags, rest = parser.parse_known_args(list(argv))
-    if is_dask(rest):
-        import_dask_runner()
-    beam = beam_parser()
-    _, unknown = beam.parse_known_args(rest)  # consumes each Beam flag's value too, in either form
-    if unknown:
-        arg = unknown[0]
-        if arg.startswith("-"):
-            name = arg.split("=", 1)[0]
-            raise ConfigError(f"option {name!r} is neither a featurize option nor an Apache Beam pipeline option"
-                              f"{_close_flag(name, _options(parser) + _options(beam))}; "
-                              f"run `featurize run --help` for featurize's options")
-        raise ConfigError(f"argument {arg!r} is neither an option nor the value of one; give each value after "
-                          f"its flag (--input PATH); run `featurize run --help` for featurize's options")
-    return resolve(flags), rest

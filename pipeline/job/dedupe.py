@@ -18,7 +18,7 @@ from __future__ import annotations
 import hashlib
 import io
 import posixpath
-from typing import Any, Iterable, Iterator, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 import apache_beam as beam
 import numpy as np
@@ -27,6 +27,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline.elements import WorkUnit
 from pipeline.files import join
+from pipeline.job.entries import UnitEntry
 
 PARTITIONS = 64
 HASH_DTYPE = np.dtype("V16")
@@ -47,9 +48,9 @@ def save_kept_keys(path: str, hashes: np.ndarray) -> None:
         handle.write(buffer.getvalue())
 
 
-def load_kept_keys(output: str, entry: dict[str, Any]) -> np.ndarray:
+def load_kept_keys(output: str, entry: UnitEntry) -> np.ndarray:
     """The hashes of the sample keys a committed shard unit holds (saved beside its entry)."""
-    relative = entry.get("files", {}).get("keys")
+    relative = entry.files.get("keys")
     if relative is None:  # a unit that holds no key
         return np.zeros(0, HASH_DTYPE)
     with FileSystems.open(join(output, relative), compression_type=CompressionTypes.UNCOMPRESSED) as handle:
@@ -127,7 +128,7 @@ class _ScanKeys(beam.DoFn):
     def __init__(self, output: str):
         self._output = output
 
-    def process(self, unit_entry: tuple[WorkUnit, dict | None]):
+    def process(self, unit_entry: tuple[WorkUnit, UnitEntry | None]):
         from pipeline.inputs.retries import retry_transient
         from pipeline.inputs.reading import scan_unit_keys
 

@@ -26,9 +26,9 @@ import h5py
 import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.files import read_many, upload
+from pipeline.files import in_parallel, upload
 from pipeline.model import predictions
-from pipeline.job.journal import replace
+from pipeline.job.journal import rename_over
 from pipeline.store.schema import FINGERPRINT_ATTR, VIRTUAL_STORE
 from pipeline.elements import relative_path
 
@@ -108,7 +108,7 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
                         fingerprint: dict[str, Any]) -> int:
     """Write `features.h5` mapping every shard, in order, into one dataset per name; returns rows.
     Shards are opened 32 at a time (h5py reads one at a time, but an object store's opens overlap)."""
-    counts = read_many(shard_rows, shard_paths)
+    counts = in_parallel(shard_rows, shard_paths)
     total = sum(counts)
     relative = [relative_path(path, output) for path in shard_paths]
     layouts = {name: h5py.VirtualLayout(shape=(total, dim), dtype=kind)
@@ -135,7 +135,7 @@ def write_virtual_store(output: str, shard_paths: list[str], outputs: dict[str, 
         # A copy is not atomic: copy beside it, then rename over the old one.
         final = FileSystems.join(output, VIRTUAL_STORE)
         upload(local_path, final + ".tmp")
-        replace(final + ".tmp", final)
+        rename_over(final + ".tmp", final)
     finally:
         os.unlink(local_path)
     return total

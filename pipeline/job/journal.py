@@ -28,6 +28,7 @@ import json
 import os
 import time
 from datetime import datetime, timezone
+from dataclasses import replace
 from typing import Any, Iterable, Iterator
 
 from apache_beam.io.filesystem import CompressionTypes
@@ -35,6 +36,7 @@ from apache_beam.io.filesystems import FileSystems
 
 from pipeline import files
 from pipeline.files import READ_THREADS, join, list_paths, read_json, read_json_iter
+from pipeline.job.entries import UnitEntry
 from pipeline.store.schema import (ERRORS_DIR, FEATURES_DIR, OWNED_PATTERNS, STORE_STATE, TMP_DIR, UNIT_PREFIXES,
                                    UNITS_DIR)
 
@@ -64,7 +66,7 @@ def failpoint(name: str) -> None:
             time.sleep(600)
 
 
-def replace(source: str, destination: str) -> None:
+def rename_over(source: str, destination: str) -> None:
     """Rename `source` over `destination` (filesystems whose rename refuses to replace: delete first)."""
     if files.is_local(destination):  # local disks need the folder; object stores have none
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
@@ -84,7 +86,7 @@ def write_json_atomically(path: str, document: dict[str, Any]) -> None:
     temporary = f"{path}.{os.getpid()}-{time.monotonic_ns()}.tmp"
     with FileSystems.create(temporary, compression_type=CompressionTypes.UNCOMPRESSED) as handle:
         handle.write(json.dumps(document, indent=2, sort_keys=True).encode("utf-8"))
-    replace(temporary, path)
+    rename_over(temporary, path)
 
 
 # ---------------------------------------------------------------- the store
@@ -97,17 +99,12 @@ def write_store_state(output: str, state: dict[str, Any]) -> None:
     write_json_atomically(join(output, STORE_STATE), state)
 
 
-def iter_committed_units(output: str, threads: int = READ_THREADS) -> Iterator[dict[str, Any]]:
+def iter_committed_units(output: str, threads: int = READ_THREADS) -> Iterator[UnitEntry]:
     """Every committed unit's journal entry, in unit id order, read `threads` at a time as the
     caller consumes them (one listing, then the entries: on an object store 10^5 of them one after
     another take an hour, and a files store's entries hold every key, so they are never all kept)."""
-    return read_json_iter(sorted(list_paths(join(output, UNITS_DIR, "*.json")), key=_unit_of_entry), threads)
-
-
-def summary(entry: dict[str, Any]) -> dict[str, Any]:
-    """A journal entry without its key lists (a files unit names every key it holds): what the
-    launcher and the manifest step keep of each of 10^5 entries."""
-    return {name: value for name, value in entry.items() if name not in ("keys", "rejected")}
+    paths = sorted(list_paths(join(output, UNITS_DIR, "*.json")), key=_unit_of_entry)
+    return map(UnitEntry.from_json, read_json_iter(paths, threads))
 
 
 def committed_unit_ids(output: str) -> set[str]:
@@ -120,53 +117,52 @@ def _unit_of_entry(path: str) -> str:
     return path.rsplit("/", 1)[-1][:-len(".json")]
 
 
-def read_journal(output: str, unit_id: str) -> dict[str, Any] | None:
+def read_journal(output: str, unit_id: str) -> UnitEntry | None:
     path = join(output, UNITS_DIR, f"{unit_id}.json")
-    return read_json(path) if FileSystems.exists(path) else None
+    return UnitEntry.from_json(read_json(path)) if FileSystems.exists(path) else None
 
 
 def temp_path(output: str, unit_id: str, attempt: str, name: str) -> str:
     return join(output, TMP_DIR, f"{unit_id}.{attempt}.{name}")
 
 
-def is_final(entry: dict[str, Any] | None) -> bool:
-    """A committed entry that no later attempt may replace."""
-    return entry is not None and not entry.get("retry")
+def _is_final(entry: UnitEntry | None) -> bool:
+    return entry is not None and entry.is_final
 
 
-def commit_unit(output: str, entry: dict[str, Any], written: dict[str, tuple[str, str]]) -> dict[str, Any]:
+def commit_unit(output: str, entry: UnitEntry, written: dict[str, tuple[str, str]]) -> UnitEntry:
     """Move a unit's written files into place, then write its journal entry (the commit point).
 
     `written` maps a role (features, errors, keys) to (temporary path, final path relative
     to the output, unique to this attempt). Returns the entry as committed, which is another
     attempt's when that one committed first (this attempt's files are then withdrawn).
     """
-    unit = entry["unit"]
+    unit = entry.unit
     existing = read_journal(output, unit)
-    if is_final(existing):
+    if _is_final(existing):
         FileSystems.delete([temporary for temporary, _ in written.values()])
         return existing
     for temporary, final in written.values():
-        replace(temporary, join(output, final))
+        rename_over(temporary, join(output, final))
     failpoint("unit-commit")
     existing = read_journal(output, unit)
-    if is_final(existing):  # another attempt committed while this one renamed
+    if _is_final(existing):  # another attempt committed while this one renamed
         FileSystems.delete([join(output, final) for _, final in written.values()])
         return existing
-    entry = dict(entry, files={role: final for role, (_, final) in written.items()},
-                 committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
-    write_json_atomically(join(output, UNITS_DIR, f"{unit}.json"), entry)
+    entry = replace(entry, files={role: final for role, (_, final) in written.items()},
+                    committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+    write_json_atomically(join(output, UNITS_DIR, f"{unit}.json"), entry.to_json())
     if existing is not None:  # a redone `retry` unit: the files of the entry it replaced are orphans now
-        stale = [join(output, path) for path in existing.get("files", {}).values()
-                 if path not in entry["files"].values() and FileSystems.exists(join(output, path))]
+        stale = [join(output, path) for path in existing.files.values()
+                 if path not in entry.files.values() and FileSystems.exists(join(output, path))]
         if stale:
             FileSystems.delete(stale)
     return entry
 
 
-def remove_orphans(output: str, journals: Iterable[dict[str, Any]]) -> list[str]:
+def remove_orphans(output: str, entries: Iterable[UnitEntry]) -> list[str]:
     """Delete unit files that no journal entry names (a crash between rename and commit) and tmp/."""
-    named = {join(output, path) for entry in journals for path in entry.get("files", {}).values()}
+    named = {join(output, path) for entry in entries for path in entry.files.values()}
     found = [path for folder in (FEATURES_DIR, ERRORS_DIR, UNITS_DIR) for prefix in UNIT_PREFIXES
              for path in list_paths(join(output, folder, prefix + "*"))
              if not path.endswith(".json")]  # journal entries are the commits themselves

@@ -1,6 +1,6 @@
 """`run(argv)`: prepare a run (parse, check, plan, build the fingerprint), build its graph, run it.
 
-`prepare` -> `Job` (its plan written to a local folder); `stage_plan` copies the plan into the
+`prepare` -> `Job` (its plan written to a local folder); `upload_plan` copies the plan into the
 store; `build` wires the stages (`PlannedUnits` -> `ProcessUnits` -> `WriteManifest`, see
 pipeline.job.stages and pipeline.job.manifest) into a pipeline that reads it there; `run` starts
 over or resumes the store, runs the pipeline and returns the manifest. The checks that stop a run
@@ -28,20 +28,20 @@ from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.job import manifest, progress
 from pipeline.job.checks import (check_hub_preset, check_input, check_model_before_workers, committed_for,
                                  package_version, store_identity)
-from pipeline.job.config import ConfigError, RunConfig, input_size, parse_run_args
+from pipeline.job.config import ConfigError, RunConfig, input_size
 from pipeline.job.journal import (clear_previous_output, committed_unit_ids, iter_committed_units, read_store_state,
                                   remove_orphans, write_store_state)
-from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, pipeline_options, release,
-                                 runs_in_process, tf_threads_per_worker)
-from pipeline.job.plan_files import StagedPlan, stage
-from pipeline.job.stages import PlannedUnits, ProcessUnits
+from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, parse_run_args, pipeline_options,
+                                 release, runs_in_process, tf_threads_per_worker)
+from pipeline.job.plan_files import UploadedPlan, upload
+from pipeline.job.stages import PlannedUnits, ProcessUnits, UnitSettings
 from pipeline.job.stopping import CtrlC, Interrupted
 from pipeline.job.units import Plan, plan_units
 from pipeline.model import backbones, hub, keras_models
 from pipeline.model.hub import LocalPreset
 from pipeline.model.handler import KerasBackboneHandler
 from pipeline.model.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
-from pipeline.model.spec import stored_weights, weights_argument
+from pipeline.model.spec import stored_weights
 from pipeline.model.weights_cache import sha256_of
 from pipeline.store.fingerprint import Fingerprint
 from pipeline.store.schema import PRESETS_DIR
@@ -56,8 +56,8 @@ def preset_folder(preset: LocalPreset) -> str:
 
 def weights_digest(config: RunConfig) -> str | None:
     """sha256 of a weights file (None for imagenet / none); checks --weights-sha256 when given."""
-    weights = weights_argument(config.weights)
-    if weights in (None, "imagenet"):
+    weights = config.weights_file
+    if weights is None:
         return None
     if config.weights_sha256 and not files.is_local(weights):
         return config.weights_sha256  # remote: the workers verify their copies, no need to read it here too
@@ -105,7 +105,7 @@ def run_fingerprint(config: RunConfig, outputs: dict[str, int], weights_sha256: 
             family=info.family.name, versions={name: package_version(name) for name in _VERSIONED})
     return Fingerprint(
         backbone=config.model,
-        weights=stored_weights(weights_argument(config.weights)),
+        weights=stored_weights(config.weights),
         weights_sha256=weights_sha256,
         weights_ordering=config.weights_ordering if weights_sha256 else None,
         predictions=config.predictions,
@@ -140,7 +140,7 @@ class Job:
     started_at: float
     progress_dir: str | None = None  # set by run() for local runners: the progress line's channel
     class_names: list[str] | None = None  # --predictions: every class's name, handed to the workers
-    staged: StagedPlan | None = None  # set by stage_plan: the plan in the store, which the graph reads
+    uploaded: UploadedPlan | None = None  # set by upload_plan: the plan in the store, which the graph reads
     preset: LocalPreset | None = None  # a hub model's preset, copied into the store before the workers start
 
 
@@ -152,8 +152,8 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     if hub.is_hub(config.model) and os.path.isdir(os.path.expanduser(hub.preset_of(config.model))):
         # a preset folder: the fingerprint names it the same from any working folder (--resume compares it)
         changes["model"] = hub.HUB_PREFIX + os.path.abspath(os.path.expanduser(hub.preset_of(config.model)))
-    weights = weights_argument(config.weights)
-    if weights not in (None, "imagenet") and files.is_local(weights):
+    weights = config.weights_file
+    if weights is not None and files.is_local(weights):
         changes["weights"] = os.path.abspath(weights)
     return replace(config, **changes)
 
@@ -190,25 +190,25 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
                plan, identity, started_at, class_names=class_names, preset=preset)
 
 
-def stage_plan(job: Job) -> StagedPlan:
+def upload_plan(job: Job) -> UploadedPlan:
     """Copy the plan into the store, where the workers read it (before `build`)."""
-    job.staged = stage(job.plan.writer, job.config.output)
-    return job.staged
+    job.uploaded = upload(job.plan.writer, job.config.output)
+    return job.uploaded
 
 
 def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
-    """Wire PlannedUnits -> ProcessUnits -> WriteManifest into `p` (after `stage_plan`); returns the
+    """Wire PlannedUnits -> ProcessUnits -> WriteManifest into `p` (after `upload_plan`); returns the
     manifest PCollection."""
     config, plan = job.config, job.plan
-    if job.staged is None:
-        raise RuntimeError("build() reads the plan from the store: call stage_plan(job) first")
-    units = p | "PlannedUnits" >> PlannedUnits(job.staged, config.output)
+    if job.uploaded is None:
+        raise RuntimeError("build() reads the plan from the store: call upload_plan(job) first")
+    units = p | "PlannedUnits" >> PlannedUnits(job.uploaded, config.output)
     decode = job.fingerprint.decode_spec(config.max_pixels)
-    entries = units | "ProcessUnits" >> ProcessUnits(
-        config.output, job.handler, decode, config.format, job.manifest["fingerprint"], config.batch_size,
-        job.progress_dir, config.max_error_rate, plan.pending_inputs, job.class_names)
+    settings = UnitSettings(config.output, decode, config.format, job.manifest["fingerprint"], config.batch_size,
+                            job.progress_dir, config.max_error_rate, plan.pending_inputs, job.class_names)
+    entries = units | "ProcessUnits" >> ProcessUnits(job.handler, settings)
     return entries | "WriteManifest" >> manifest.WriteManifest(
-        config.output, job.manifest, job.started_at, job.staged)
+        config.output, job.manifest, job.started_at, job.uploaded)
 
 
 def dry_run_report(job: Job) -> dict[str, Any]:
@@ -324,7 +324,7 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
             return manifest.finalize_store(config.output, job.manifest, job.started_at)
         if job.preset is not None:  # the workers load these bytes, never the hub
             hub.publish_preset(job.preset.folder, job.preset.files, files.join(config.output, preset_folder(job.preset)))
-        stage_plan(job)
+        upload_plan(job)
         result = _run_pipeline(job, log)
     except Exception as exc:  # noqa: BLE001 - logged in full, raised again as one sentence (RunFailed)
         raise log.failed(exc) from exc

@@ -28,12 +28,13 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipeline.elements import STAGES
-from pipeline.files import READ_THREADS, join, read_json, read_many
+from pipeline.files import READ_THREADS, join, read_json, in_parallel
 from pipeline.inputs.listing import Listing
 from pipeline.job import journal
 from pipeline.job.config import RunConfig
+from pipeline.job.entries import ErrorCounts
 from pipeline.job.hdf5 import write_virtual_store
-from pipeline.job.plan_files import StagedPlan, planned_unit_ids
+from pipeline.job.plan_files import UploadedPlan, planned_unit_ids
 from pipeline.job.units import LISTED_LIMIT, Plan
 from pipeline.logs import JobError
 from pipeline.store.schema import MANIFEST, STATE_DIR, VIRTUAL_STORE
@@ -86,27 +87,14 @@ def withdraw(output: str) -> None:
         FileSystems.delete(stale)
 
 
-def most_common_errors(entries: Iterable[dict[str, Any]], top: int = 5) -> list[dict[str, Any]]:
-    """[{"error": "decode UnidentifiedImageError", "count": 312, "example": "key: message"}, ...]."""
-    counts: dict[str, int] = {}
-    examples: dict[str, str] = {}
-    for entry in entries:
-        for kind, count in entry.get("errors_by_type", {}).items():
-            counts[kind] = counts.get(kind, 0) + count
-            examples.setdefault(kind, entry.get("error_examples", {}).get(kind, ""))
-    ranked = sorted(counts.items(), key=lambda item: (-item[1], item[0]))[:top]
-    return [{"error": kind, "count": count, "example": examples[kind]} for kind, count in ranked]
-
-
-def check_error_rate(inputs: int, errors: int, entries: Iterable[dict[str, Any]], limit: float | None,
-                     expected: int | None = None) -> None:
+def check_error_rate(inputs: int, errors: ErrorCounts, limit: float | None, expected: int | None = None) -> None:
     """Raise JobError when more than `limit` of at least min(1000, expected or all) inputs are error rows."""
     if limit is None or not inputs or inputs < min(ERROR_RATE_SAMPLE, expected or inputs):
         return
-    if errors / inputs > limit:
-        top = most_common_errors(entries, top=1)
+    if errors.total / inputs > limit:
+        top = errors.most_common(top=1)
         common = f"; most common: {top[0]['error']} ({top[0]['count']:,}), e.g. {top[0]['example']}" if top else ""
-        raise JobError(f"{errors / inputs:.1%} of {inputs:,} inputs are error rows, more than --max-error-rate "
+        raise JobError(f"{errors.total / inputs:.1%} of {inputs:,} inputs are error rows, more than --max-error-rate "
                        f"{limit:g}{common}; the run stopped without a manifest: fix the inputs or raise the "
                        f"rate, then run again with --resume")
 
@@ -127,7 +115,7 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
     object store).
     """
     # Summaries: a files unit's entry names every key it holds, 10^8 of them in a large store.
-    entries = {entry["unit"]: journal.summary(entry) for entry in journal.iter_committed_units(output, threads)}
+    entries = {entry.unit: entry.summary() for entry in journal.iter_committed_units(output, threads)}
     expected_units = set(expected_units)
     missing = sorted(expected_units - set(entries))
     if missing:
@@ -135,36 +123,34 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
                            f"the output is incomplete and has no manifest: run again with --resume")
     entries = [entries[unit] for unit in sorted(entries)]
     for entry in entries:
-        if entry["inputs"] != entry["rows"] + entry["errors"]:
-            raise RuntimeError(f"unit {entry['unit']} lost track of inputs; the output has no manifest")
-    feature_files = [entry["files"]["features"] for entry in entries if "features" in entry["files"]]
-    error_files = [entry["files"]["errors"] for entry in entries if "errors" in entry["files"]]
-    by_stage = {stage: sum(entry["errors_by_stage"].get(stage, 0) for entry in entries) for stage in STAGES}
+        entry.check_counts()
+    feature_files = [entry.files["features"] for entry in entries if "features" in entry.files]
+    error_files = [entry.files["errors"] for entry in entries if "errors" in entry.files]
+    errors = ErrorCounts.of(entries)
     counts = dict(template.get("counts", {}))
-    counts.update(inputs=sum(e["inputs"] for e in entries), rows=sum(e["rows"] for e in entries),
-                  errors=sum(e["errors"] for e in entries), errors_by_stage=by_stage)
+    counts.update(inputs=sum(e.inputs for e in entries), rows=sum(e.rows for e in entries), errors=errors.total,
+                  errors_by_stage={stage: errors.by_stage.get(stage, 0) for stage in STAGES})
     if template["format"] == "hdf5":
         fingerprint = template["fingerprint"]
         rows = write_virtual_store(output, [join(output, path) for path in feature_files],
                                    fingerprint["outputs"], fingerprint["dtype"], fingerprint)
     else:
-        rows = sum(read_many(_parquet_rows, [join(output, path) for path in feature_files], threads))
+        rows = sum(in_parallel(_parquet_rows, [join(output, path) for path in feature_files], threads))
     if rows != counts["rows"]:  # the files must hold what the journal says, or nothing claims completeness
         raise RuntimeError(f"the feature files hold {rows} rows but the journal says {counts['rows']}; "
                            f"the output has no manifest")
-    this_run = [entry for entry in entries if entry["unit"] in expected_units]
-    check_error_rate(sum(e["inputs"] for e in this_run), sum(e["errors"] for e in this_run), this_run,
+    this_run = [entry for entry in entries if entry.unit in expected_units]
+    check_error_rate(sum(e.inputs for e in this_run), ErrorCounts.of(this_run),
                      template.get("config", {}).get("max_error_rate"))
     journal.remove_orphans(output, entries)
     journal.failpoint("manifest")
     elapsed = time.time() - started_at
     processed = counts["inputs"] - counts.get("reused", 0)
-    if any("batch_size" in entry for entry in this_run):  # some worker ran out of accelerator memory
-        template = dict(template, out_of_memory={
-            "smallest_batch_size": min(e["batch_size"] for e in this_run if "batch_size" in e),
-            "units": sum("batch_size" in e for e in this_run)})
+    halved = [entry.batch_size for entry in this_run if entry.batch_size is not None]
+    if halved:  # some worker ran out of accelerator memory
+        template = dict(template, out_of_memory={"smallest_batch_size": min(halved), "units": len(halved)})
     document = dict(template, counts=counts, files={"features": feature_files, "errors": error_files},
-                    errors_top=most_common_errors(entries),
+                    errors_top=errors.most_common(),
                     units={"committed": len(entries), "processed": len(expected_units)},
                     wall_time_s=round(elapsed, 3),
                     images_per_s=round(processed / elapsed, 3) if elapsed > 0 else None,
@@ -187,7 +173,7 @@ def with_metrics(output: str, metrics: dict[str, Any]) -> dict[str, Any]:
 class _Finalize(beam.DoFn):
     """Runs once, after every unit of the run is committed (its side input is their journal entries)."""
 
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: StagedPlan):
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: UploadedPlan):
         self._output, self._template, self._started_at = output, template, started_at
         self._plan = plan
 
@@ -200,14 +186,14 @@ class WriteManifest(beam.PTransform):
     written once every unit is committed; every unit of `plan` (read from the store) must be
     there (see `finalize_store`)."""
 
-    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: StagedPlan):
+    def __init__(self, output: str, template: dict[str, Any], started_at: float, plan: UploadedPlan):
         super().__init__()
         self._output, self._template, self._started_at = output, template, started_at
         self._plan = plan
 
     def expand(self, entries):
         # Only the ids wait for the side input: a files unit's entry carries every key it holds.
-        done = entries | "UnitIds" >> beam.Map(lambda entry: entry["unit"])
+        done = entries | "UnitIds" >> beam.Map(lambda entry: entry.unit)
         return (entries.pipeline
                 | "Trigger" >> beam.Create([None])
                 | "Finalize" >> beam.ParDo(_Finalize(self._output, self._template, self._started_at, self._plan),

@@ -3,7 +3,7 @@
 The job graph carries where the plan is and how many parts it has, never the units themselves:
 a `beam.Create` of a million files' member lists is ~6 MB of graph, and Dataflow refuses graphs
 over 10 MB. The launcher writes the plan to one local file while planning (`PlanWriter`), and
-`stage` cuts it into parts and copies them into the store before the pipeline starts:
+`upload` cuts it into parts and copies them into the store before the pipeline starts:
 
     _featurize/plan/RUN/units-NNNNN.jsonl.gz   one JSON line per unit to process, consecutive lines
                                                spread evenly over min(units, PLAN_PARTS) parts;
@@ -30,6 +30,7 @@ from typing import Any, Iterator, NamedTuple
 
 from pipeline import files
 from pipeline.elements import ErrorRecord, RecordFields, WorkUnit
+from pipeline.job.entries import UnitEntry
 from pipeline.store.schema import PLAN_DIR
 
 PLAN_PARTS = 1024
@@ -39,10 +40,10 @@ LOCAL_PLAN = (PENDING_LINES, STORE_LINES)
 PENDING, STORE = "pending", "store"  # what a plan line gives: a unit to process, or a unit of the store to dedupe against
 
 
-class StagedPlan(NamedTuple):
+class UploadedPlan(NamedTuple):
     """What the job graph carries of a plan: its folder in the store and its size."""
     folder: str
-    files: int  # parts
+    parts: int  # plan files, read by as many workers
     shards: bool  # shard units: keys are checked across the store, committed units included
 
 
@@ -105,11 +106,9 @@ class PlanWriter:
         self.units += 1
         self.shards = self.shards or unit.layout != "files"
 
-    def add_committed(self, entry: dict[str, Any]) -> None:
-        """A committed shard unit, for the duplicate-key check: its id, shard and kept keys' file."""
-        self._write(STORE_LINES, {STORE: {
-            "unit": entry["unit"], "layout": entry.get("layout", "tar"), "source": entry["source"],
-            "files": {role: path for role, path in entry.get("files", {}).items() if role == "keys"}}})
+    def add_committed(self, entry: UnitEntry) -> None:
+        """A committed shard unit, for the duplicate-key check (its id, shard and kept keys' file)."""
+        self._write(STORE_LINES, {STORE: entry.summary().to_json()})
         self.shards = True
 
     def close(self) -> None:
@@ -132,7 +131,7 @@ def _shares(total: int, count: int) -> list[int]:
     return [each + (index < extra) for index in range(count)]
 
 
-def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
+def upload(writer: PlanWriter, output: str, threads: int = 8) -> UploadedPlan:
     """Copy a closed plan into the store (`_featurize/plan/RUN/`) in `parts(units)` parts, the units to
     process and the committed units spread evenly over them, replacing any earlier run's plan."""
     root = files.join(output, PLAN_DIR)
@@ -152,22 +151,22 @@ def stage(writer: PlanWriter, output: str, threads: int = 8) -> StagedPlan:
                 part.writelines(itertools.islice(lines, shares[index]))
     folder = files.join(root, time.strftime("%Y%m%dT%H%M%S") + "-" + uuid.uuid4().hex[:8])
     names = [UNIT_IDS] + [part_name(index) for index in range(count)]
-    files.read_many(lambda name: files.upload(os.path.join(writer.folder, name), files.join(folder, name)), names,
+    files.in_parallel(lambda name: files.upload(os.path.join(writer.folder, name), files.join(folder, name)), names,
                     threads)
     for name in names[1:]:  # the store has them now
         os.remove(os.path.join(writer.folder, name))
-    return StagedPlan(folder, count, writer.shards)
+    return UploadedPlan(folder, count, writer.shards)
 
 
-def read_plan_file(index: int, plan: StagedPlan) -> Iterator[tuple[str, Any]]:
+def read_plan_part(index: int, plan: UploadedPlan) -> Iterator[tuple[str, Any]]:
     """Part `index` of `plan`: (PENDING, WorkUnit) for a unit to process and, for shard plans, (STORE, (WorkUnit, committed
     entry or None)) for every unit of the store: what the duplicate-key check scans or loads."""
     with files.open_read(files.join(plan.folder, part_name(index)), decompress=True) as handle:
         for line in iter(handle.readline, b""):
             record = json.loads(line)
             if STORE in record:
-                entry = record[STORE]
-                yield STORE, (WorkUnit(entry["unit"], entry["layout"], entry["source"]), entry)
+                entry = UnitEntry.from_json(record[STORE])
+                yield STORE, (WorkUnit(entry.unit, entry.layout, entry.source), entry)
                 continue
             unit = unit_from_record(record)
             yield PENDING, unit
@@ -175,7 +174,7 @@ def read_plan_file(index: int, plan: StagedPlan) -> Iterator[tuple[str, Any]]:
                 yield STORE, (unit, None)
 
 
-def planned_unit_ids(plan: StagedPlan) -> list[str]:
+def planned_unit_ids(plan: UploadedPlan) -> list[str]:
     """The id of every unit the plan processes."""
     with files.open_read(files.join(plan.folder, UNIT_IDS)) as handle:
         return handle.read().decode("utf-8").split()

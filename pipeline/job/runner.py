@@ -1,10 +1,14 @@
-"""The Beam runner as featurize uses it: its options, the local workers and their TensorFlow threads,
-the job service probe, and the metrics a finished pipeline reports."""
+"""The Beam runner as featurize uses it: `featurize run`'s arguments split from Beam's (`parse_run_args`,
+which refuses an argument neither knows), the runner's options, the local workers and their TensorFlow
+threads, the job service probe, and the metrics a finished pipeline reports."""
 from __future__ import annotations
 
+import argparse
+import dataclasses
+import difflib
 import os
 import sys
-from typing import Any, Sequence
+from typing import Any, NoReturn, Sequence
 
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions, PortableOptions, StandardOptions
@@ -12,9 +16,148 @@ from apache_beam.runners.runner import PipelineResult
 
 from pipeline.elements import METRICS_NAMESPACE
 from pipeline.errors import ConfigError
-from pipeline.job.config import DASK_RUNNER, RunConfig, names_dask_runner
+from pipeline.job.config import RunConfig, field_kind, flag_name, resolve
 
 LOCAL_RUNNERS = ("FnApiRunner", "DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
+
+
+class _GivenOnce(argparse.Action):
+    """A flag that takes one value. argparse keeps the last of two silently, so `--input a/ --input b/`
+    would drop a/ without a word: two different values are refused instead."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        previous = getattr(namespace, self.dest, None)
+        if previous is not None and previous != values:
+            fix = ("featurize reads one input, so give one glob over several folders ('{a,b}/' or 'data/*/') "
+                   "or a path list" if self.dest == "input" else "it takes one value")
+            raise ConfigError(f"{option_string} is given twice ({previous!r} and {values!r}); {fix}")
+        setattr(namespace, self.dest, values)
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The `featurize run` flags, one per RunConfig field, plus --config.
+
+    Defaults are None so a preset's values survive unless a flag is given; values stay
+    strings here so that flags and presets share one conversion (and its messages) in resolve().
+    """
+    parser.add_argument("--config", action=_GivenOnce, help="YAML preset; flags override its values")
+    for f in dataclasses.fields(RunConfig):
+        if field_kind(f.name)[0] is bool:
+            parser.add_argument(flag_name(f), dest=f.name, action="store_false" if f.default else "store_true",
+                                default=None, help=f.metadata["help"])
+        else:
+            parser.add_argument(flag_name(f), dest=f.name, action=_GivenOnce, help=f.metadata["help"])
+
+
+class _OneSentenceParser(argparse.ArgumentParser):
+    """argparse that raises ConfigError instead of printing usage and exiting."""
+
+    def error(self, message: str) -> NoReturn:
+        raise ConfigError(message)
+
+
+def beam_parser() -> argparse.ArgumentParser:
+    """A parser of every Apache Beam pipeline option, collected from Beam itself.
+
+    That is every PipelineOptions subclass imported so far (Beam's own, and those of any
+    runner or user module), so a new Beam release or a custom options class needs no list here.
+    Like Beam (`allow_abbrev=False`), it accepts full option names only.
+    """
+    from apache_beam.options import pipeline_options
+
+    # Beam's parser class: some options classes call its add_value_provider_argument.
+    class Parser(pipeline_options._BeamArgumentParser):
+        def error(self, message: str) -> NoReturn:
+            raise ConfigError(f"Apache Beam {message}")
+
+    # conflict_handler="resolve": an option declared by two classes is known once, not an error.
+    parser = Parser(allow_abbrev=False, add_help=False, conflict_handler="resolve")
+    pending, seen = [pipeline_options.PipelineOptions], set()
+    while pending:
+        for cls in pending.pop().__subclasses__():
+            if cls not in seen:
+                seen.add(cls)
+                pending.append(cls)
+                try:
+                    cls._add_argparse_args(parser)  # pylint: disable=protected-access
+                except argparse.ArgumentError:  # a clash within one class must not hide the others' options
+                    pass
+    return parser
+
+
+DASK_RUNNER = "apache_beam.runners.dask.dask_runner.DaskRunner"
+
+
+def _flag_value(args: Sequence[str], flag: str) -> str | None:
+    """The value of `flag` in `args` (`--flag v` or `--flag=v`; the last one given), or None."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg == flag and i + 1 < len(args):
+            value = args[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def runner_name(runner: str | None) -> str:
+    """`apache_beam.runners.dask.dask_runner.DaskRunner` or `DaskRunner` -> `DaskRunner`."""
+    return (runner or "").rsplit(".", 1)[-1]
+
+
+def names_dask_runner(args: Sequence[str]) -> bool:
+    """Whether Beam's --runner is the DaskRunner, by its short name or its full path."""
+    return runner_name(_flag_value(args, "--runner")).lower() in ("daskrunner", "dask")
+
+
+def is_dask(args: Sequence[str]) -> bool:
+    """Whether Beam's arguments need the DaskRunner's options (its name, or any --dask_ flag)."""
+    return names_dask_runner(args) or any(arg.startswith("--dask_") for arg in args)
+
+
+def import_dask_runner() -> None:
+    """Declare the DaskRunner's --dask_* options: Beam adds them only once its module is imported."""
+    try:
+        import apache_beam.runners.dask.dask_runner  # noqa: F401 - imported for its DaskOptions
+        import dask.distributed  # noqa: F401 - Beam's module imports without it, then fails at run time
+    except ImportError as exc:
+        raise ConfigError(f"the DaskRunner needs dask.distributed ({exc}); install it with "
+                          f"pip install 'featurize[dask]'") from None
+
+
+def _options(parser: argparse.ArgumentParser) -> list[str]:
+    return [s for action in parser._actions for s in action.option_strings]  # pylint: disable=protected-access
+
+
+def _close_flag(name: str, known: Sequence[str]) -> str:
+    bare = {k.lstrip("-"): k for k in known}  # compare names, not the `--` every flag shares
+    close = difflib.get_close_matches(name.lstrip("-"), list(bare), n=1)
+    return f" (did you mean {bare[close[0]]!r}?)" if close else ""
+
+
+def parse_run_args(argv: Sequence[str]) -> tuple[RunConfig, list[str]]:
+    """`featurize run` arguments -> (the validated config, the arguments left for Apache Beam).
+
+    An argument that is neither a featurize flag nor a Beam pipeline option (nor the value
+    of one) is a ConfigError: Beam would drop a misspelt flag with a mere log warning.
+    """
+    parser = _OneSentenceParser(prog="featurize run", description="Extract features from images.",
+                                allow_abbrev=False)  # exact names, as Beam: `--batch` is not `--batch-size`
+    add_run_arguments(parser)
+    flags, rest = parser.parse_known_args(list(argv))
+    if is_dask(rest):
+        import_dask_runner()
+    beam = beam_parser()
+    _, unknown = beam.parse_known_args(rest)  # consumes each Beam flag's value too, in either form
+    if unknown:
+        arg = unknown[0]
+        if arg.startswith("-"):
+            name = arg.split("=", 1)[0]
+            raise ConfigError(f"option {name!r} is neither a featurize option nor an Apache Beam pipeline option"
+                              f"{_close_flag(name, _options(parser) + _options(beam))}; "
+                              f"run `featurize run --help` for featurize's options")
+        raise ConfigError(f"argument {arg!r} is neither an option nor the value of one; give each value after "
+                          f"its flag (--input PATH); run `featurize run --help` for featurize's options")
+    return resolve(flags), rest
 
 
 def _given(args: Sequence[str], flag: str) -> bool:
@@ -46,8 +189,7 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
 
 def local_workers(options: PipelineOptions) -> int | None:
     """How many local worker processes share this machine's cores, or None on a cluster runner."""
-    runner = options.view_as(StandardOptions).runner or "FnApiRunner"
-    if runner.rsplit(".", 1)[-1] not in LOCAL_RUNNERS:
+    if runner_name(options.view_as(StandardOptions).runner or "FnApiRunner") not in LOCAL_RUNNERS:
         return None
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode != "multi_processing":
@@ -75,7 +217,7 @@ def tf_threads_per_worker(config: RunConfig, options: PipelineOptions) -> int | 
 def check_job_endpoint(options: PipelineOptions, timeout_s: float = 10.0) -> None:
     """A portable submission to a job service that is not listening would hang for minutes: probe it."""
     endpoint = options.view_as(PortableOptions).job_endpoint
-    runner = (options.view_as(StandardOptions).runner or "").rsplit(".", 1)[-1]
+    runner = runner_name(options.view_as(StandardOptions).runner)
     if not endpoint or runner not in ("PortableRunner", "FlinkRunner", "SparkRunner") or endpoint == "embed":
         return
     import grpc
@@ -93,7 +235,7 @@ def check_job_endpoint(options: PipelineOptions, timeout_s: float = 10.0) -> Non
 def metrics_summary(result: PipelineResult, runner: str | None = None) -> dict[str, Any]:
     """Committed featurize counters and distributions, plus per-stage time and images/s; for a runner
     that reports none, {"unavailable": why}, so the manifest never shows zeros it did not count."""
-    name = (runner or type(result).__name__).rsplit(".", 1)[-1]
+    name = runner_name(runner or type(result).__name__)
     try:
         queried = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
     except NotImplementedError:  # the DaskRunner's metrics() raises it

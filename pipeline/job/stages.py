@@ -4,7 +4,7 @@
 Each unit is read, decoded, run through the backbone in fixed-size batches and written by one
 DoFn call, then committed, from `process()`, so a unit is in the store as soon as it is done
 (the local runner would only run a `finish_bundle` at the very end of the stage) and nothing per
-image crosses a shuffle. The counters every stage reports (`StageMetrics`), decoding one record
+image crosses a shuffle. The counters every stage reports (`RunCounters`), decoding one record
 (`decode_record`) and a store row (`feature_row`) are shared with the library transforms
 (`pipeline.transforms`).
 """
@@ -15,6 +15,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from dataclasses import dataclass, replace
 from typing import Any, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -27,40 +28,37 @@ from pipeline.inputs.reading import unit_records
 from pipeline.inputs.retries import retry_transient
 from pipeline.job import journal
 from pipeline.job.dedupe import FindDuplicateKeys, items_tagged, key_hashes
+from pipeline.job.entries import ErrorCounts, UnitEntry
 from pipeline.job.manifest import check_error_rate
-from pipeline.job.plan_files import PENDING, STORE, StagedPlan, read_plan_file
+from pipeline.job.plan_files import PENDING, STORE, UploadedPlan, read_plan_part
 from pipeline.job.progress import ProgressWriter
 from pipeline.job.writer import UnitWriter
 from pipeline.model.handler import KerasBackboneHandler, LoadedModel
 from pipeline.model.predictions import CLASSIFIER_OUTPUT, top_classes
 
 class _ErrorTally:
-    """What a worker process committed for one job: inputs, error rows and their kinds, for
-    --max-error-rate. Kept per process, not per DoFn instance: the DaskRunner runs setup() for
-    every partition (one unit each), so an instance sees a single unit."""
+    """What a worker process committed for one job: inputs and error rows, for --max-error-rate. Kept per
+    process, not per DoFn instance: the DaskRunner runs setup() for every partition (one unit each),
+    so an instance sees a single unit."""
 
     _lock = threading.Lock()
     _jobs: dict[str, "_ErrorTally"] = {}
 
     def __init__(self):
-        self.inputs = self.errors = 0
-        self.kinds: Counter[str] = Counter()
-        self.examples: dict[str, str] = {}
+        self.inputs = 0
+        self.errors = ErrorCounts()
 
     @classmethod
     def of(cls, job: str) -> "_ErrorTally":
         with cls._lock:
             return cls._jobs.setdefault(job, cls())
 
-    def add(self, entry: dict[str, Any]) -> tuple[int, int, list[dict[str, Any]]]:
-        """Count a committed entry; returns (inputs, errors, the tally as the one entry check_error_rate reads)."""
+    def check(self, entry: UnitEntry, limit: float | None, expected: int | None) -> None:
+        """Count a committed entry, then stop the run if this process has seen too many error rows."""
         with self._lock:
-            self.inputs += entry["inputs"]
-            self.errors += entry["errors"]
-            self.kinds.update(entry.get("errors_by_type", {}))
-            for kind, example in entry.get("error_examples", {}).items():
-                self.examples.setdefault(kind, example)
-            return self.inputs, self.errors, [{"errors_by_type": dict(self.kinds), "error_examples": dict(self.examples)}]
+            self.inputs += entry.inputs
+            self.errors.merge(entry.errors)
+            check_error_rate(self.inputs, self.errors, limit, expected)
 
 
 def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray] | ErrorRecord:
@@ -72,7 +70,7 @@ def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.
     return ImageMeta(record.key, record.uri, width, height), pixels
 
 
-class StageMetrics:
+class RunCounters:
     """The `featurize` counters every stage reports (see README, Progress and metrics).
 
     Counts are collected in `pending` and reported by `flush()`: once per committed unit
@@ -110,7 +108,7 @@ class StageMetrics:
             self.pending["decoded"] += 1
 
 
-def _timed(iterator: Iterator, metrics: StageMetrics) -> Iterator:
+def _timed(iterator: Iterator, metrics: RunCounters) -> Iterator:
     """Yield from `iterator`, adding the time spent inside it (reading) to the read-stage time."""
     while True:
         started = time.perf_counter()
@@ -123,32 +121,42 @@ def _timed(iterator: Iterator, metrics: StageMetrics) -> Iterator:
         yield item
 
 
+@dataclass(frozen=True)
+class UnitSettings:
+    """What `ProcessUnits` needs of a run besides its model."""
+    output: str
+    decode: DecodeSpec
+    format: str  # parquet or hdf5
+    fingerprint: dict[str, Any]  # the store's: outputs and dtype of its rows
+    batch_size: int
+    progress_dir: str | None = None  # local runners: where the progress line reads finished images
+    max_error_rate: float | None = None
+    expected_inputs: int | None = None  # the run's inputs when known before reading (files)
+    class_names: list[str] | None = None  # --predictions: every class's name
+
+
 class _ProcessUnit(beam.DoFn):
     """(WorkUnit, {member position: where its key is kept}, image members scanned or None)
-    -> the unit's journal entry, once committed."""
+    -> the unit's journal entry (UnitEntry), once committed."""
 
-    def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
-                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
-                 max_error_rate: float | None = None, expected_inputs: int | None = None,
-                 class_names: list[str] | None = None):
-        self._output, self._handler, self._decode, self._format = output, handler, decode, fmt
-        self._top = TopClasses(fingerprint.get("predictions") or 0, class_names)
-        self._fingerprint, self._batch_size, self._progress_dir = fingerprint, batch_size, progress_dir
-        self._max_error_rate, self._expected_inputs = max_error_rate, expected_inputs
+    def __init__(self, handler: KerasBackboneHandler, settings: UnitSettings):
+        self._handler, self._settings = handler, settings
+        self._top = TopClasses(settings.fingerprint.get("predictions") or 0, settings.class_names)
         self._model_tag = LoadedModel.new_tag()  # pickled: one tag for every worker of the job
-        self._dtype = np.dtype(fingerprint["dtype"])
+        self._dtype = np.dtype(settings.fingerprint["dtype"])
 
     def setup(self):
+        progress_dir = self._settings.progress_dir
         self._model = LoadedModel(self._handler, self._model_tag)
         self._tally = _ErrorTally.of(self._model_tag)  # this process's committed units, for --max-error-rate
-        self._metrics = StageMetrics()
-        self._progress = (ProgressWriter(self._progress_dir)
-                          if self._progress_dir and os.path.isdir(self._progress_dir) else None)
+        self._metrics = RunCounters()
+        self._progress = ProgressWriter(progress_dir) if progress_dir and os.path.isdir(progress_dir) else None
 
     def process(self, element: tuple[WorkUnit, dict[int, str], int | None]):
         unit, losers, scanned = element
-        committed = journal.read_journal(self._output, unit.unit_id)
-        if journal.is_final(committed):  # an earlier attempt of this job committed it
+        settings = self._settings
+        committed = journal.read_journal(settings.output, unit.unit_id)
+        if committed is not None and committed.is_final:  # an earlier attempt of this job committed it
             yield committed
             return
         # A transient read failure (connection reset, timeout) redoes the whole unit: nothing of it is kept.
@@ -157,12 +165,12 @@ class _ProcessUnit(beam.DoFn):
         if self._progress:
             self._progress.unit_done()
         # Stop early on what this worker has seen; the manifest step judges the whole run.
-        inputs, errors, summary = self._tally.add(committed)
-        check_error_rate(inputs, errors, summary, self._max_error_rate, self._expected_inputs)
+        self._tally.check(committed, settings.max_error_rate, settings.expected_inputs)
         yield committed
 
-    def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> dict[str, Any]:
-        writer = UnitWriter(self._output, unit.unit_id, self._format, self._fingerprint)
+    def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> UnitEntry:
+        settings = self._settings
+        writer = UnitWriter(settings.output, unit.unit_id, settings.format, settings.fingerprint)
         try:
             entry, kept = self._write_unit(unit, losers, scanned, writer)
             committed = writer.commit(entry, kept)
@@ -173,8 +181,12 @@ class _ProcessUnit(beam.DoFn):
         self._metrics.pending["units"] += 1
         return committed
 
-    def _write_unit(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None, writer: UnitWriter):
+    def _write_unit(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None,
+                    writer: UnitWriter) -> tuple[UnitEntry, np.ndarray | None]:
+        """Every input of the unit into `writer`; the unit's entry (before its counts) and, for a shard, the
+        hashes of the keys it keeps."""
         metrics, batch, inputs, kept_keys, unreadable = self._metrics, [], 0, [], False
+        batch_size = self._settings.batch_size
         for item in _timed(unit_records(unit, losers, scanned), metrics):
             inputs += 1
             metrics.read(item)
@@ -186,7 +198,7 @@ class _ProcessUnit(beam.DoFn):
                 continue
             kept_keys.append(item.key)
             started = time.perf_counter()
-            decoded = decode_record(item, self._decode)
+            decoded = decode_record(item, self._settings.decode)
             metrics.decode_seconds += time.perf_counter() - started
             metrics.decoded(decoded)
             if self._progress:
@@ -195,24 +207,21 @@ class _ProcessUnit(beam.DoFn):
                 writer.add_error(decoded)
                 continue
             batch.append(decoded)
-            if len(batch) == self._batch_size:
+            if len(batch) == batch_size:
                 self._infer(batch, writer)
                 batch = []
                 journal.failpoint("unit-read")
         if batch:
             self._infer(batch, writer)
-        # Which worker process did the unit: how a cluster run's spread shows in the journal.
-        entry = {"layout": unit.layout, "source": unit.source, "inputs": inputs,
-                 "worker": f"{socket.gethostname()}:{os.getpid()}"}
         size = self._model.current_batch_size()
-        if size is not None and size < self._batch_size:
-            entry["batch_size"] = size  # halved after running out of memory
-        if unreadable:  # a missing shard or file may be there next time: a --resume reads this unit again
-            entry["retry"] = True
+        entry = UnitEntry(
+            unit.unit_id, unit.layout, unit.source, inputs,
+            worker=f"{socket.gethostname()}:{os.getpid()}",
+            batch_size=size if size is not None and size < batch_size else None,
+            retry=unreadable)  # a missing shard or file may be there next time: a --resume reads this unit again
         if unit.layout == "files":
-            entry["keys"] = sorted({key for key, _ in unit.members} | {e.key for e in unit.rejected})
-            entry["rejected"] = sorted((e.key, e.uri) for e in unit.rejected)
-            return entry, None
+            return replace(entry, keys=tuple(sorted({key for key, _ in unit.members} | {e.key for e in unit.rejected})),
+                           rejected=tuple(sorted((e.key, e.uri) for e in unit.rejected))), None
         return entry, key_hashes(kept_keys)
 
     def _infer(self, batch: list[tuple[ImageMeta, np.ndarray]], writer: UnitWriter) -> None:
@@ -276,14 +285,14 @@ class PlannedUnits(beam.PTransform):
     same size for 10^4 files and 10^8.
     """
 
-    def __init__(self, plan: StagedPlan, output: str):
+    def __init__(self, plan: UploadedPlan, output: str):
         super().__init__()
         self._plan, self._output = plan, output
 
     def expand(self, pbegin):
-        records = (pbegin | "PlanFiles" >> beam.Create(list(range(self._plan.files)))
-                   | "SpreadPlanFiles" >> beam.Reshuffle()
-                   | "ReadPlan" >> beam.FlatMap(read_plan_file, self._plan))
+        records = (pbegin | "PlanParts" >> beam.Create(list(range(self._plan.parts)))
+                   | "SpreadPlanParts" >> beam.Reshuffle()
+                   | "ReadPlan" >> beam.FlatMap(read_plan_part, self._plan))
         units = records | "Units" >> beam.FlatMap(items_tagged(PENDING))
         store = None
         if self._plan.shards:
@@ -295,7 +304,7 @@ class ReadUnit(beam.DoFn):
     """(WorkUnit, losers) -> its ImageRecords; read errors (and duplicate keys) -> 'errors'."""
 
     def setup(self):
-        self._metrics = StageMetrics()
+        self._metrics = RunCounters()
 
     def finish_bundle(self):
         self._metrics.flush()
@@ -313,18 +322,14 @@ class ProcessUnits(beam.PTransform):
     """Read -> decode -> infer -> write -> commit, one work unit per element.
 
     Input: a PCollection of (WorkUnit, {member position: where its key is kept}) (see
-    `pipeline.job.dedupe`). Output: the journal entry of every unit, once committed into
-    `output` (see `pipeline.job.journal`). Every input of a unit ends in exactly one place: a
+    `pipeline.job.dedupe`). Output: the journal entry (UnitEntry) of every unit, once committed into
+    `settings.output` (see `pipeline.job.journal`). Every input of a unit ends in exactly one place: a
     feature row or an error row (stages read, decode, infer).
     """
 
-    def __init__(self, output: str, handler: KerasBackboneHandler, decode: DecodeSpec, fmt: str,
-                 fingerprint: dict[str, Any], batch_size: int, progress_dir: str | None = None,
-                 max_error_rate: float | None = None, expected_inputs: int | None = None,
-                 class_names: list[str] | None = None):
+    def __init__(self, handler: KerasBackboneHandler, settings: UnitSettings):
         super().__init__()
-        self._dofn = _ProcessUnit(output, handler, decode, fmt, fingerprint, batch_size, progress_dir,
-                                  max_error_rate, expected_inputs, class_names)
+        self._dofn = _ProcessUnit(handler, settings)
 
     def expand(self, units):
         return units | "ProcessUnit" >> beam.ParDo(self._dofn)

@@ -26,6 +26,8 @@ import time
 import traceback
 from typing import Any, Callable
 
+from pipeline.processes import alive
+
 WORKER_GRACE_S = 3.0  # SIGTERM to SIGKILL: a Python worker without a handler ends on SIGTERM at once
 PIPELINE_GRACE_S = 2.0  # after the workers died: time for the runner's threads to notice and end
 CANCEL_WAIT_S = 5.0  # a cluster runner's cancel() call, which may wait on the service
@@ -83,18 +85,6 @@ def descendants(pid: int | None = None) -> list[int]:
     return found
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:  # no /proc: a zombie counts as alive until its parent (Beam's thread, or init) reaps it
-        return True
-
-
 def end_processes(pids: list[int], grace_s: float = WORKER_GRACE_S) -> bool:
     """SIGTERM `pids`, SIGKILL what is left after `grace_s`; True once none is alive (within 2 s more)."""
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 2.0)):
@@ -102,13 +92,13 @@ def end_processes(pids: list[int], grace_s: float = WORKER_GRACE_S) -> bool:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, sig)
         deadline = time.monotonic() + wait_s
-        while any(_alive(pid) for pid in pids):
+        while any(alive(pid) for pid in pids):
             if time.monotonic() > deadline:
                 break
             time.sleep(0.05)
         else:
             return True
-    return not any(_alive(pid) for pid in pids)
+    return not any(alive(pid) for pid in pids)
 
 
 class CtrlC:

@@ -16,13 +16,13 @@ import math
 import posixpath
 import re
 from dataclasses import dataclass, field, replace
-from typing import Any, Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
 from pipeline.elements import ErrorRecord, RecordFields, WorkUnit
 from pipeline.external_sort import SortedSpill
 from pipeline.inputs.layouts import SHARD_SUFFIXES
 from pipeline.inputs.listing import Listing, duplicate_key_error, file_key, normalized_path
-from pipeline.job.journal import is_final, summary
+from pipeline.job.entries import UnitEntry
 from pipeline.job.plan_files import PlanWriter, unit_from_record
 
 # Files per unit for small runs: enough units that every worker gets some.
@@ -56,9 +56,9 @@ def files_per_unit(listed: int, unit_size: int, batch_size: int) -> int:
     return max(1, min(unit_size, math.ceil(wanted / batch_size) * batch_size))
 
 
-def kept(committed: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+def kept(committed: dict[str, UnitEntry]) -> dict[str, UnitEntry]:
     """The committed entries a run keeps: all but those marked `retry`, which it redoes."""
-    return {unit_id: entry for unit_id, entry in committed.items() if is_final(entry)}
+    return {unit_id: entry for unit_id, entry in committed.items() if entry.is_final}
 
 
 class PlannedUnit(NamedTuple):
@@ -72,24 +72,24 @@ class PlannedUnit(NamedTuple):
 @dataclass
 class Plan:
     """What a run must do, and what the store already holds. The units themselves are in `writer`'s
-    local plan files (staged into the store by `pipeline.job.plan_files.stage`): the launcher
+    local plan files (uploaded into the store by `pipeline.job.plan_files.upload`): the launcher
     holds O(units), never O(files)."""
     listing: Listing
     writer: PlanWriter
     pending: list[PlannedUnit]
-    journal: dict[str, dict[str, Any]]  # every committed entry's summary, retry ones too
+    journal: dict[str, UnitEntry]  # every committed entry's summary, retry ones too
     reused_units: list[str] = field(default_factory=list)  # committed units this listing still has
     removed: list[str] = field(default_factory=list)  # the first LISTED_LIMIT keys (files) or shards the listing lost
     removed_count: int = 0
 
     @property
-    def committed(self) -> dict[str, dict[str, Any]]:
+    def committed(self) -> dict[str, UnitEntry]:
         """Entries (summaries) of the units committed before this run that it keeps."""
         return kept(self.journal)
 
     @property
     def reused_inputs(self) -> int:
-        return sum(entry["inputs"] for entry in self.committed.values())
+        return sum(entry.inputs for entry in self.committed.values())
 
     @property
     def pending_inputs(self) -> int | None:
@@ -104,7 +104,7 @@ class Plan:
         return [found[unit.unit_id] for unit in self.pending]
 
 
-def plan_units(listing: Listing, journal: Iterable[dict[str, Any]], unit_size: int,
+def plan_units(listing: Listing, journal: Iterable[UnitEntry], unit_size: int,
                batch_size: int, fields: RecordFields = RecordFields()) -> Plan:
     """Split a listing into pending units, given the store's committed journal entries (read as they
     come: a files store's entries hold every key, which only pass through a sorted spill here).
@@ -112,15 +112,15 @@ def plan_units(listing: Listing, journal: Iterable[dict[str, Any]], unit_size: i
     writer = PlanWriter()
     try:
         if listing.layout != "files":  # a shard's unit id does not change: a retry unit is simply pending again
-            plan = _plan_shards(listing, writer, {entry["unit"]: summary(entry) for entry in journal}, fields)
+            plan = _plan_shards(listing, writer, {entry.unit: entry.summary() for entry in journal}, fields)
         else:
-            plan = _plan_files(listing, writer, journal, unit_size, batch_size)
+            plan = _plan_image_files(listing, writer, journal, unit_size, batch_size)
     finally:
         writer.close()
     return plan
 
 
-def _plan_shards(listing: Listing, writer: PlanWriter, journal: dict[str, dict[str, Any]],
+def _plan_shards(listing: Listing, writer: PlanWriter, journal: dict[str, UnitEntry],
                  fields: RecordFields) -> Plan:
     committed = kept(journal)
     pending, reused, listed = [], [], set()
@@ -134,7 +134,7 @@ def _plan_shards(listing: Listing, writer: PlanWriter, journal: dict[str, dict[s
                                                    name=file_key(shard, listing.root), fields=fields)))
     for entry in committed.values():  # every shard of the store takes part in the duplicate-key check
         writer.add_committed(entry)
-    removed = sorted(entry["source"] for unit_id, entry in committed.items() if unit_id not in listed)
+    removed = sorted(entry.source for unit_id, entry in committed.items() if unit_id not in listed)
     return Plan(listing, writer, pending, journal, reused, removed[:LISTED_LIMIT], len(removed))
 
 
@@ -162,91 +162,145 @@ def _write(writer: PlanWriter, unit: WorkUnit) -> PlannedUnit:
     return PlannedUnit(unit.unit_id, unit.source, inputs, unit.size_bytes)
 
 
-def _plan_files(listing: Listing, writer: PlanWriter, journal: Iterable[dict[str, Any]],
+class _Removed:
+    """Committed keys the listing no longer has: counted, the first LISTED_LIMIT kept for the manifest."""
+
+    def __init__(self):
+        self.count, self.listed, self._last = 0, [], None
+
+    def add(self, key: str) -> None:
+        if key == self._last:  # a key a kept and a retry unit both hold
+            return
+        self._last, self.count = key, self.count + 1
+        if len(self.listed) < LISTED_LIMIT:
+            self.listed.append(key)
+
+
+class _CommittedKeys:
+    """The committed units' keys in key order, walked beside the sorted listing (a merge join).
+    Records are plain (key, retry, unit id) tuples: a kept owner sorts before a retry one, and at
+    10^8 keys a tuple pickles five times faster than a NamedTuple."""
+
+    def __init__(self, owners: SortedSpill, removed: _Removed):
+        self._records, self._removed = iter(owners), removed
+        self._current = next(self._records, None)
+
+    def owners_of(self, key: str) -> list[tuple[str, bool, str]]:
+        """The (key, retry, unit id) of `key`'s committed owners, kept ones first; the keys passed over
+        are removed ones."""
+        found = []
+        while self._current is not None and self._current[0] <= key:
+            if self._current[0] == key:
+                found.append(self._current)
+            else:
+                self._removed.add(self._current[0])
+            self._current = next(self._records, None)
+        return found
+
+    def finish(self) -> None:
+        """Every committed key after the listing's last is a removed one."""
+        while self._current is not None:
+            self._removed.add(self._current[0])
+            self._current = next(self._records, None)
+
+
+@dataclass
+class _Journal:
+    """What planning a files store keeps of its journal: its keys' owners (spilled), the summaries, and
+    the duplicates a kept unit already holds as error rows."""
+    owners: SortedSpill
+    summaries: dict[str, UnitEntry]
+    recorded: set[tuple[str, str]]  # (key, uri)
+
+
+def _read_journal(entries: Iterable[UnitEntry], workspace: str) -> _Journal:
+    journal = _Journal(SortedSpill(workspace, "committed"), {}, set())
+    for entry in entries:
+        for key in entry.keys or ():
+            journal.owners.add((key, entry.retry, entry.unit))
+        if entry.is_final:
+            journal.recorded.update(entry.rejected or ())
+        journal.summaries[entry.unit] = entry.summary()
+    return journal
+
+
+class _Redo:
+    """What `retry` units redo, spilled by unit id (a list with many dead links makes most units retry
+    units): their members (unit id, key, uri, bytes) and their duplicate keys (unit id, key, uri, kept uri)."""
+
+    def __init__(self, workspace: str):
+        self.members = SortedSpill(workspace, "redo-members")
+        self.duplicates = SortedSpill(workspace, "redo-duplicates")
+
+    def units(self, retry_ids: list[str], root: str) -> Iterator[WorkUnit]:
+        """Each retry unit again, as the same unit (its entry is replaced), with the keys still listed."""
+        members, duplicates = _ByUnit(self.members), _ByUnit(self.duplicates)
+        for unit_id in retry_ids:
+            again = _Chunk()
+            for _, key, uri, size in members.take(unit_id):
+                again.add(key, uri, size)
+            again.rejected.extend(duplicate_key_error(key, uri, kept_uri)
+                                  for _, key, uri, kept_uri in duplicates.take(unit_id))
+            yield replace(again.unit(root), unit_id=unit_id)
+
+
+class _ByUnit:
+    """Records sorted by unit id, taken a unit at a time in that order."""
+
+    def __init__(self, records: Iterable[tuple]):
+        self._groups = itertools.groupby(records, key=lambda record: record[0])
+        self._group = next(self._groups, None)
+
+    def take(self, unit_id: str) -> list[tuple]:
+        if self._group is None or self._group[0] != unit_id:
+            return []
+        records = list(self._group[1])
+        self._group = next(self._groups, None)
+        return records
+
+
+def _plan_image_files(listing: Listing, writer: PlanWriter, entries: Iterable[UnitEntry],
                 unit_size: int, batch_size: int) -> Plan:
     """Walk the sorted listing beside the sorted keys of committed units (a merge join): a listed key
     is reused (a kept unit has it), redone (a `retry` unit has it) or pending; a committed key the
     listing no longer has is removed. Pending keys are cut into units as they come."""
-    owners = SortedSpill(listing.workspace, "committed")  # (key, final?, unit id)
-    summaries: dict[str, dict[str, Any]] = {}
-    recorded: set[tuple[str, str]] = set()  # (key, uri) of duplicates a kept unit already has as error rows
-    for entry in journal:
-        final = is_final(entry)
-        for key in entry.get("keys", ()):
-            owners.add((key, not final, entry["unit"]))  # a kept owner sorts before a retry one
-        if final:
-            recorded.update((key, uri) for key, uri in entry.get("rejected", ()))
-        summaries[entry["unit"]] = summary(entry)
+    journal = _read_journal(entries, listing.workspace)
     # Sized by the whole listing, not what is left: a resume then cuts the pending keys into
     # the very units the interrupted run had (every unit but the last is full).
     per_unit = files_per_unit(listing.count, unit_size, batch_size)
+    removed, redo = _Removed(), _Redo(listing.workspace)
+    committed = _CommittedKeys(journal.owners, removed)
     chunks: list[PlannedUnit] = []
-    # What `retry` units redo, spilled (a list with many dead links makes most units retry units):
-    # (unit id, key, 0, uri, bytes) for a member, (unit id, key, 1, uri, kept uri) for a duplicate.
-    redo = SortedSpill(listing.workspace, "redo")
     reused: set[str] = set()
-    removed: list[str] = []
     late: list[ErrorRecord] = []  # new paths whose key a kept unit already holds: error rows in a unit of their own
-    chunk = _Chunk()
-    committed_keys = iter(owners)
-    current = next(committed_keys, None)
-    removed_count, last_removed = 0, None
-
-    def owners_of(key: str | None) -> list[tuple]:
-        """Consume the committed keys up to `key` (None: all); returns the owners of `key` (kept ones
-        first), counting the keys passed over as removed."""
-        nonlocal current, removed_count, last_removed
-        found = []
-        while current is not None and (key is None or current[0] <= key):
-            if current[0] == key:
-                found.append(current)
-            elif current[0] != last_removed:
-                last_removed = current[0]
-                removed_count += 1
-                if len(removed) < LISTED_LIMIT:
-                    removed.append(current[0])
-            current = next(committed_keys, None)
-        return found
-
-    owner, kept_uri = None, ""
+    chunk, kept_uri = _Chunk(), ""
+    owner, owner_retries = None, False  # the unit that holds the current key (kept before retry) and its kind
     for key, uri, size, duplicate in listing.entries():
-        if not duplicate:
-            owners, kept_uri = owners_of(key), uri
-            owner = owners[0] if owners else None
-            reused.update(unit_id for _, retry, unit_id in owners if not retry)
-            if owner is not None and owner[1]:
-                redo.add((owner[2], key, 0, uri, size))
-            elif owner is None:
-                if len(chunk.members) == per_unit:
-                    chunks.append(_write(writer, chunk.unit(listing.root)))
-                    chunk = _Chunk()
-                chunk.add(key, uri, size)
+        if duplicate:  # a later path with the key of the path before it
+            if owner is None:
+                chunk.rejected.append(duplicate_key_error(key, uri, kept_uri))
+            elif owner_retries:
+                redo.duplicates.add((owner, key, uri, kept_uri))
+            elif (key, uri) not in journal.recorded:
+                late.append(duplicate_key_error(key, uri, kept_uri))
             continue
+        owners, kept_uri = committed.owners_of(key), uri
+        owner, owner_retries = (owners[0][2], owners[0][1]) if owners else (None, False)
+        reused.update(unit_id for _, retry, unit_id in owners if not retry)
         if owner is None:
-            chunk.rejected.append(duplicate_key_error(key, uri, kept_uri))
-        elif owner[1]:
-            redo.add((owner[2], key, 1, uri, kept_uri))
-        elif (key, uri) not in recorded:
-            late.append(duplicate_key_error(key, uri, kept_uri))
-    owners_of(None)
+            if len(chunk.members) == per_unit:
+                chunks.append(_write(writer, chunk.unit(listing.root)))
+                chunk = _Chunk()
+            chunk.add(key, uri, size)
+        elif owner_retries:
+            redo.members.add((owner, key, uri, size))
+    committed.finish()
     if chunk.members:
         chunks.append(_write(writer, chunk.unit(listing.root)))
-    # A retry unit runs again as the same unit (its entry is replaced), with the keys still listed.
-    retry_ids = sorted(unit_id for unit_id, entry in summaries.items() if entry.get("retry"))
-    redone, records = [], itertools.groupby(redo, key=lambda record: record[0])
-    group = next(records, None)
-    for unit_id in retry_ids:
-        again = _Chunk()
-        if group is not None and group[0] == unit_id:
-            for _, key, kind, uri, extra in group[1]:
-                if kind:
-                    again.rejected.append(duplicate_key_error(key, uri, extra))
-                else:
-                    again.add(key, uri, extra)
-            group = next(records, None)
-        redone.append(_write(writer, replace(again.unit(listing.root), unit_id=unit_id)))
+    retry_ids = sorted(unit_id for unit_id, entry in journal.summaries.items() if entry.retry)
+    redone = [_write(writer, unit) for unit in redo.units(retry_ids, listing.root)]
     if late:
         late.sort(key=lambda error: error.uri)  # in path order, as the id has always been made
         chunks.append(_write(writer, WorkUnit(files_unit_id([f"{e.key}\t{e.uri}" for e in late]), "files",
                                               listing.root, rejected=tuple(late))))
-    return Plan(listing, writer, redone + chunks, summaries, sorted(reused), removed, removed_count)
+    return Plan(listing, writer, redone + chunks, journal.summaries, sorted(reused), removed.listed, removed.count)

@@ -14,6 +14,7 @@ DuckDB globs and embedding-reader see one schema and no JSON.
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -22,8 +23,9 @@ import pyarrow.parquet as pq
 from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-from pipeline.elements import STAGES, ErrorRecord
+from pipeline.elements import ErrorRecord
 from pipeline.job import dedupe, journal
+from pipeline.job.entries import ErrorCounts, UnitEntry
 from pipeline.job.hdf5 import ShardWriter
 from pipeline.store.schema import ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, UNITS_DIR, feature_schema
 
@@ -107,6 +109,7 @@ class UnitWriter:
         self._rows = None
         self.row_count = 0
         self.errors: list[ErrorRecord] = []
+        self.error_counts = ErrorCounts()
         self._temporaries: list[str] = []
 
     def _temporary(self, name: str) -> str:
@@ -127,9 +130,13 @@ class UnitWriter:
 
     def add_error(self, error: ErrorRecord) -> None:
         self.errors.append(error)
+        self.error_counts.add(error)
 
-    def commit(self, entry: dict[str, Any], kept_keys: np.ndarray | None = None) -> dict[str, Any]:
-        """Close the files, move them into place and write the unit's journal entry."""
+    def commit(self, entry: UnitEntry, kept_keys: np.ndarray | None = None) -> UnitEntry:
+        """Close the files, move them into place and write the unit's journal entry (`entry` with the rows
+        and error rows written here); returns the entry committed."""
+        entry = replace(entry, rows=self.row_count, errors=self.error_counts)
+        entry.check_counts()
         written: dict[str, tuple[str, str]] = {}
         if self._rows is not None:
             self._rows.close()
@@ -145,19 +152,6 @@ class UnitWriter:
             path = self._temporary("keys.npy")
             dedupe.save_kept_keys(path, kept_keys)
             written["keys"] = (path, f"{UNITS_DIR}/{self._final_name}.keys.npy")
-        by_stage = {stage: 0 for stage in STAGES}
-        by_type: dict[str, int] = {}
-        examples: dict[str, str] = {}
-        for error in self.errors:
-            by_stage[error.stage] += 1
-            kind = f"{error.stage} {error.error_type}"
-            by_type[kind] = by_type.get(kind, 0) + 1
-            examples.setdefault(kind, f"{error.key}: {' '.join(error.message.split())[:160]}")
-        entry = dict(entry, unit=self.unit_id, rows=self.row_count, errors=len(self.errors), errors_by_stage=by_stage,
-                     errors_by_type=by_type, error_examples=examples)
-        if entry["inputs"] != entry["rows"] + entry["errors"]:
-            raise RuntimeError(f"unit {self.unit_id} lost track of inputs: {entry['inputs']} read but "
-                               f"{entry['rows']} rows + {entry['errors']} error rows")
         return journal.commit_unit(self.output, entry, written)
 
     def abort(self) -> None:

@@ -18,6 +18,8 @@ import os
 import sys
 from typing import Callable, Mapping
 
+from pipeline.processes import alive
+
 VISIBLE_ENV = "CUDA_VISIBLE_DEVICES"
 NVIDIA_GPUS_DIR = "/proc/driver/nvidia/gpus"
 CLAIMS_ENV = "FEATURIZE_GPU_CLAIMS"  # where the claims file lives (tests; default under /tmp)
@@ -41,21 +43,11 @@ def choose_gpu(claims: Mapping[str, list[int]], gpus: list[str], alive: Callable
     return min(gpus, key=lambda gpu: (load[gpu], gpus.index(gpu)))
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def _claims_path() -> str:
     return os.environ.get(CLAIMS_ENV) or os.path.join("/tmp", f"featurize-gpu-claims-{os.getuid()}.json")
 
 
-def claim_gpu(gpus: list[str], pid: int | None = None, alive: Callable[[int], bool] = _alive) -> str:
+def claim_gpu(gpus: list[str], pid: int | None = None, alive: Callable[[int], bool] = alive) -> str:
     """Record `pid` (this process) as a user of the least-claimed GPU in the machine's claims file."""
     pid = os.getpid() if pid is None else pid
     path = _claims_path()

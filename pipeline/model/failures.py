@@ -95,7 +95,7 @@ def model_failure(spec: ModelSpec, exc: BaseException) -> str:
                     f"or --weights none for random weights")
     if isinstance(exc, NoClassifier):
         return text
-    if spec.weights not in (None, "imagenet") and isinstance(exc, (ValueError, OSError)):
+    if spec.weights_file is not None and isinstance(exc, (ValueError, OSError)):
         reason = exc.reason if isinstance(exc, WeightsDoNotFit) else _first_reason(text)
         return (f"weights {spec.weights!r} do not fit {spec.backbone} at {spec.input_size[0]}x{spec.input_size[1]} "
                 f"({reason}); give a weights file saved from {spec.backbone}, "

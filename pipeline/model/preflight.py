@@ -24,7 +24,7 @@ from pipeline.model.weights_cache import cache_dir
 def _marker(spec: ModelSpec) -> str:
     """The cache file that says `spec`'s model was built here once (weights files by their sha256)."""
     fields: dict[str, Any] = {"backbone": spec.backbone, "input_size": list(spec.input_size),
-                              "weights": spec.weights if spec.weights in (None, "imagenet") else spec.weights_sha256,
+                              "weights": spec.weights if spec.weights_file is None else spec.weights_sha256,
                               "layers": spec.layers, "precision": spec.precision,
                               "weights_ordering": spec.weights_ordering, "predictions": spec.predictions > 0}
     digest = hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:32]

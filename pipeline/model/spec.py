@@ -24,6 +24,11 @@ class ModelSpec:
     weights_ordering: str = "auto"  # kernel ordering of a legacy weights file: auto, th or tf
     predictions: int = 0  # top-K classes from the classifier (0: features only, no classifier)
 
+    @property
+    def weights_file(self) -> str | None:
+        """The weights file the model loads, or None for imagenet and random init."""
+        return None if self.weights in (None, "imagenet") else self.weights
+
 
 def weights_argument(weights: str | None) -> str | None:
     """A weights value as typed or stored -> `ModelSpec.weights`: "imagenet" -> "imagenet";

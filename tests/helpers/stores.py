@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.job.manifest import finalize_store
+from pipeline.job.entries import UnitEntry
 from pipeline.job.writer import UnitWriter
 from pipeline.store.feature_store import FeatureStore
 from pipeline.store.search import Block, exact_search
@@ -32,8 +33,8 @@ def generated_store(out, vectors, fmt="parquet", units=3, first_unit=0):
             key = f"u{unit}/img{i:05d}.jpg"
             writer.add_row({"key": key, "uri": f"/images/{key}", "width": 1, "height": 1,
                             **{name: matrix[i] for name, matrix in vectors.items()}})
-        writer.commit({"layout": "files", "source": "", "inputs": int(high - low),
-                       "keys": [f"u{unit}/img{i:05d}.jpg" for i in range(low, high)]})
+        writer.commit(UnitEntry(f"files-{unit:03d}", "files", "", int(high - low),
+                                keys=tuple(f"u{unit}/img{i:05d}.jpg" for i in range(low, high))))
     finalize_store(str(out), {"format": fmt, "fingerprint": fingerprint}, started_at=0.0)
     return FeatureStore.open(str(out))
 

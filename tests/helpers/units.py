@@ -5,6 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from pipeline.elements import ErrorRecord
+from pipeline.external_sort import CHUNK
+from pipeline.inputs.listing import Listing
+from pipeline.job.entries import UnitEntry
 from pipeline.job.writer import UnitWriter
 
 FINGERPRINT = {"backbone": "X", "outputs": {"embedding": 4}, "dtype": "float32"}
@@ -21,5 +24,15 @@ def write_unit(out, unit_id, rows, errors, fmt="parquet"):
         writer.add_row(row(i))
     for key in errors:
         writer.add_error(ErrorRecord(key, key, "decode", "E", "m"))
-    return writer.commit({"layout": "files", "source": "", "inputs": len(rows) + len(errors),
-                          "keys": [f"k{i}" for i in rows] + list(errors)})
+    return writer.commit(UnitEntry(unit_id, "files", "", len(rows) + len(errors),
+                                   keys=tuple([f"k{i}" for i in rows] + list(errors))))
+
+
+def files_listing(keys, root="photos", elsewhere=(), chunk=CHUNK):
+    """A listing of `root/KEY` files (in the order given), plus `elsewhere` paths whose key one of them has."""
+    listing = Listing("files", root, chunk=chunk)
+    for key in keys:
+        listing.add(key, f"{root}/{key}", 10)
+    for key, path in elsewhere:
+        listing.add(key, path, 10)
+    return listing.finish()

@@ -5,8 +5,8 @@ import glob
 
 import pytest
 
-from pipeline.job.config import (FIELDS, ConfigError, RunConfig, add_run_arguments, flag_name, input_size, load_preset,
-                             parse_image_size, parse_run_args, resolve)
+from pipeline.job.config import FIELDS, ConfigError, RunConfig, flag_name, input_size, load_preset, parse_image_size, resolve
+from pipeline.job.runner import add_run_arguments, parse_run_args
 from pipeline.job.launch import output_dims
 
 

@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("dask.distributed")
 
 from pipeline.errors import ConfigError  # noqa: E402
-from pipeline.job.config import DASK_RUNNER, parse_run_args  # noqa: E402
+from pipeline.job.runner import DASK_RUNNER, parse_run_args  # noqa: E402
 from pipeline.job.launch import run  # noqa: E402
 from pipeline.job.runner import metrics_summary, pipeline_options  # noqa: E402
 from tests.helpers import slow_fs  # noqa: E402
@@ -103,11 +103,11 @@ def test_the_graph_has_no_multi_output_pardo(numbered, small_weights, tmp_path):
     import apache_beam as beam
     from apache_beam.pipeline import PipelineVisitor
 
-    from pipeline.job.launch import build, prepare, stage_plan
+    from pipeline.job.launch import build, prepare, upload_plan
 
     shards, _ = numbered
     job = prepare(featurize_args(shards, tmp_path / "out", small_weights, "parquet", "--runner", "DaskRunner"))
-    stage_plan(job)
+    upload_plan(job)
     p = beam.Pipeline(options=job.options)
     build(p, job)
     pardos = []

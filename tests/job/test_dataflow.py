@@ -9,14 +9,14 @@ from tests.helpers.dataflow import DATAFLOW_DRY_RUN
 
 
 def dry_run_job(input_path, output, *flags):
-    """prepare -> stage_plan -> build -> a Dataflow dry run (translation only): (job, result)."""
+    """prepare -> upload_plan -> build -> a Dataflow dry run (translation only): (job, result)."""
     import apache_beam as beam
 
-    from pipeline.job.launch import build, prepare, stage_plan
+    from pipeline.job.launch import build, prepare, upload_plan
 
     job = prepare(["--input", str(input_path), "--output", str(output), "--model", "MobileNetV3Small",
                    "--weights", "none", "--image-size", "32", *DATAFLOW_DRY_RUN, *flags])
-    stage_plan(job)
+    upload_plan(job)
     p = beam.Pipeline(options=job.options)
     build(p, job)
     return job, p.run()
@@ -33,7 +33,7 @@ def test_dry_run_translates_every_stage_into_a_custom_container_job(tmp_path):
     assert job.handler._intra_op_threads is None  # TF sizes its pools to the worker machine
     proto = result.job.proto_pipeline
     names = {t.unique_name for t in proto.components.transforms.values()}
-    for stage in ("PlannedUnits/PlanFiles", "PlannedUnits/ReadPlan", "PlannedUnits/Spread",
+    for stage in ("PlannedUnits/PlanParts", "PlannedUnits/ReadPlan", "PlannedUnits/Spread",
                   "ProcessUnits/ProcessUnit", "WriteManifest/Finalize"):
         assert stage in names, f"{stage} missing from the Dataflow job"
     images = [env.payload for env in proto.components.environments.values()]

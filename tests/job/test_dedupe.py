@@ -6,6 +6,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from pipeline.job.dedupe import PARTITIONS, FindDuplicateKeys, KeySet, key_hashes, partition_keys, resolve_partition
 from pipeline.elements import WorkUnit
+from pipeline.job.entries import UnitEntry
 
 
 def key_sets(unit_id, shard, keys, committed=False):
@@ -56,11 +57,11 @@ def test_find_duplicate_keys_reads_committed_units_kept_keys(tmp_path):
     tar(tmp_path / "a.tar", ["k1.jpg", "k2.jpg"])
     tar(tmp_path / "b.tar", ["k2.png", "k3.jpg", "notes.txt", "k9.jpg"])
     save_kept_keys(str(tmp_path / "_featurize" / "units" / "tar-old.x.keys.npy"), key_hashes(["k9"]))
-    old_entry = {"unit": "tar-old", "source": str(tmp_path / "old.tar"),
-                 "files": {"keys": "_featurize/units/tar-old.x.keys.npy"}}
+    old_entry = UnitEntry("tar-old", "tar", str(tmp_path / "old.tar"), 1, rows=1,
+                          files={"keys": "_featurize/units/tar-old.x.keys.npy"})
     units = [(WorkUnit("tar-a", "tar", str(tmp_path / "a.tar")), None),
              (WorkUnit("tar-b", "tar", str(tmp_path / "b.tar")), None),
-             (WorkUnit("tar-old", "tar", old_entry["source"]), old_entry)]
+             (WorkUnit("tar-old", "tar", old_entry.source), old_entry)]
     with TestPipeline(runner="FnApiRunner") as p:
         found = p | beam.Create(units) | FindDuplicateKeys(str(tmp_path))
         assert_that(found["losers"], equal_to([("tar-b", (0, "a.tar (image member 1)")),

@@ -10,6 +10,7 @@ import pytest
 
 from pipeline import files
 from pipeline.job import journal
+from pipeline.job.entries import UnitEntry
 from tests.helpers import slow_fs
 
 
@@ -19,12 +20,12 @@ def test_commit_moves_files_into_place_then_writes_the_entry(tmp_path):
     os.makedirs(os.path.dirname(temporary))
     with open(temporary, "wb") as handle:
         handle.write(b"rows")
-    entry = journal.commit_unit(out, {"unit": "files-1", "inputs": 1},
+    entry = journal.commit_unit(out, UnitEntry("files-1", "files", "", 1, rows=1),
                                 {"features": (temporary, "features/files-1.parquet")})
     assert (tmp_path / "features" / "files-1.parquet").read_bytes() == b"rows" and not os.path.exists(temporary)
-    assert entry["files"] == {"features": "features/files-1.parquet"} and "committed_at" in entry
+    assert entry.files == {"features": "features/files-1.parquet"} and entry.committed_at is not None
     assert list(journal.iter_committed_units(out)) == [entry]
-    assert json.loads((tmp_path / "_featurize" / "units" / "files-1.json").read_text()) == entry
+    assert json.loads((tmp_path / "_featurize" / "units" / "files-1.json").read_text()) == entry.to_json()
 
 
 def test_remove_orphans_deletes_only_uncommitted_featurize_files(tmp_path):
@@ -33,7 +34,7 @@ def test_remove_orphans_deletes_only_uncommitted_featurize_files(tmp_path):
                  "features/notes.txt", "_featurize/tmp/files-3.a.features.parquet", "_featurize/units/tar-x-1.keys.npy"):
         (tmp_path / path).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / path).write_bytes(b"x")
-    committed = [{"unit": "files-1", "files": {"features": "features/files-1.parquet"}}]
+    committed = [UnitEntry("files-1", "files", "", 1, rows=1, files={"features": "features/files-1.parquet"})]
     removed = journal.remove_orphans(out, committed)
     assert sorted(os.path.relpath(p, out) for p in removed) == [
         "_featurize/tmp/files-3.a.features.parquet", "_featurize/units/tar-x-1.keys.npy",
@@ -69,7 +70,7 @@ def write_entries(out, count):
     """`count` journal entries (no files), committed as featurize commits them; their unit ids."""
     ids = [f"files-{index:04d}" for index in range(count)]
     for unit in ids:
-        journal.commit_unit(out, {"unit": unit, "inputs": 1, "keys": [f"{unit}/k"]}, {})
+        journal.commit_unit(out, UnitEntry(unit, "files", "", 1, rows=1, keys=(f"{unit}/k",)), {})
     return ids
 
 
@@ -78,12 +79,12 @@ def test_parallel_read_of_the_journal_equals_the_sequential_one_in_unit_id_order
     # "tar-s-1-x.json" sorts before "tar-s-1.json" but its id after: the order is the ids'
     ids = write_entries(out, 48)
     for unit in ("tar-s-1", "tar-s-1-x"):
-        journal.commit_unit(out, {"unit": unit, "inputs": 1}, {})
-    sequential = {entry["unit"]: entry for entry in journal.iter_committed_units(out, threads=1)}
-    parallel = {entry["unit"]: entry for entry in journal.iter_committed_units(out, threads=32)}
+        journal.commit_unit(out, UnitEntry(unit, "tar", "s.tar", 1, rows=1), {})
+    sequential = {entry.unit: entry for entry in journal.iter_committed_units(out, threads=1)}
+    parallel = {entry.unit: entry for entry in journal.iter_committed_units(out, threads=32)}
     assert parallel == sequential and len(parallel) == 50
     assert list(parallel) == list(sequential) == sorted(ids + ["tar-s-1", "tar-s-1-x"])
-    assert all(parallel[unit]["keys"] == [f"{unit}/k"] for unit in ids)
+    assert all(parallel[unit].keys == (f"{unit}/k",) for unit in ids)
 
 
 def test_read_many_returns_results_in_the_order_of_paths_not_of_completion():
@@ -100,7 +101,7 @@ def test_read_many_returns_results_in_the_order_of_paths_not_of_completion():
         done[path].set()
         return path.upper()
 
-    assert files.read_many(read, paths, threads=len(paths)) == [path.upper() for path in paths]
+    assert files.in_parallel(read, paths, threads=len(paths)) == [path.upper() for path in paths]
     assert finished == paths[::-1]
 
 
@@ -116,7 +117,7 @@ def test_read_many_raises_a_failing_read_and_starts_no_more_reads():
         return path
 
     with pytest.raises(PermissionError, match="p0: access denied"):
-        files.read_many(read, paths, threads=2)
+        files.in_parallel(read, paths, threads=2)
     assert len(calls) < len(paths)  # the queued reads were cancelled, not run and dropped
 
 
@@ -138,10 +139,10 @@ def test_the_journal_on_a_slow_filesystem_is_read_with_many_requests_in_flight(t
     out = str(tmp_path)
     ids = write_entries(out, 200)
     slow_disk.configure(latency_s=0.005)
-    sequential = {e["unit"]: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=1)}
+    sequential = {e.unit: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=1)}
     one_by_one = slow_disk.stats()
     slow_disk.configure(latency_s=0.005)
-    parallel = {e["unit"]: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=32)}
+    parallel = {e.unit: e for e in journal.iter_committed_units(slow_fs.slow_path(out), threads=32)}
     overlapped = slow_disk.stats()
     assert list(parallel) == list(sequential) == ids and parallel == sequential
     assert one_by_one["calls"] == overlapped["calls"] == 201  # one listing, one read per entry

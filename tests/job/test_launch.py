@@ -8,6 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from pipeline.job.config import ConfigError
+from pipeline.logs import RunFailed
 from pipeline.model.runtime import build_feature_model
 from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec, decode_image
@@ -147,7 +148,7 @@ def test_a_fault_that_persists_fails_the_run_and_commits_nothing_of_that_unit(nu
     monkeypatch.setattr("pipeline.inputs.retries.RETRY_BACKOFF_S", 0.01)
     _, folder = numbered
     flaky.arm(failing_opens=10_000)
-    with pytest.raises(Exception, match="Connection reset by peer"):
+    with pytest.raises(RunFailed, match="Connection reset by peer"):
         run_small(f"{flaky.PREFIX}{folder}", tmp_path / "out", small_weights, "--direct_running_mode=in_memory")
     flaky.arm()
     assert not (tmp_path / "out" / "manifest.json").exists()
@@ -162,7 +163,7 @@ def test_a_model_that_cannot_load_fails_the_run_instead_of_making_error_rows(zoo
         raise OSError("weights cache unreadable (injected)")
 
     monkeypatch.setattr(KerasBackboneHandler, "load_model", broken)
-    with pytest.raises(Exception, match="weights cache unreadable"):
+    with pytest.raises(RunFailed, match="weights cache unreadable"):
         run_small(zoo_folder, tmp_path / "out", small_weights, "--direct_running_mode=in_memory")
     assert not list((tmp_path / "out").glob("_featurize/units/*.json"))
 
@@ -177,8 +178,8 @@ def test_local_output_and_weights_become_absolute_so_workers_elsewhere_find_them
     assert config.input == "photos/"  # made absolute when it is listed (sources.resolve_input)
     remote = with_absolute_paths(RunConfig(input="gs://b/in", output="gs://b/out", weights="gs://b/w.h5"))
     assert (remote.output, remote.weights) == ("gs://b/out", "gs://b/w.h5")
-    for named in ("imagenet", "none"):
-        assert with_absolute_paths(RunConfig(input="in", output="gs://b/out", weights=named)).weights == named
+    for named, normalised in (("imagenet", "imagenet"), ("none", None)):  # not paths: left as they are
+        assert with_absolute_paths(RunConfig(input="in", output="gs://b/out", weights=named)).weights == normalised
 
 
 def test_the_launchers_fingerprint_is_built_once_and_gives_both_specs(tmp_path):
@@ -186,7 +187,7 @@ def test_the_launchers_fingerprint_is_built_once_and_gives_both_specs(tmp_path):
     decode specs the workers compute with are the fingerprint's own: the store's parse gives the same."""
     import dataclasses
 
-    from pipeline.job.config import parse_run_args
+    from pipeline.job.runner import parse_run_args
     from pipeline.job.launch import run_fingerprint
     from pipeline.store.fingerprint import Fingerprint
 

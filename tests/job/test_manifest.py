@@ -17,7 +17,7 @@ TIMES = ("wall_time_s", "images_per_s", "finished_at")  # what differs between t
 
 
 def committed_by_unit(out) -> dict:
-    return {entry["unit"]: entry for entry in journal.iter_committed_units(str(out))}
+    return {entry.unit: entry for entry in journal.iter_committed_units(str(out))}
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
@@ -32,9 +32,9 @@ def test_manifest_counts_every_committed_unit(tmp_path, fmt):
     assert document["counts"] == {"inputs": 6, "rows": 5, "errors": 1, "reused": 4, "skipped": 1, "removed": 0,
                                   "errors_by_stage": {"read": 0, "decode": 1, "infer": 0, "write": 0}}
     entries = committed_by_unit(tmp_path)
-    assert document["files"] == {"features": [entries["files-1"]["files"]["features"],
-                                              entries["files-2"]["files"]["features"]],
-                                 "errors": [entries["files-1"]["files"]["errors"]]}
+    assert document["files"] == {"features": [entries["files-1"].files["features"],
+                                              entries["files-2"].files["features"]],
+                                 "errors": [entries["files-1"].files["errors"]]}
     assert document["units"] == {"committed": 2, "processed": 1}
     if fmt == "hdf5":
         with h5py.File(tmp_path / "features.h5") as store:
@@ -70,12 +70,12 @@ def test_parallel_finalize_counts_exactly_what_the_sequential_one_counts(tmp_pat
     assert parallel["counts"]["rows"] == 100 and parallel["counts"]["errors"] == 10
     assert parallel["units"] == {"committed": 50, "processed": 50}
     entries = committed_by_unit(tmp_path)
-    assert parallel["files"]["features"] == [entries[unit]["files"]["features"] for unit in ids]
+    assert parallel["files"]["features"] == [entries[unit].files["features"] for unit in ids]
 
 
 def test_parallel_finalize_still_catches_a_shard_that_lost_rows(tmp_path):
     ids = write_units(tmp_path, 20)
-    shard = tmp_path / committed_by_unit(tmp_path)["files-013"]["files"]["features"]
+    shard = tmp_path / committed_by_unit(tmp_path)["files-013"].files["features"]
     pq.write_table(pq.read_table(shard).slice(0, 1), shard)
     with pytest.raises(RuntimeError, match="feature files hold 39 rows but the journal says 40"):
         finalize_store(str(tmp_path), template(), 0.0, ids, threads=32)
@@ -84,7 +84,7 @@ def test_parallel_finalize_still_catches_a_shard_that_lost_rows(tmp_path):
 
 def test_an_unreadable_shard_footer_fails_the_parallel_finalize(tmp_path):
     ids = write_units(tmp_path, 20)
-    shard = tmp_path / committed_by_unit(tmp_path)["files-007"]["files"]["features"]
+    shard = tmp_path / committed_by_unit(tmp_path)["files-007"].files["features"]
     shard.write_bytes(b"not parquet at all")
     with pytest.raises(pa.ArrowInvalid):
         finalize_store(str(tmp_path), template(), 0.0, ids, threads=32)

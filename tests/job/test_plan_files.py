@@ -1,9 +1,9 @@
-"""pipeline.job.plan_files: the plan written locally, staged into the store in parts, read by the workers."""
-import gzip
+"""pipeline.job.plan_files: the plan written locally, uploaded into the store in parts, read by the workers."""
 
 from pipeline.elements import WorkUnit
 from pipeline.job import plan_files
-from pipeline.job.plan_files import PENDING, STORE, PlanWriter, planned_unit_ids, read_plan_file, stage
+from pipeline.job.entries import UnitEntry
+from pipeline.job.plan_files import PENDING, STORE, PlanWriter, planned_unit_ids, read_plan_part, upload
 
 
 def shard_unit(index):
@@ -16,24 +16,24 @@ def test_units_and_committed_units_are_spread_evenly_over_the_parts_and_read_bac
     units = [shard_unit(index) for index in range(10)]
     for unit in units:
         writer.add(unit)
-    for index in range(6):
-        writer.add_committed({"unit": f"tar-old{index}-abc", "layout": "tar", "source": f"/old/{index}.tar",
-                              "files": {"keys": f"_featurize/units/old{index}.keys.npy", "features": "f.parquet"}})
+    old = [UnitEntry(f"tar-old{index}-abc", "tar", f"/old/{index}.tar", 3, rows=3, worker="host:1",
+                     files={"keys": f"_featurize/units/old{index}.keys.npy", "features": "f.parquet"})
+           for index in range(6)]
+    for entry in old:
+        writer.add_committed(entry)
     writer.close()
-    staged = stage(writer, str(tmp_path / "out"))
-    assert staged.files == 4 and staged.shards
-    read = [list(read_plan_file(index, staged)) for index in range(staged.files)]
+    staged = upload(writer, str(tmp_path / "out"))
+    assert staged.parts == 4 and staged.shards
+    read = [list(read_plan_part(index, staged)) for index in range(staged.parts)]
     pending = [[item for tag, item in part if tag == PENDING] for part in read]
     store = [[item for tag, item in part if tag == STORE] for part in read]
-    committed = [[unit.unit_id for unit, entry in part if entry is not None] for part in store]
+    committed = [[entry for unit, entry in part if entry is not None] for part in store]
     assert [len(part) for part in pending] == [3, 3, 2, 2] and [len(part) for part in committed] == [2, 2, 1, 1]
     assert [unit for part in pending for unit in part] == units  # whole: size, name, fields
+    assert [entry for part in committed for entry in part] == old  # the entries whole, as the journal has them
     # a unit to process also takes part in the duplicate-key check, as a unit with no entry
     assert [unit for part in store for unit, entry in part if entry is None] == units
     assert planned_unit_ids(staged) == [unit.unit_id for unit in units]
-    with gzip.open(tmp_path / "out" / "_featurize" / "plan" / staged.folder.rsplit("/", 1)[1] / "units-00003.jsonl.gz",
-                   "rt") as handle:
-        assert '"files":{"keys":"_featurize/units/old5.keys.npy"}' in handle.read()  # only the keys file
 
 
 def test_a_new_run_s_plan_replaces_the_last_one(tmp_path):
@@ -42,6 +42,6 @@ def test_a_new_run_s_plan_replaces_the_last_one(tmp_path):
         writer = PlanWriter()
         writer.add(shard_unit(0))
         writer.close()
-        staged.append(stage(writer, str(tmp_path)))
+        staged.append(upload(writer, str(tmp_path)))
     plans = sorted(path.name for path in (tmp_path / "_featurize" / "plan").iterdir())
     assert plans == [staged[1].folder.rsplit("/", 1)[1]] and staged[0].folder != staged[1].folder

@@ -3,7 +3,7 @@ import numpy as np
 
 from pipeline.elements import ErrorRecord, ImageMeta, ImageRecord
 from pipeline.images import DecodeSpec
-from pipeline.job.stages import StageMetrics, TopClasses, decode_record, feature_row
+from pipeline.job.stages import RunCounters, TopClasses, decode_record, feature_row
 from pipeline.model.predictions import CLASSIFIER_OUTPUT, IDS, NAMES, SCORES
 
 
@@ -18,7 +18,7 @@ def test_a_row_holds_vectors_in_the_stores_dtype_and_the_top_classes():
 
 
 def test_an_undecodable_record_is_a_decode_error_row_and_is_counted():
-    metrics = StageMetrics()
+    metrics = RunCounters()
     record = ImageRecord("bad.jpg", "/in/bad.jpg", b"not an image")
     metrics.read(record)
     decoded = decode_record(record, DecodeSpec(8, 8))

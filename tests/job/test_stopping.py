@@ -129,7 +129,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
     assert scratch_left(tmp_path / "launcher-tmp") == []  # the exit after a stop skips finalizers: the scratch went first
     # Nothing half-written is claimed: every file in the store is named by a journal entry (the held
     # worker's renamed files were deleted once no worker was left), and every entry's files are there.
-    named = {path for entry in journal for path in entry["files"].values()}
+    named = {path for entry in journal for path in entry.files.values()}
     assert _unit_files(out) == named
     assert not list((out / "_featurize" / "tmp").glob("*"))
     assert not (out / "manifest.json").exists()
@@ -161,7 +161,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
     assert _no_process_left(proc.pid), "workers of the run stopped at once are still alive"
     assert scratch_left(tmp_path / "launcher-tmp") == []
     journal = _journal(out)
-    assert _unit_files(out) > {path for entry in journal for path in entry["files"].values()}, \
+    assert _unit_files(out) > {path for entry in journal for path in entry.files.values()}, \
         "the worker held in its commit should have left files that no entry names"
 
     # 3. The printed command again, undisturbed: every key exactly once, the committed units reused.

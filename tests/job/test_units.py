@@ -3,26 +3,17 @@ import random
 
 import pytest
 
-from pipeline.external_sort import CHUNK
 from pipeline.inputs.listing import Listing, duplicate_key_error
+from pipeline.job.entries import UnitEntry
 from pipeline.job.plan_files import unit_from_record, unit_record
 from pipeline.job.units import files_per_unit, plan_units, shard_unit_id
+from tests.helpers.units import files_listing
 
 
-def files_listing(keys, root="photos", elsewhere=(), chunk=CHUNK):
-    """A listing of `root/KEY` files (in the order given), plus `elsewhere` paths whose key one of them has."""
-    listing = Listing("files", root, chunk=chunk)
-    for key in keys:
-        listing.add(key, f"{root}/{key}", 10)
-    for key, path in elsewhere:
-        listing.add(key, path, 10)
-    return listing.finish()
-
-
-def entry_for(unit):
+def entry_for(unit, **changes):
     """The journal entry a committed unit leaves (what planning reads back)."""
-    keys = sorted({key for key, _ in unit.members})
-    return {"unit": unit.unit_id, "layout": "files", "source": unit.source, "inputs": len(keys), "keys": keys}
+    keys = tuple(sorted({key for key, _ in unit.members}))
+    return UnitEntry(unit.unit_id, "files", unit.source, len(keys), rows=len(keys), keys=keys, **changes)
 
 
 def test_units_do_not_depend_on_listing_order():
@@ -64,7 +55,7 @@ def test_incremental_listing_processes_new_keys_and_reports_removed_ones():
     later = plan_units(files_listing(grown), committed, unit_size=1000, batch_size=8)
     assert sorted(k for u in later.units() for k, _ in u.members) == [f"b/{i:03d}.jpg" for i in range(7)]
     assert later.removed == ["a/000.jpg"] and later.removed_count == 1
-    assert set(later.reused_units) == {entry["unit"] for entry in committed}
+    assert set(later.reused_units) == {entry.unit for entry in committed}
 
 
 def test_removed_keys_are_counted_all_and_listed_up_to_the_limit():
@@ -104,38 +95,37 @@ def test_tar_plan_reuses_committed_shards_and_reports_removed_ones():
     listing = Listing("tar", "")
     for i in (3, 1, 0, 2):
         listing.add(f"s/{i}.tar", f"s/{i}.tar", 100)
-    committed = [{"unit": shard_unit_id("tar", "s/1.tar"), "source": "s/1.tar", "inputs": 9},
-                 {"unit": shard_unit_id("tar", "s/gone.tar"), "source": "s/gone.tar", "inputs": 3,
-                  "files": {"keys": "_featurize/units/gone.keys.npy"}}]
+    committed = [UnitEntry(shard_unit_id("tar", "s/1.tar"), "tar", "s/1.tar", 9, rows=9),
+                 UnitEntry(shard_unit_id("tar", "s/gone.tar"), "tar", "s/gone.tar", 3, rows=3,
+                           files={"keys": "_featurize/units/gone.keys.npy"})]
     plan = plan_units(listing.finish(), committed, unit_size=1000, batch_size=8)
     assert [u.source for u in plan.pending] == ["s/0.tar", "s/2.tar", "s/3.tar"]
     assert plan.reused_units == [shard_unit_id("tar", "s/1.tar")] and plan.removed == ["s/gone.tar"]
     assert plan.reused_inputs == 12 and plan.pending_inputs is None
     # Every committed shard is in the plan too, with its kept keys' file: the duplicate-key check reads it.
-    store = [record["store"] for record in plan.writer.records() if "store" in record]
-    assert sorted(entry["source"] for entry in store) == ["s/1.tar", "s/gone.tar"]
-    assert {"keys": "_featurize/units/gone.keys.npy"} in [entry["files"] for entry in store]
+    store = [UnitEntry.from_json(record["store"]) for record in plan.writer.records() if "store" in record]
+    assert sorted(store, key=lambda entry: entry.source) == committed
 
 
 def test_a_new_path_whose_key_is_already_committed_becomes_an_error_row_once():
     keys = ["x.jpg", "y.jpg"]
-    committed = [dict(entry_for(u), rejected=[])
+    committed = [entry_for(u, rejected=())
                  for u in plan_units(files_listing(keys), (), unit_size=1000, batch_size=8).units()]
     elsewhere = [("x.jpg", "elsewhere/x.jpg")]
     later = plan_units(files_listing(keys, elsewhere=elsewhere), committed, unit_size=1000, batch_size=8)
     [rejects] = later.units()
     assert rejects.members == () and later.pending_inputs == 1
     assert rejects.rejected == (duplicate_key_error("x.jpg", "elsewhere/x.jpg", "photos/x.jpg"),)
-    committed.append({"unit": rejects.unit_id, "inputs": 1, "keys": ["x.jpg"], "rejected": [("x.jpg", "elsewhere/x.jpg")]})
+    committed.append(UnitEntry(rejects.unit_id, "files", "photos", 1, keys=("x.jpg",),
+                               rejected=(("x.jpg", "elsewhere/x.jpg"),)))
     assert plan_units(files_listing(keys, elsewhere=elsewhere), committed, 1000, 8).pending == []
 
 
 def test_a_unit_marked_retry_runs_again_as_the_same_unit():
     keys = [f"{i}.jpg" for i in range(20)]
     units = plan_units(files_listing(keys), (), unit_size=8, batch_size=8).units()
-    committed = [entry_for(u) for u in units]
+    committed = [entry_for(u, retry=u is units[0]) for u in units]  # one of its files could not be read
     first = units[0]
-    committed[0]["retry"] = True  # one of its files could not be read
     again = plan_units(files_listing(keys), committed, unit_size=8, batch_size=8)
     assert [u.unit_id for u in again.pending] == [first.unit_id] and again.units()[0].members == first.members
     assert first.unit_id not in again.committed and again.reused_inputs == 20 - len(first.members)
@@ -144,7 +134,7 @@ def test_a_unit_marked_retry_runs_again_as_the_same_unit():
 def test_a_redone_unit_keeps_its_members_in_order_and_the_duplicates_of_its_keys():
     keys = [f"{i:02d}.jpg" for i in range(20)]
     units = plan_units(files_listing(keys), (), unit_size=8, batch_size=8).units()
-    committed = [dict(entry_for(u), retry=u is units[1]) for u in units]
+    committed = [entry_for(u, retry=u is units[1]) for u in units]
     elsewhere = [("09.jpg", "other/09.jpg"), ("09.jpg", "more/09.jpg")]
     again = plan_units(files_listing(keys, elsewhere=elsewhere, chunk=5), committed, unit_size=8, batch_size=8)
     [redone] = again.units()

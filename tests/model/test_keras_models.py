@@ -129,43 +129,6 @@ def test_final_avg_equals_keras_reference(name, tmp_path, fresh_keras):
     assert (error <= 1e-5).all(), f"{name}: relative L2 {error}"
 
 
-def test_full_model_weights_files_load_into_the_notop_model(tmp_path, fresh_keras):
-    """A full include_top=True file (Keras 3 `.weights.h5`, legacy `.h5`, legacy `.h5` with a
-    10-class head) loads at a size other than the full model's, equal to Keras' own features."""
-    import keras
-
-    backbone = BACKBONES["ResNet50"]
-    keras.utils.set_random_seed(3)
-    shape = (PARITY_SIZE, PARITY_SIZE, 3)  # ResNet's head is GAP + Dense: a full model runs at any size
-    full = keras.applications.ResNet50(include_top=True, weights=None, input_shape=shape)
-    full_weights = tmp_path / "resnet50-full.weights.h5"
-    full.save_weights(str(full_weights))
-    legacy = tmp_path / "resnet50-full.h5"
-    save_legacy_h5(full, legacy)
-    custom = keras.applications.ResNet50(include_top=True, weights=None, classes=10, input_shape=shape)
-    custom_legacy = tmp_path / "resnet50-10-classes.h5"
-    save_legacy_h5(custom, custom_legacy)
-
-    x = images(2, PARITY_SIZE, seed=6)
-    batch = keras_preprocess(backbone, x)
-    reference = keras.applications.ResNet50(include_top=False, pooling="avg", weights=str(full_weights),
-                                            input_shape=shape)
-    want = reference.predict(batch, verbose=0)
-    # the same numbers from the full model itself, run at this size up to its avg_pool layer
-    body = keras.Model(full.input, full.get_layer("avg_pool").output)
-    np.testing.assert_array_less(relative_l2(body.predict(batch, verbose=0), want), 1e-5)
-    for path in (full_weights, legacy):
-        model = keras_models.build_pooled_model(backbone, (PARITY_SIZE, PARITY_SIZE), str(path))
-        error = relative_l2(model(backbones.preprocess_batch(backbone, x))["embedding"], want)
-        assert (error <= 1e-5).all(), f"{path.name}: relative L2 {error}"
-
-    custom_body = keras.Model(custom.input, custom.get_layer("avg_pool").output)
-    want = custom_body.predict(batch, verbose=0)
-    model = keras_models.build_pooled_model(backbone, (PARITY_SIZE, PARITY_SIZE), str(custom_legacy))
-    error = relative_l2(model(backbones.preprocess_batch(backbone, x))["embedding"], want)
-    assert (error <= 1e-5).all(), f"10-class head: relative L2 {error}"
-
-
 def test_convnext_pools_before_its_head_norm_like_keras(tmp_path, fresh_keras):
     """ConvNeXt's include_top=False model ends in a LayerNormalization that Keras applies after pooling."""
     import keras
@@ -185,20 +148,6 @@ def test_convnext_pools_before_its_head_norm_like_keras(tmp_path, fresh_keras):
         want = reference.predict(keras_preprocess(backbone, x), verbose=0)
         error = relative_l2(got[f"{final}/{pooling}"], want)
         assert (error <= 1e-5).all(), f"{pooling}: relative L2 {error}"
-
-
-def test_weights_that_fit_nothing_raise_a_clear_error(tmp_path, fresh_keras):
-    import keras
-
-    other = tmp_path / "vgg16-notop.weights.h5"
-    keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)).save_weights(str(other))
-    legacy = tmp_path / "vgg16-notop.h5"
-    save_legacy_h5(keras.applications.VGG16(include_top=False, weights=None, input_shape=(32, 32, 3)), legacy)
-    for path in (other, legacy):
-        with pytest.raises(ValueError, match="does not fit MobileNetV2"):
-            keras_models.build_pooled_model("MobileNetV2", (32, 32), str(path))
-    with pytest.raises(ValueError, match="does not exist"):
-        keras_models.build_pooled_model("MobileNetV2", (32, 32), str(tmp_path / "missing.weights.h5"))
 
 
 # --------------------------------------------------------------------------- several outputs

@@ -1,82 +1,23 @@
 """Legacy weights files: each layout and kernel ordering Keras ever wrote, written here from a seeded
 model, loads into the backbone with exactly the original weights and outputs; a file that does not fit
 is refused with one sentence naming the first layer that does not, before a job starts."""
-import glob
 import os
 
 import h5py
 import numpy as np
-import pyarrow.parquet as pq
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from pipeline.model import backbones, keras_models, weight_files  # noqa: E402
-from pipeline.job.config import ConfigError  # noqa: E402
 from pipeline.model.weight_files import NoClassifier, WeightsDoNotFit  # noqa: E402
 from tests.helpers.keras_helpers import images  # noqa: E402
+from tests.helpers.legacy_weights import SIZE, weighted, write_layer_names, write_nb_layers  # noqa: E402
 
-SIZE = 32
 VGG = backbones.BACKBONES["VGG16"]
 
 
 # --------------------------------------------------------------------------- writing legacy files
-
-
-def weighted(model) -> list:
-    return [layer for layer in model.layers if layer.weights]
-
-
-def flattened_input(layer):
-    """(H, W, C) of the map a Flatten feeds into this Dense layer, else None."""
-    source = layer.input._keras_history[0]
-    return tuple(source.input.shape[1:]) if type(source).__name__ == "Flatten" else None
-
-
-def legacy_values(layer, theano_kernels: bool, channels_first: bool) -> list[np.ndarray]:
-    """A layer's arrays as a Theano-era Keras saved them: kernels flipped (Theano convolves) and/or in
-    (out, in, kh, kw) order, a Dense after a Flatten with its rows in (C, H, W) order."""
-    values = [np.asarray(v) for v in layer.trainable_weights + layer.non_trainable_weights]
-    out = []
-    for value in values:
-        if value.ndim == 4:
-            if theano_kernels:
-                value = value[::-1, ::-1]
-            if channels_first:
-                value = value.transpose(3, 2, 0, 1)
-        elif value.ndim == 2 and channels_first and type(layer).__name__ == "Dense" and flattened_input(layer):
-            height, width, channels = flattened_input(layer)
-            value = value.reshape(height, width, channels, -1).transpose(2, 0, 1, 3).reshape(value.shape)
-        out.append(np.ascontiguousarray(value))
-    return out
-
-
-def write_nb_layers(model, path, theano_kernels=False, channels_first=False) -> None:
-    """Keras 0.x/1 Sequential.save_weights: every layer a group, nb_params arrays param_0, param_1, ..."""
-    layers = [layer for layer in model.layers if type(layer).__name__ != "InputLayer"]
-    with h5py.File(path, "w") as handle:
-        handle.attrs["nb_layers"] = len(layers)
-        for k, layer in enumerate(layers):
-            group = handle.create_group(f"layer_{k}")
-            values = legacy_values(layer, theano_kernels, channels_first) if layer.weights else []
-            group.attrs["nb_params"] = len(values)
-            for p, value in enumerate(values):
-                group.create_dataset(f"param_{p}", data=value)
-
-
-def write_layer_names(model, path, theano_kernels=False, channels_first=False, backend=None) -> None:
-    """Keras 1/2 save_weights: layer_names, a group per layer listing its weight_names."""
-    with h5py.File(path, "w") as handle:
-        handle.attrs["layer_names"] = [layer.name.encode() for layer in model.layers]
-        if backend:
-            handle.attrs["backend"] = backend.encode()
-        for layer in model.layers:
-            group = handle.create_group(layer.name)
-            values = legacy_values(layer, theano_kernels, channels_first) if layer.weights else []
-            names = [f"{layer.name}_W_{i}".encode() for i in range(len(values))]
-            group.attrs["weight_names"] = names
-            for name, value in zip(names, values):
-                group.create_dataset(name.decode(), data=value)
 
 
 def assert_same_weights(loaded, source) -> None:
@@ -88,14 +29,6 @@ def assert_same_weights(loaded, source) -> None:
 
 
 # --------------------------------------------------------------------------- include_top=False files
-
-
-@pytest.fixture(scope="module")
-def vgg_notop():
-    import keras
-
-    keras.utils.set_random_seed(21)
-    return keras.applications.VGG16(include_top=False, weights=None, input_shape=(SIZE, SIZE, 3))
 
 
 @pytest.fixture(scope="module")
@@ -233,53 +166,3 @@ def test_a_notop_file_has_no_classifier(vgg_notop, tmp_path, fresh_keras):
         weight_files.load_legacy(target, str(path), whole=True)
     assert str(error.value) == (f"--predictions needs the full model's weights; {str(path)!r} ends before layer "
                                 f"'fc1', so it holds no classifier (an include_top=False file)")
-
-
-# --------------------------------------------------------------------------- through a job
-
-
-def read_vectors(out) -> dict:
-    table = pq.read_table(glob.glob(f"{out}/features/*.parquet"))
-    return dict(zip(table.column("key").to_pylist(), np.array(table.column("embedding").to_pylist())))
-
-
-def test_a_job_with_a_theano_file_gives_the_keras3_files_vectors(vgg_notop, tmp_path, fresh_keras):
-    from PIL import Image
-
-    from pipeline.job.launch import run
-
-    source = tmp_path / "in"
-    source.mkdir()
-    rng = np.random.default_rng(5)
-    for i in range(3):
-        Image.fromarray(rng.integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(source / f"{i}.png")
-    keras3 = tmp_path / "vgg16.weights.h5"
-    vgg_notop.save_weights(str(keras3))
-    theano = tmp_path / "vgg16_weights_th_dim_ordering_th_kernels_notop.h5"
-    write_nb_layers(vgg_notop, theano, theano_kernels=True, channels_first=True)
-    common = ["--input", str(source), "--model", "VGG16", "--image-size", str(SIZE), "--batch-size", "4",
-              "--direct_running_mode=in_memory"]
-    run([*common, "--output", str(tmp_path / "keras3"), "--weights", str(keras3)])
-    run([*common, "--output", str(tmp_path / "theano"), "--weights", str(theano)])
-    want, got = read_vectors(tmp_path / "keras3"), read_vectors(tmp_path / "theano")
-    assert sorted(got) == ["0.png", "1.png", "2.png"] and got.keys() == want.keys()
-    for key in want:
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-6)
-
-    wrong = tmp_path / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"
-    with h5py.File(wrong, "w") as handle:  # block2_conv1 saved with the wrong number of filters
-        layers = weighted(vgg_notop)
-        handle.attrs["layer_names"] = [layer.name.encode() for layer in layers]
-        for index, layer in enumerate(layers):
-            group = handle.create_group(layer.name)
-            group.attrs["weight_names"] = [b"kernel", b"bias"]
-            kernel, bias = np.asarray(layer.kernel), np.asarray(layer.bias)
-            group.create_dataset("kernel", data=kernel[..., :100] if index == 2 else kernel)
-            group.create_dataset("bias", data=bias[:100] if index == 2 else bias)
-    with pytest.raises(ConfigError) as error:
-        run([*common, "--output", str(tmp_path / "wrong"), "--weights", str(wrong)])
-    assert str(error.value) == (
-        f"weights {str(wrong)!r} do not fit VGG16 at 32x32 (layer 'block2_conv1' (weighted layer 3 of 13) needs "
-        f"weights of shapes (3, 3, 64, 128), (128,), but the file's 'block2_conv1' has (3, 3, 64, 100), (100,)); "
-        f"give a weights file saved from VGG16, or --weights imagenet or none")
-    assert not (tmp_path / "wrong").exists() or not os.listdir(tmp_path / "wrong")

@@ -6,7 +6,6 @@ from pathlib import Path
 import pytest
 
 from pipeline.model import weights_cache as weights
-from pipeline.job.config import ConfigError
 from pipeline.model.weights_cache import WeightsMismatch, stage_weights
 
 
@@ -93,15 +92,3 @@ def test_a_corrupted_cache_of_a_changed_source_is_refused_and_removed(tmp_path, 
     with pytest.raises(WeightsMismatch, match=f"{re.escape(str(source))}.*sha256 {changed}, expected {digest}"):
         stage_weights(str(source), digest)
     assert list((cache / digest).iterdir()) == []  # neither the bad cache nor a partial copy
-
-
-def test_run_stages_weights_through_the_cache_and_checks_the_given_digest(
-        zoo_folder, small_weights, tmp_path, cache):
-    from tests.helpers.runs import featurize
-
-    digest = hashlib.sha256(open(small_weights, "rb").read()).hexdigest()
-    manifest = featurize(zoo_folder, tmp_path / "out", small_weights, "--weights-sha256", digest)
-    assert manifest["fingerprint"]["weights_sha256"] == digest
-    assert (cache / digest / "mobilenetv3small-notop.weights.h5").exists()
-    with pytest.raises(ConfigError, match="does not match"):
-        featurize(zoo_folder, tmp_path / "out2", small_weights, "--weights-sha256", "f" * 64)

@@ -2,7 +2,7 @@
 
 import pytest
 
-from pipeline.job.config import parse_run_args
+from pipeline.job.runner import parse_run_args
 from pipeline.store.fingerprint import Fingerprint
 from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec

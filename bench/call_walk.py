@@ -1,0 +1,77 @@
+"""How far a newcomer's reading of one run wanders: the launcher's path through featurize's own modules.
+
+Runs `featurize run` in this process (the local runner in memory, on the sample images, random weights)
+under `sys.setprofile`, on the launcher's thread only, and records the modules of featurize's functions in
+the order each is first called: the order a reader following the run meets them (a loop over images
+reads its function once). Prints how many modules the walk enters and how many times it comes back to
+a module it had left (a "return"), per module: the fewer, the more of one idea sits in one place.
+
+    python bench/call_walk.py [--top 10]
+
+Compare two versions by running it from each checkout (PYTHONPATH=that/checkout).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from collections import Counter
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def walk(argv: list[str]) -> list[str]:
+    import pipeline
+    from pipeline.job import launch
+
+    package = os.path.dirname(pipeline.__file__) + os.sep
+    modules: list[str] = []
+    read: set = set()  # functions met already
+
+    def profile(frame, event, arg):
+        if event != "call" or frame.f_code in read:
+            return
+        read.add(frame.f_code)
+        path = frame.f_code.co_filename
+        if path.startswith(package):
+            name = path[len(package):-3].replace(os.sep, ".")
+            if not modules or modules[-1] != name:
+                modules.append(name)
+
+    sys.setprofile(profile)
+    try:
+        launch.run(argv)
+    finally:
+        sys.setprofile(None)
+    return modules
+
+
+def returns(modules: list[str]) -> Counter:
+    """How many times the walk enters each module again after having left it."""
+    seen: set[str] = set()
+    back: Counter = Counter()
+    for name in modules:
+        if name in seen:
+            back[name] += 1
+        seen.add(name)
+    return back
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--top", type=int, default=10)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as out:
+        modules = walk(["--input", os.path.join(ROOT, "samples", "shapes"), "--output", os.path.join(out, "store"),
+                        "--model", "MobileNetV3Small", "--weights", "none", "--image-size", "32",
+                        "--direct_running_mode=in_memory", "--no-progress"])
+    back = returns(modules)
+    print(f"modules entered: {len(set(modules))}; returns to a module already left: {sum(back.values())}")
+    print("| module | returns |\n| --- | --- |")
+    for name, count in back.most_common(args.top):
+        print(f"| {name} | {count} |")
+
+
+if __name__ == "__main__":
+    main()
