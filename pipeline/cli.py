@@ -244,6 +244,9 @@ def search_command(argv: Sequence[str]) -> int:
             row["top class"] = names[int(index)][0].as_py()
         columns.insert(3, "top class")
     print(_table(rows, columns))
+    if result.tail_rows:
+        print(f"featurize: {int(result.from_tail[0].sum())} of these {len(rows)} come from the {result.tail_rows:,} rows "
+              f"the index does not cover yet, searched exactly; `featurize index {args.store}` adds them")
     if args.grid:
         from pipeline.contact_sheet import contact_sheet
         from pipeline.inputs.reading import URI_READ_ERRORS, read_uri
@@ -295,30 +298,45 @@ def index_command(argv: Sequence[str]) -> int:
     import argparse
 
     from pipeline.store.index import index_path
-    from pipeline.store.indexing import build_index, parse_bytes
+    from pipeline.store.indexing import parse_bytes, update_index
 
     parser = argparse.ArgumentParser(prog="featurize index", description="Build a finished store's nearest-neighbour "
-                                     "index and contiguous float32 matrix, inside the store's folder (index/).")
+                                     "index and contiguous float32 matrix, inside the store's folder (index/); on an "
+                                     "indexed store, add the units a --resume added since.")
     parser.add_argument("store", help="a finished featurize output directory, on a local disk")
     parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="what the index ranks by")
+    parser.add_argument("--metric", choices=["cosine", "l2"], help="what the index ranks by (default: the index's, "
+                        "else cosine; another than the index's rebuilds it)")
     parser.add_argument("--memory-budget", dest="memory_budget",
                         help="most memory the index may take, like 800MB or 2GiB (default: no limit; the matrix "
                              "is memory-mapped and not counted)")
     parser.add_argument("--factory", help="a faiss index_factory string instead of the automatic choice, e.g. "
                         "IVF1024,PQ32 (Flat: no faiss index, exact scans)")
+    parser.add_argument("--rebuild", action="store_true", help="retrain the index from scratch instead of adding "
+                        "the new units' rows to it")
     args = parser.parse_args(argv)
     store = _open_store(args.store)
     name = _store_output(store, args.output_name)
     try:
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-        info = build_index(store, name, metric=args.metric, memory_budget=budget, factory=args.factory)
+        update = update_index(store, name, metric=args.metric, memory_budget=budget, factory=args.factory,
+                              rebuild=args.rebuild)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    info, folder = update.info, index_path(store.root, update.info.output)
+    if not update.built:
+        added = (f"added {update.added_rows:,} rows of {update.added_units} new units to" if update.added_units
+                 else "nothing to add to")
+        print(f"featurize: {added} the index of {info.output!r} (now {info.rows:,} rows, {info.factory}; quantizer "
+              f"and {info.search_parameter or 'scan'} kept; --rebuild retrains) in {update.seconds:.1f} s -> {folder}")
+        if update.advice:
+            print(f"featurize: warning: {update.advice}", file=sys.stderr)
+        return 0
     recall = "" if info.recall_at_10 is None else f", {info.search_parameter}={info.search_value} (recall@10 " \
                                                   f"{info.recall_at_10:.3f} on sampled rows)"
+    rebuilt = f" (built anew: {update.reason})" if update.reason else ""
     print(f"featurize: indexed {info.rows:,} rows of {info.output!r} ({info.dim} dims, {info.metric}) as "
-          f"{info.factory}{recall} in {info.build_seconds:.1f} s -> {index_path(store.root, info.output)}")
+          f"{info.factory}{recall} in {info.build_seconds:.1f} s{rebuilt} -> {folder}")
     return 0
 
 
