@@ -1,6 +1,6 @@
-"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library.
+"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`, `duplicates`. Thin: the logic lives in the library.
 
-Longer than ~350 lines on purpose: six commands' argparse and printing, and the one place that turns
+Longer than ~350 lines on purpose: seven commands' argparse and printing, and the one place that turns
 every error into its sentence and exit code (Ctrl-C, a missing extra, a ConfigError), read together.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ commands:
   index    build a store's nearest-neighbour index and exact-scan matrix: featurize index out/
   serve    a search web page and JSON API over a store: featurize serve out/ --port 8000
   inspect  what a store holds: counts, dimensions, fingerprint, errors, files
+  duplicates  near-duplicate groups as Parquet: featurize duplicates out/ --threshold 0.95
 
 `featurize COMMAND --help` describes each command's options.
 """
@@ -340,6 +341,43 @@ def index_command(argv: Sequence[str]) -> int:
     return 0
 
 
+def _near(metric: str, threshold: float) -> str:
+    """`cosine >= 0.95`, `l2 <= 0.3`: what made rows near-duplicates."""
+    return f"{metric} {'>=' if metric == 'cosine' else '<='} {threshold}"
+
+
+def duplicates_command(argv: Sequence[str]) -> int:
+    import argparse
+
+    from pipeline.store.duplicates import write_groups
+
+    parser = argparse.ArgumentParser(prog="featurize duplicates", description="Near-duplicate groups of a store: the "
+                                     "connected components of the pairs of rows at or past --threshold, as Parquet.")
+    parser.add_argument("store", help="a finished featurize output directory")
+    parser.add_argument("--threshold", type=float, required=True, help="cosine similarity at least this (or, with "
+                        "--metric l2, distance at most this) makes two rows near-duplicates, e.g. 0.95")
+    parser.add_argument("--output", help="the Parquet file to write (default: STORE/duplicates.parquet)")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    parser.add_argument("--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--exact", action="store_true", help="compare every pair exactly even when the store has "
+                        "an IVF index (time grows with the square of the rows)")
+    args = parser.parse_args(argv)
+    store = _open_store(args.store)
+    name = _store_output(store, args.output_name)
+    try:
+        found = store.duplicates(args.threshold, metric=args.metric, output=name, exact=args.exact)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    path = args.output or os.path.join(store.root, "duplicates.parquet")
+    write_groups(found, path)
+    keys = found.table.num_rows
+    how = "exactly" if found.method == "exact" else "through the index's range search"
+    print(f"featurize: {found.groups:,} groups of {keys:,} keys ({keys - found.groups:,} beyond each group's first) "
+          f"at {_near(found.metric, found.threshold)}, compared {how} over "
+          f"{found.rows:,} rows -> {path}")
+    return 0
+
+
 def serve_command(argv: Sequence[str]) -> int:
     import argparse
 
@@ -409,6 +447,16 @@ def inspect_command(argv: Sequence[str]) -> int:
         print(f"\nremoved    {removed['count']} {removed.get('kind', 'inputs')} are in the store but no longer in "
               f"the input: "
               + ", ".join(removed["listed"][:5]))
+    duplicates = os.path.join(store.root, "duplicates.parquet")
+    if files.is_local(store.root) and os.path.exists(duplicates):
+        from pipeline.store.duplicates import read_summary
+
+        made = read_summary(duplicates)
+        grown = "" if made.rows == len(store) else (f"; the store has {len(store):,} rows now, run `featurize "
+                                                    f"duplicates` again")
+        print(f"\nduplicates {made.groups:,} groups of {made.keys:,} keys ({made.keys - made.groups:,} beyond each "
+              f"group's first) at {_near(made.metric, made.threshold)}, "
+              f"{made.method}, over {made.rows:,} rows (duplicates.parquet){grown}")
     print("\nfiles")
     print(_table([{"file": name, "bytes": "missing" if size is None else size}
                   for name, size in store.file_sizes().items()], ["file", "bytes"]))
@@ -416,7 +464,7 @@ def inspect_command(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "index": index_command,
-            "serve": serve_command, "inspect": inspect_command}
+            "serve": serve_command, "inspect": inspect_command, "duplicates": duplicates_command}
 
 # setup.py's optional extras, by the module whose import asks for one.
 EXTRAS = {"faiss": "index", "starlette": "serve", "uvicorn": "serve", "keras_hub": "hub"}

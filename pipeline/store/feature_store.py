@@ -29,7 +29,7 @@ from pipeline.store.fingerprint import Fingerprint
 from pipeline.store.schema import (ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST,
                                    VIRTUAL_STORE)
 from pipeline.store.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
-from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
+from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search, normalize
 
 __all__ = ["FeatureStore", "IncompleteStore", "NoTextTower", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
@@ -291,6 +291,44 @@ class FeatureStore:
         keys = self.rows["key"]
         return SearchResult(indices, scores, [[keys[int(i)].as_py() for i in row] for row in indices], tail_rows,
                             from_tail)
+
+    # ------------------------------------------------------------------ duplicates
+    def duplicates(self, threshold: float, *, metric: str = "cosine", output: str | None = None,
+                   exact: bool = False):
+        """Near-duplicate groups (`pipeline.store.duplicates.DuplicateGroups`): the connected components of the
+        pairs of rows with cosine similarity >= threshold (or L2 distance <= threshold). Through the range search
+        of the output's IVF index when it has one covering the store (approximate: see pipeline.store.duplicates),
+        else, or with exact=True, by blocked matrix products over a memory-mapped copy of the vectors."""
+        import tempfile
+
+        from pipeline.store import duplicates as dup
+        from pipeline.store.index import FLAT
+
+        dup.check_threshold(threshold, metric)
+        name = self.output_name(output)
+        index = None if exact else self._current_index(name)
+        if index is not None and index.info.factory != FLAT:
+            if index.coverage.tail:
+                raise ValueError(f"the index of {self.root!r} does not cover {index.coverage.tail_rows:,} rows of "
+                                 f"{len(index.coverage.tail)} units added since; run `featurize index {self.root}` to "
+                                 f"add them, or find the groups exactly (exact=True, --exact)")
+            pairs = dup.index_pairs(index.faiss_index, index.matrix, index.sqnorms, threshold, metric,
+                                    index.info.search_value)
+            to_store = index.coverage.to_store
+            labels = np.empty(index.info.rows, np.int64)  # each store row's component, named by a store row
+            labels[to_store.map(np.arange(index.info.rows))] = to_store.map(dup.components(index.info.rows, pairs))
+            method = "index"
+        else:
+            with tempfile.TemporaryDirectory(prefix="featurize-duplicates-") as folder:
+                matrix = np.lib.format.open_memmap(os.path.join(folder, "vectors.npy"), mode="w+", dtype=np.float32,
+                                                   shape=(len(self), self.outputs[name]))
+                for start, block in self.iter_embeddings(name):
+                    matrix[start:start + len(block)] = normalize(block) if metric == "cosine" else block
+                labels = dup.components(len(self), dup.exact_pairs(matrix, threshold, metric))
+                del matrix
+            method = "exact"
+        table = dup.groups_table(self.rows, *dup.group_rows(labels))
+        return dup.DuplicateGroups(table, threshold, metric, method, len(self))
 
     # ------------------------------------------------------------------ queries
     def embed(self, images: Sequence[bytes], output: str | None = None) -> np.ndarray:
