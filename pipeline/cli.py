@@ -328,8 +328,9 @@ def index_command(argv: Sequence[str]) -> int:
     if not update.built:
         added = (f"added {update.added_rows:,} rows of {update.added_units} new units to" if update.added_units
                  else "nothing to add to")
-        print(f"featurize: {added} the index of {info.output!r} (now {info.rows:,} rows, {info.factory}; quantizer "
-              f"and {info.search_parameter or 'scan'} kept; --rebuild retrains) in {update.seconds:.1f} s -> {folder}")
+        kept = "quantizer and nprobe kept" if info.search_parameter else "exact scans"
+        print(f"featurize: {added} the index of {info.output!r} (now {info.rows:,} rows, {info.factory}; {kept}; "
+              f"--rebuild retrains) in {update.seconds:.1f} s -> {folder}")
         if update.advice:
             print(f"featurize: warning: {update.advice}", file=sys.stderr)
         return 0

@@ -234,12 +234,19 @@ def _tune_nprobe(index, matrix: np.ndarray, sqnorms: np.ndarray, metric: str, fa
         nprobe = min(nlist, nprobe * 2)
 
 
-def _remove(folder: str, keep: str | None = None) -> None:
-    """Every index file in `folder` (faiss files but `keep` only, when given)."""
-    names = [INFO_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE] if keep is None else []
-    for path in [*(os.path.join(folder, name) for name in names), *glob.glob(os.path.join(folder, "index*.faiss"))]:
-        if os.path.exists(path) and os.path.basename(path) != keep:
+def _remove_faiss(folder: str, keep: str | None = None) -> None:
+    """Every faiss file in `folder` but `keep`: those of earlier appends, or of an append killed before its commit."""
+    for path in glob.glob(os.path.join(folder, "index*.faiss")):
+        if os.path.basename(path) != keep:
             os.remove(path)
+
+
+def _remove(folder: str) -> None:
+    for name in (INFO_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE):
+        path = os.path.join(folder, name)
+        if os.path.exists(path):
+            os.remove(path)
+    _remove_faiss(folder)
 
 
 def _local_root(store) -> str:
@@ -322,7 +329,7 @@ def append_index(store, info: IndexInfo) -> tuple[IndexInfo, int]:
     grown = replace(info, rows=rows, faiss_file=faiss_file,
                     units=info.units + tuple(IndexedUnit(name, count) for name, count in zip(names, counts)))
     _write_info(folder, grown)
-    _remove(folder, keep=faiss_file)
+    _remove_faiss(folder, keep=faiss_file)
     return grown, len(names)
 
 

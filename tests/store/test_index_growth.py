@@ -93,6 +93,15 @@ def test_a_search_of_a_grown_store_scans_the_units_the_index_misses_and_merges_t
     tail_results = sum(line.split()[2].startswith(("u0/", "u9/")) for line in lines[2:5])
     assert lines[5] == (f"featurize: {tail_results} of these 3 come from the 60 rows the index does not cover yet, "
                         f"searched exactly; `featurize index {tmp_path}` adds them")
+    assert main(["index", str(tmp_path)]) == 0  # a Flat index (no faiss) appends too
+    assert "added 60 rows of 2 new units to the index of 'embedding' (now 360 rows, Flat; exact scans" in \
+        capsys.readouterr().out
+    _index_matrix_is_the_stores(grown, index_path(str(tmp_path), "embedding"), 360)
+    appended = FeatureStore.open(str(tmp_path))
+    assert appended.index().info.rows == 360 and appended.rows.equals(appended.reader.metadata())
+    result = appended.search(queries, k=10)
+    np.testing.assert_array_equal(result.indices, exact_top(grown, queries, 10)[0])
+    assert result.tail_rows == 0 and not result.from_tail.any()
 
 
 def test_a_new_key_is_found_through_a_lossy_index_at_once(tmp_path, big):
