@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +30,9 @@ from pipeline.store.schema import (ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, FINGE
                                    VIRTUAL_STORE)
 from pipeline.store.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
 from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search, normalize
+
+if TYPE_CHECKING:
+    from pipeline.store.duplicates import DuplicateGroups
 
 __all__ = ["FeatureStore", "IncompleteStore", "NoTextTower", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
@@ -294,11 +297,12 @@ class FeatureStore:
 
     # ------------------------------------------------------------------ duplicates
     def duplicates(self, threshold: float, *, metric: str = "cosine", output: str | None = None,
-                   exact: bool = False):
+                   exact: bool = False) -> "DuplicateGroups":
         """Near-duplicate groups (`pipeline.store.duplicates.DuplicateGroups`): the connected components of the
         pairs of rows with cosine similarity >= threshold (or L2 distance <= threshold). Through the range search
-        of the output's IVF index when it has one covering the store (approximate: see pipeline.store.duplicates),
-        else, or with exact=True, by blocked matrix products over a memory-mapped copy of the vectors."""
+        of the output's IVF index when it has one for `metric` covering the store (approximate: see
+        pipeline.store.duplicates), else, or with exact=True, by blocked matrix products over a memory-mapped
+        copy of the vectors."""
         import tempfile
 
         from pipeline.store import duplicates as dup
@@ -307,7 +311,7 @@ class FeatureStore:
         dup.check_threshold(threshold, metric)
         name = self.output_name(output)
         index = None if exact else self._current_index(name)
-        if index is not None and index.info.factory != FLAT:
+        if index is not None and index.info.factory != FLAT and index.info.metric == metric:
             if index.coverage.tail:
                 raise ValueError(f"the index of {self.root!r} does not cover {index.coverage.tail_rows:,} rows of "
                                  f"{len(index.coverage.tail)} units added since; run `featurize index {self.root}` to "
@@ -325,7 +329,7 @@ class FeatureStore:
                 for start, block in self.iter_embeddings(name):
                     matrix[start:start + len(block)] = normalize(block) if metric == "cosine" else block
                 labels = dup.components(len(self), dup.exact_pairs(matrix, threshold, metric))
-                del matrix
+                del matrix  # unmapped before its folder goes
             method = "exact"
         table = dup.groups_table(self.rows, *dup.group_rows(labels))
         return dup.DuplicateGroups(table, threshold, metric, method, len(self))

@@ -50,7 +50,8 @@ SHORTLIST = 4  # a lossy index shortlists SHORTLIST * k rows for the exact re-ra
 
 
 class StaleIndex(ValueError):
-    """The index was built for another state of the store."""
+    """The index cannot serve the store: another model built it, it names a unit file the store no longer
+    lists, or it is of an older layout."""
 
 
 @dataclass(frozen=True)

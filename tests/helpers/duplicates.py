@@ -40,7 +40,8 @@ def brute_force_groups(vectors: np.ndarray, threshold: float, metric: str = "cos
         unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
         near = unit @ unit.T >= threshold
     else:
-        near = np.linalg.norm(vectors[:, None, :] - vectors[None, :, :], axis=2) <= threshold
+        squared = np.sum(vectors ** 2, axis=1)
+        near = np.sqrt(np.maximum(squared[:, None] - 2 * vectors @ vectors.T + squared[None, :], 0)) <= threshold
     parent = list(range(len(vectors)))
 
     def root(row):

@@ -73,6 +73,8 @@ def test_the_index_range_search_finds_the_brute_force_groups(tmp_path):
     found = store.duplicates(0.995)
     assert found.method == "index" and _key_groups(found.table) == _truth(store, 0.995)
     assert store.duplicates(0.995, exact=True).table.equals(found.table)
+    l2 = store.duplicates(0.05, metric="l2")  # the index ranks by cosine: an L2 threshold is found exactly
+    assert l2.method == "exact" and _key_groups(l2.table) == _truth(store, 0.05, "l2")
     grow_store(tmp_path)  # units the index does not cover: refused in one sentence, exact still answers
     grown = FeatureStore.open(str(tmp_path))
     with pytest.raises(ValueError, match=r"does not cover 60 rows of 2 units added since; run `featurize index .*` to "
