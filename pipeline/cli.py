@@ -1,6 +1,6 @@
-"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`. Thin: the logic lives in the library.
+"""The `featurize` command: `run`, `models`, `search`, `index`, `serve`, `inspect`, `duplicates`. Thin: the logic lives in the library.
 
-Longer than ~350 lines on purpose: six commands' argparse and printing, and the one place that turns
+Longer than ~350 lines on purpose: seven commands' argparse and printing, and the one place that turns
 every error into its sentence and exit code (Ctrl-C, a missing extra, a ConfigError), read together.
 """
 from __future__ import annotations
@@ -27,6 +27,7 @@ commands:
   index    build a store's nearest-neighbour index and exact-scan matrix: featurize index out/
   serve    a search web page and JSON API over a store: featurize serve out/ --port 8000
   inspect  what a store holds: counts, dimensions, fingerprint, errors, files
+  duplicates  near-duplicate groups as Parquet: featurize duplicates out/ --threshold 0.95
 
 `featurize COMMAND --help` describes each command's options.
 """
@@ -244,6 +245,9 @@ def search_command(argv: Sequence[str]) -> int:
             row["top class"] = names[int(index)][0].as_py()
         columns.insert(3, "top class")
     print(_table(rows, columns))
+    if result.tail_rows:
+        print(f"featurize: {int(result.from_tail[0].sum())} of these {len(rows)} come from the {result.tail_rows:,} rows "
+              f"the index does not cover yet, searched exactly; `featurize index {args.store}` adds them")
     if args.grid:
         from pipeline.contact_sheet import contact_sheet
         from pipeline.inputs.reading import URI_READ_ERRORS, read_uri
@@ -295,30 +299,83 @@ def index_command(argv: Sequence[str]) -> int:
     import argparse
 
     from pipeline.store.index import index_path
-    from pipeline.store.indexing import build_index, parse_bytes
+    from pipeline.store.indexing import parse_bytes, update_index
 
     parser = argparse.ArgumentParser(prog="featurize index", description="Build a finished store's nearest-neighbour "
-                                     "index and contiguous float32 matrix, inside the store's folder (index/).")
+                                     "index and contiguous float32 matrix, inside the store's folder (index/); on an "
+                                     "indexed store, add the units a --resume added since.")
     parser.add_argument("store", help="a finished featurize output directory, on a local disk")
     parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine", help="what the index ranks by")
+    parser.add_argument("--metric", choices=["cosine", "l2"], help="what the index ranks by (default: the index's, "
+                        "else cosine; another than the index's rebuilds it)")
     parser.add_argument("--memory-budget", dest="memory_budget",
                         help="most memory the index may take, like 800MB or 2GiB (default: no limit; the matrix "
                              "is memory-mapped and not counted)")
     parser.add_argument("--factory", help="a faiss index_factory string instead of the automatic choice, e.g. "
                         "IVF1024,PQ32 (Flat: no faiss index, exact scans)")
+    parser.add_argument("--rebuild", action="store_true", help="retrain the index from scratch instead of adding "
+                        "the new units' rows to it")
     args = parser.parse_args(argv)
     store = _open_store(args.store)
     name = _store_output(store, args.output_name)
     try:
         budget = parse_bytes(args.memory_budget) if args.memory_budget else None
-        info = build_index(store, name, metric=args.metric, memory_budget=budget, factory=args.factory)
+        update = update_index(store, name, metric=args.metric, memory_budget=budget, factory=args.factory,
+                              rebuild=args.rebuild)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+    info, folder = update.info, index_path(store.root, update.info.output)
+    if not update.built:
+        added = (f"added {update.added_rows:,} rows of {update.added_units} new units to" if update.added_units
+                 else "nothing to add to")
+        kept = "quantizer and nprobe kept" if info.search_parameter else "exact scans"
+        print(f"featurize: {added} the index of {info.output!r} (now {info.rows:,} rows, {info.factory}; {kept}; "
+              f"--rebuild retrains) in {update.seconds:.1f} s -> {folder}")
+        if update.advice:
+            print(f"featurize: warning: {update.advice}", file=sys.stderr)
+        return 0
     recall = "" if info.recall_at_10 is None else f", {info.search_parameter}={info.search_value} (recall@10 " \
                                                   f"{info.recall_at_10:.3f} on sampled rows)"
+    rebuilt = f" (built anew: {update.reason})" if update.reason else ""
     print(f"featurize: indexed {info.rows:,} rows of {info.output!r} ({info.dim} dims, {info.metric}) as "
-          f"{info.factory}{recall} in {info.build_seconds:.1f} s -> {index_path(store.root, info.output)}")
+          f"{info.factory}{recall} in {info.build_seconds:.1f} s{rebuilt} -> {folder}")
+    return 0
+
+
+def _near(metric: str, threshold: float) -> str:
+    """`cosine >= 0.95`, `l2 <= 0.3`: what made rows near-duplicates."""
+    return f"{metric} {'>=' if metric == 'cosine' else '<='} {threshold}"
+
+
+def duplicates_command(argv: Sequence[str]) -> int:
+    import argparse
+
+    from pipeline.store.duplicates import write_groups
+
+    parser = argparse.ArgumentParser(prog="featurize duplicates", description="Near-duplicate groups of a store: the "
+                                     "connected components of the pairs of rows at or past --threshold, as Parquet.")
+    parser.add_argument("store", help="a finished featurize output directory")
+    parser.add_argument("--threshold", type=float, required=True, help="cosine similarity at least this (or, with "
+                        "--metric l2, distance at most this) makes two rows near-duplicates, e.g. 0.95")
+    parser.add_argument("--output", help="the Parquet file to write (default: STORE/duplicates.parquet)")
+    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    parser.add_argument("--output-name", dest="output_name", help="which output, for stores with several")
+    parser.add_argument("--exact", action="store_true", help="compare every pair exactly even when the store has "
+                        "an IVF index (time grows with the square of the rows)")
+    args = parser.parse_args(argv)
+    store = _open_store(args.store)
+    name = _store_output(store, args.output_name)
+    try:
+        found = store.duplicates(args.threshold, metric=args.metric, output=name, exact=args.exact)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    path = args.output or os.path.join(store.root, "duplicates.parquet")
+    write_groups(found, path)
+    keys = found.table.num_rows
+    how = "exactly" if found.method == "exact" else "through the index's range search"
+    print(f"featurize: {found.groups:,} groups of {keys:,} keys ({keys - found.groups:,} beyond each group's first) "
+          f"at {_near(found.metric, found.threshold)}, compared {how} over "
+          f"{found.rows:,} rows -> {path}")
     return 0
 
 
@@ -391,6 +448,16 @@ def inspect_command(argv: Sequence[str]) -> int:
         print(f"\nremoved    {removed['count']} {removed.get('kind', 'inputs')} are in the store but no longer in "
               f"the input: "
               + ", ".join(removed["listed"][:5]))
+    duplicates = os.path.join(store.root, "duplicates.parquet")
+    if files.is_local(store.root) and os.path.exists(duplicates):
+        from pipeline.store.duplicates import read_summary
+
+        made = read_summary(duplicates)
+        grown = "" if made.rows == len(store) else (f"; the store has {len(store):,} rows now, run `featurize "
+                                                    f"duplicates` again")
+        print(f"\nduplicates {made.groups:,} groups of {made.keys:,} keys ({made.keys - made.groups:,} beyond each "
+              f"group's first) at {_near(made.metric, made.threshold)}, "
+              f"{made.method}, over {made.rows:,} rows (duplicates.parquet){grown}")
     print("\nfiles")
     print(_table([{"file": name, "bytes": "missing" if size is None else size}
                   for name, size in store.file_sizes().items()], ["file", "bytes"]))
@@ -398,7 +465,7 @@ def inspect_command(argv: Sequence[str]) -> int:
 
 
 COMMANDS = {"run": run_command, "models": models_command, "search": search_command, "index": index_command,
-            "serve": serve_command, "inspect": inspect_command}
+            "serve": serve_command, "inspect": inspect_command, "duplicates": duplicates_command}
 
 # setup.py's optional extras, by the module whose import asks for one.
 EXTRAS = {"faiss": "index", "starlette": "serve", "uvicorn": "serve", "keras_hub": "hub"}

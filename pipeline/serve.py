@@ -10,7 +10,9 @@
     GET  /api/thumbnail?key=KEY         a JPEG thumbnail of a row's image, read from its uri through
                                         Beam's filesystems (tar members included)
 
-Both searches answer {"results": [{"rank", "key", "uri", "score"}, ...]}. A bad request gets a
+Both searches answer {"results": [{"rank", "key", "uri", "score", "tail"}, ...], "tail_rows": N}: N rows of
+units the index does not cover yet (a --resume added them) were searched exactly, and `tail` marks the
+results among them. A bad request gets a
 4xx and {"error": "one sentence"}; an unexpected failure a 500 with the same shape (its
 traceback goes to the server's log, never to the client).
 """
@@ -75,9 +77,12 @@ class SearchService:
                 result = self.store.search(vector, k=k, metric=self.metric, output=self.output)
         except StaleIndex as exc:
             raise BadRequest(409, str(exc)) from None
-        return {"results": [{"rank": rank, "key": key, "uri": self.store.uri_of(index), "score": float(score)}
-                            for rank, (index, score, key) in enumerate(
-                                zip(result.indices[0], result.scores[0], result.keys[0]), 1)]}
+        tail = result.from_tail[0] if result.from_tail is not None else np.zeros(len(result.keys[0]), bool)
+        return {"results": [{"rank": rank, "key": key, "uri": self.store.uri_of(index), "score": float(score),
+                             "tail": bool(exact)}
+                            for rank, (index, score, key, exact) in enumerate(
+                                zip(result.indices[0], result.scores[0], result.keys[0], tail), 1)],
+                "tail_rows": result.tail_rows}
 
     def _row(self, key: str | None) -> int:
         if not key:

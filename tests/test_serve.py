@@ -152,22 +152,45 @@ def test_the_page_shows_the_neighbours_and_their_thumbnails_in_chromium(server, 
     assert dom.count('data-loaded="true"') == 5 and 'data-loaded="false"' not in dom
 
 
-def test_a_store_whose_index_went_stale_answers_409_in_one_sentence(tmp_path):
-    """A --resume added rows after `featurize index`: searching would name rows of another store, so the
-    API refuses (409) and says how to fix it, while what needs no index (a thumbnail) still answers."""
+def test_an_index_of_another_model_answers_409_in_one_sentence(tmp_path):
+    """The index's fingerprint is not the store's (rebuilt by another model since): searching would name rows of
+    another store, so the API refuses (409) and says how to fix it, while what needs no index (a thumbnail) still
+    answers."""
+    import json
+
+    from pipeline.store.index import INFO_FILE, index_path
     from tests.helpers.stores import clustered, generated_store
 
     build_index(generated_store(tmp_path, {"embedding": clustered(300)}))
-    generated_store(tmp_path, {"embedding": clustered(30, seed=4)}, units=1, first_unit=7)
+    path = os.path.join(index_path(str(tmp_path), "embedding"), INFO_FILE)
+    info = json.loads(open(path).read())
+    open(path, "w").write(json.dumps(dict(info, fingerprint={**info["fingerprint"], "backbone": "other"})))
     with serving(str(tmp_path)) as base:
-        response = httpx.get(f"{base}/api/search", params={"key": "u7/img00029.jpg", "k": 3}, timeout=30)
+        response = httpx.get(f"{base}/api/search", params={"key": "u2/img00299.jpg", "k": 3}, timeout=30)
         assert response.status_code == 409
         error = response.json()["error"]
-        assert error.startswith("the index in ") and "its row count and feature files changed" in error
-        assert f"rebuild it with `featurize index {tmp_path}`" in error and "\n" not in error
-        thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": "u7/img00029.jpg"}, timeout=30)
+        assert error.startswith("the index in ") and "was built with another model" in error
+        assert f"rebuild it with `featurize index {tmp_path} --rebuild`" in error and "\n" not in error
+        thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": "u2/img00299.jpg"}, timeout=30)
         assert thumbnail.status_code == 404
-        assert thumbnail.json() == {"error": "the image of 'u7/img00029.jpg' is no longer at '/images/u7/img00029.jpg'"}
+        assert thumbnail.json() == {"error": "the image of 'u2/img00299.jpg' is no longer at '/images/u2/img00299.jpg'"}
+
+
+def test_a_grown_store_answers_new_keys_at_once_and_says_how_many_rows_the_index_missed(tmp_path):
+    from tests.helpers.stores import clustered, exact_top, generated_store, grow_store
+
+    generated_store(tmp_path, {"embedding": clustered(300)}, first_unit=1)
+    build_index(FeatureStore.open(str(tmp_path)))
+    grown = grow_store(tmp_path)
+    with serving(str(tmp_path)) as base:
+        response = httpx.get(f"{base}/api/search", params={"key": "u9/img00029.jpg", "k": 5}, timeout=30)
+    assert response.status_code == 200, response.text
+    answer = response.json()
+    truth, scores = exact_top(grown, grown.get("u9/img00029.jpg")[None, :], 5)
+    assert [r["key"] for r in answer["results"]] == [grown.keys[i] for i in truth[0]]
+    np.testing.assert_allclose([r["score"] for r in answer["results"]], scores[0], rtol=1e-5, atol=1e-6)
+    assert answer["tail_rows"] == 60 and answer["results"][0]["tail"] is True
+    assert [r["tail"] for r in answer["results"]] == [r["key"].startswith(("u0/", "u9/")) for r in answer["results"]]
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import pyarrow as pa
@@ -29,7 +29,10 @@ from pipeline.store.fingerprint import Fingerprint
 from pipeline.store.schema import (ERROR_SCHEMA, ERRORS_DIR, FEATURES_DIR, FINGERPRINT_ATTR, FINGERPRINT_KEY, MANIFEST,
                                    VIRTUAL_STORE)
 from pipeline.store.readers import HDF5Reader, IncompleteStore, ParquetReader, StoreReader
-from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search
+from pipeline.store.search import METRICS, Block, SearchResult, as_queries, check_metric, exact_search, normalize
+
+if TYPE_CHECKING:
+    from pipeline.store.duplicates import DuplicateGroups
 
 __all__ = ["FeatureStore", "IncompleteStore", "NoTextTower", "SearchResult", "METRICS"]
 DEFAULT_CHUNK_ROWS = 65536
@@ -149,12 +152,12 @@ class FeatureStore:
     @property
     def rows(self) -> pa.Table:
         """Every per-row column but the vectors (key, uri, width, height, and predicted_* when the
-        store has predictions), in row order: memory-mapped from a current index (pipeline.store.index),
-        else read from the shards once."""
+        store has predictions), in row order: memory-mapped from an index (pipeline.store.index), the
+        units it does not cover read from their shards, else read from the shards once."""
         if self._rows is None:
             indexed = (self._current_index(name) for name in self.outputs)
             index = next((index for index in indexed if index is not None), None)
-            self._rows = index.rows if index is not None else self.reader.metadata()
+            self._rows = index.store_rows() if index is not None else self.reader.metadata()
         return self._rows
 
     @property
@@ -229,18 +232,19 @@ class FeatureStore:
         return row
 
     def get(self, key: str, output: str | None = None) -> np.ndarray:
-        """The vector of one key (from the index's matrix when there is a current one)."""
+        """The vector of one key (from the index's matrix when the index covers its unit)."""
         row = self.index_of(key)
         name = self.output_name(output)
         index = self._current_index(name)
-        if index is not None:
-            return np.array(index.matrix[row], np.float32)
+        position = index.position(row) if index is not None else None
+        if position is not None:
+            return np.array(index.matrix[position], np.float32)
         return self.reader.row(name, row)
 
     # ------------------------------------------------------------------ search
     def index(self, output: str | None = None):
         """The `pipeline.store.index.StoreIndex` of an output, or None when it was never indexed; raises
-        `pipeline.store.index.StaleIndex` when the store changed since."""
+        `pipeline.store.index.StaleIndex` when it was built with another model or names a unit file gone."""
         from pipeline.store.index import StoreIndex
 
         name = self.output_name(output)
@@ -249,7 +253,7 @@ class FeatureStore:
         return self._indexes[name]
 
     def _current_index(self, name: str):
-        """The index, or None when there is none or it is stale: for reads that the shards can answer."""
+        """The index, or None when there is none or it is refused: for reads that the shards can answer."""
         from pipeline.store.index import StaleIndex
 
         try:
@@ -261,10 +265,12 @@ class FeatureStore:
                output: str | None = None, chunk_rows: int = DEFAULT_CHUNK_ROWS, exact: bool = False,
                text: str | Sequence[str] | None = None) -> SearchResult:
         """Top-k of each query: `vectors`, or `text` (one sentence or several) embedded by the store's text
-        tower (`embed_text`) and ranked against the model's own embedding (`text_output`). Through the output's index when it has one (`featurize index`; a stale
-        one raises `pipeline.store.index.StaleIndex`); with exact=True or without an index, an exact scan:
-        of the index's memory-mapped matrix when there is a current one, else of the store's shards in
-        blocks of chunk_rows (memory O(chunk_rows x (D + queries)))."""
+        tower (`embed_text`) and ranked against the model's own embedding (`text_output`). Through the output's
+        index when it has one (`featurize index`; one of another model raises `pipeline.store.index.StaleIndex`),
+        the units it does not cover (added since) scanned exactly and merged in (`tail_rows`, `from_tail`); with
+        exact=True or without an index, an exact scan: of the index's memory-mapped matrix and the tail when
+        there is a usable index, else of the store's shards in blocks of chunk_rows (memory
+        O(chunk_rows x (D + queries)))."""
         check_metric(metric)
         if k < 1:
             raise ValueError(f"k {k} must be at least 1")
@@ -278,13 +284,55 @@ class FeatureStore:
         name = self.output_name(output)
         queries = as_queries(vectors, self.outputs[name])
         index = self._current_index(name) if exact else self.index(name)
+        tail_rows, from_tail = 0, None
         if index is not None:
             indices, scores = index.search(queries, k, metric, exact=exact)
+            tail_rows, from_tail = index.coverage.tail_rows, index.coverage.to_index.map(indices) < 0
         else:
             blocks = (Block(start, block) for start, block in self.iter_embeddings(name, chunk_rows))
             indices, scores = exact_search(blocks, queries, k, metric)
         keys = self.rows["key"]
-        return SearchResult(indices, scores, [[keys[int(i)].as_py() for i in row] for row in indices])
+        return SearchResult(indices, scores, [[keys[int(i)].as_py() for i in row] for row in indices], tail_rows,
+                            from_tail)
+
+    # ------------------------------------------------------------------ duplicates
+    def duplicates(self, threshold: float, *, metric: str = "cosine", output: str | None = None,
+                   exact: bool = False) -> "DuplicateGroups":
+        """Near-duplicate groups (`pipeline.store.duplicates.DuplicateGroups`): the connected components of the
+        pairs of rows with cosine similarity >= threshold (or L2 distance <= threshold). Through the range search
+        of the output's IVF index when it has one for `metric` covering the store (approximate: see
+        pipeline.store.duplicates), else, or with exact=True, by blocked matrix products over a memory-mapped
+        copy of the vectors."""
+        import tempfile
+
+        from pipeline.store import duplicates as dup
+        from pipeline.store.index import FLAT
+
+        dup.check_threshold(threshold, metric)
+        name = self.output_name(output)
+        index = None if exact else self._current_index(name)
+        if index is not None and index.info.factory != FLAT and index.info.metric == metric:
+            if index.coverage.tail:
+                raise ValueError(f"the index of {self.root!r} does not cover {index.coverage.tail_rows:,} rows of "
+                                 f"{len(index.coverage.tail)} units added since; run `featurize index {self.root}` to "
+                                 f"add them, or find the groups exactly (exact=True, --exact)")
+            pairs = dup.index_pairs(index.faiss_index, index.matrix, index.sqnorms, threshold, metric,
+                                    index.info.search_value)
+            to_store = index.coverage.to_store
+            labels = np.empty(index.info.rows, np.int64)  # each store row's component, named by a store row
+            labels[to_store.map(np.arange(index.info.rows))] = to_store.map(dup.components(index.info.rows, pairs))
+            method = "index"
+        else:
+            with tempfile.TemporaryDirectory(prefix="featurize-duplicates-") as folder:
+                matrix = np.lib.format.open_memmap(os.path.join(folder, "vectors.npy"), mode="w+", dtype=np.float32,
+                                                   shape=(len(self), self.outputs[name]))
+                for start, block in self.iter_embeddings(name):
+                    matrix[start:start + len(block)] = normalize(block) if metric == "cosine" else block
+                labels = dup.components(len(self), dup.exact_pairs(matrix, threshold, metric))
+                del matrix  # unmapped before its folder goes
+            method = "exact"
+        table = dup.groups_table(self.rows, *dup.group_rows(labels))
+        return dup.DuplicateGroups(table, threshold, metric, method, len(self))
 
     # ------------------------------------------------------------------ queries
     def embed(self, images: Sequence[bytes], output: str | None = None) -> np.ndarray:

@@ -1,25 +1,38 @@
 """`featurize index OUT`: build a finished store's contiguous float32 matrix and approximate-nearest-
-neighbour index inside its folder (the layout, and reading it, are pipeline.store.index's).
+neighbour index inside its folder (the layout, and reading it, are pipeline.store.index's), or append to
+it the units a `--resume` added since (`update_index`).
 
 Index choice (`choose_factory`, after autofaiss's heuristics): up to FLAT_ROWS rows no index
 (exact scans are fast enough); above, an IVF with about 2*sqrt(N) lists whose codes are the
 largest of Flat, SQ8 or PQ that fits the memory budget. A lossy index's shortlist is re-ranked
 exactly at search time. `nprobe` is tuned at build time: the smallest power of two whose recall@10
 of sampled rows' nearest *other* rows reaches the target (0.97, so that new queries stay above 0.95).
+
+An append keeps the trained quantizer and nprobe: the new rows are added to vectors.npy and sqnorms.npy in
+place (NumPy's .npy header keeps room for the row count to grow), rows.arrow is rewritten (metadata only,
+~50 bytes a row), the faiss index is read whole, given the new rows (`add_with_ids`, ids = their positions)
+and written as a new file; index.json, naming that file, is written last, so an append killed before it
+leaves the old index whole (its files' extra rows are never read, and the next append cuts them off).
+Past GROWTH_LIMIT times the rows it was trained on, the lists no longer fit the data: the update says so.
 """
 from __future__ import annotations
 
+import glob
 import json
 import math
 import os
 import time
-from dataclasses import asdict
+from dataclasses import dataclass, replace
+from typing import BinaryIO, Iterator
 
 import numpy as np
+import pyarrow as pa
 
 from pipeline import files
 from pipeline.store.index import (FAISS_FILE, FLAT, INFO_FILE, MATRIX_FILE, ROWS_FILE, SCAN_ROWS, SQNORMS_FILE,
-                                  IndexInfo, index_path, matrix_blocks, search_index)
+                                  IndexedUnit, IndexInfo, StaleIndex, foreign, index_path, matrix_blocks, read_info,
+                                  search_index, store_files)
+from pipeline.store.readers import FilesReader
 from pipeline.store.search import METRICS, exact_search, normalize
 
 FLAT_ROWS = 50_000
@@ -27,6 +40,19 @@ RECALL_TARGET = 0.97  # on sampled rows; new queries land a little lower (bench/
 TUNING_QUERIES = 256
 _TRAIN_PER_LIST = 40  # faiss warns below 39 training points per list
 _KMEANS_ITERATIONS = 10  # faiss's default is 25; fewer shorten the build, and the tuning measures the recall left
+GROWTH_LIMIT = 4  # an IVF's lists were cut for the rows it was trained on; past 4x them an append asks for a rebuild
+
+
+@dataclass(frozen=True)
+class IndexUpdate:
+    """What `update_index` did: built the index (trained from scratch) or appended the units it missed."""
+    info: IndexInfo
+    built: bool
+    reason: str | None  # why an index that was there was built again ("--rebuild", another model, ...)
+    added_rows: int  # appended rows (all of them when built)
+    added_units: int
+    seconds: float
+    advice: str | None  # the sentence that asks for --rebuild, when the store outgrew the index
 
 
 def parse_bytes(text: str) -> int:
@@ -64,36 +90,80 @@ def choose_factory(rows: int, dim: int, memory_budget: int | None = None) -> str
                      f"(at least {centroids + rows * (1 + per_row_id)} bytes); give a larger budget")
 
 
-def _write_matrix(store, output: str, folder: str) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the store's vectors into vectors.npy and their squared norms into sqnorms.npy."""
-    rows, dim = len(store), store.outputs[output]
-    matrix = np.lib.format.open_memmap(os.path.join(folder, MATRIX_FILE), mode="w+", dtype=np.float32,
-                                       shape=(rows, dim))
-    sqnorms = np.lib.format.open_memmap(os.path.join(folder, SQNORMS_FILE), mode="w+", dtype=np.float32,
-                                        shape=(rows,))
-    written = 0
-    for start, block in store.iter_embeddings(output, SCAN_ROWS):
-        matrix[start:start + len(block)] = block
-        sqnorms[start:start + len(block)] = np.einsum("ij,ij->i", block, block)
-        written = start + len(block)
-    if written != rows:
-        raise ValueError(f"the store's shards hold {written} rows but its manifest counts {rows}; "
-                         f"the store is damaged, re-create it")
-    matrix.flush()
-    sqnorms.flush()
-    return matrix, sqnorms
+def _npy_for_append(path: str, rows: int, row_shape: tuple[int, ...]) -> tuple[BinaryIO, tuple[int, int], int]:
+    """`path` (an empty float32 .npy when missing) opened to append after its first `rows` rows (rows past
+    them, left by an append killed before its commit, are cut off): (handle, format version, data offset)."""
+    if not os.path.exists(path):
+        np.save(path, np.zeros((0, *row_shape), np.float32))
+    handle = open(path, "r+b")
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    read_header(handle)
+    offset = handle.tell()
+    handle.truncate(offset + rows * int(np.prod(row_shape, dtype=np.int64)) * 4)
+    handle.seek(0, os.SEEK_END)
+    return handle, version, offset
 
 
-def _write_rows(store, folder: str) -> None:
-    """The store's per-row metadata as an Arrow IPC file (no compression: it is memory-mapped)."""
+def _npy_set_rows(handle: BinaryIO, version: tuple[int, int], offset: int, shape: tuple[int, ...]) -> None:
+    """Rewrite the header for `shape`: NumPy pads it so that the row count can grow in place."""
+    handle.seek(0)
+    header = {"descr": "<f4", "fortran_order": False, "shape": shape}
+    (np.lib.format.write_array_header_1_0 if version == (1, 0) else np.lib.format.write_array_header_2_0)(handle, header)
+    if handle.tell() != offset:
+        raise ValueError(f"the header of {handle.name!r} cannot grow in place; rebuild the index with --rebuild")
+
+
+def _append_matrix(folder: str, rows: int, dim: int, blocks: Iterator[tuple[int, np.ndarray]]) -> int:
+    """Append the blocks' vectors to vectors.npy and their squared norms to sqnorms.npy, after the first
+    `rows` rows; returns the rows now counted."""
+    matrix, matrix_version, matrix_offset = _npy_for_append(os.path.join(folder, MATRIX_FILE), rows, (dim,))
+    norms, norms_version, norms_offset = _npy_for_append(os.path.join(folder, SQNORMS_FILE), rows, ())
+    with matrix, norms:
+        total = rows
+        for _, block in blocks:
+            block = np.ascontiguousarray(block, np.float32)
+            matrix.write(block.tobytes())
+            norms.write(np.einsum("ij,ij->i", block, block).astype(np.float32).tobytes())
+            total += len(block)
+        _npy_set_rows(matrix, matrix_version, matrix_offset, (total, dim))
+        _npy_set_rows(norms, norms_version, norms_offset, (total,))
+    return total
+
+
+def _append_rows(folder: str, rows: int, added: pa.Table) -> None:
+    """rows.arrow rewritten as its first `rows` rows and then `added` (temp + rename: readers keep the old
+    file mapped)."""
     import pyarrow.ipc as ipc
 
-    rows = store.reader.metadata()
-    if rows.num_rows != len(store):
-        raise ValueError(f"the store's shards hold {rows.num_rows} rows but its manifest counts {len(store)}; "
+    path = os.path.join(folder, ROWS_FILE)
+    tables = [added.replace_schema_metadata(None)]
+    if rows:
+        kept = ipc.open_file(pa.memory_map(path)).read_all().slice(0, rows)
+        tables = [kept, tables[0].select(kept.column_names).cast(kept.schema)]
+    with ipc.new_file(path + ".tmp", tables[-1].schema) as writer:
+        for table in tables:
+            writer.write_table(table, max_chunksize=1 << 20)
+    os.replace(path + ".tmp", path)
+
+
+def _counted(rows: int, expected: int) -> None:
+    if rows != expected:
+        raise ValueError(f"the store's shards hold {rows} rows but its manifest counts {expected}; "
                          f"the store is damaged, re-create it")
-    with ipc.new_file(os.path.join(folder, ROWS_FILE), rows.schema) as writer:
-        writer.write_table(rows, max_chunksize=1 << 20)
+
+
+def _write_info(folder: str, info: IndexInfo) -> None:
+    """index.json, temp + rename: the commit point of a build or an append."""
+    temporary = os.path.join(folder, INFO_FILE + ".tmp")
+    with open(temporary, "w") as handle:
+        json.dump(info.to_json(), handle, indent=2)
+    os.replace(temporary, os.path.join(folder, INFO_FILE))
+
+
+def _load_matrix(folder: str, rows: int) -> tuple[np.ndarray, np.ndarray]:
+    return (np.load(os.path.join(folder, MATRIX_FILE), mmap_mode="r")[:rows],
+            np.load(os.path.join(folder, SQNORMS_FILE), mmap_mode="r")[:rows])
 
 
 def _prepared(block: np.ndarray, metric: str) -> np.ndarray:
@@ -117,7 +187,7 @@ def _new_index(factory: str, dim: int, metric: str, seed: int = 0):
     return index
 
 
-def _train_and_add(index, matrix: np.ndarray, metric: str, seed: int = 0) -> None:
+def _train(index, matrix: np.ndarray, metric: str, seed: int = 0) -> None:
     import faiss
 
     rows = len(matrix)
@@ -125,8 +195,13 @@ def _train_and_add(index, matrix: np.ndarray, metric: str, seed: int = 0) -> Non
     sample = min(rows, max(faiss.extract_index_ivf(index).nlist, 256) * _TRAIN_PER_LIST)
     picked = np.sort(np.random.default_rng(seed).choice(rows, sample, replace=False))
     index.train(_prepared(matrix[picked], metric))
-    for start in range(0, rows, SCAN_ROWS):
-        index.add(_prepared(matrix[start:start + SCAN_ROWS], metric))
+
+
+def _add(index, matrix: np.ndarray, metric: str, first: int) -> None:
+    """Add the matrix's rows from `first` on, each with its position as faiss id."""
+    for start in range(first, len(matrix), SCAN_ROWS):
+        block = _prepared(matrix[start:start + SCAN_ROWS], metric)
+        index.add_with_ids(block, np.arange(start, start + len(block), dtype=np.int64))
 
 
 def _recall_of_others(found: np.ndarray, truth: np.ndarray, rows: np.ndarray) -> float:
@@ -159,11 +234,19 @@ def _tune_nprobe(index, matrix: np.ndarray, sqnorms: np.ndarray, metric: str, fa
         nprobe = min(nlist, nprobe * 2)
 
 
+def _remove_faiss(folder: str, keep: str | None = None) -> None:
+    """Every faiss file in `folder` but `keep`: those of earlier appends, or of an append killed before its commit."""
+    for path in glob.glob(os.path.join(folder, "index*.faiss")):
+        if os.path.basename(path) != keep:
+            os.remove(path)
+
+
 def _remove(folder: str) -> None:
-    for name in (INFO_FILE, FAISS_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE):
+    for name in (INFO_FILE, MATRIX_FILE, SQNORMS_FILE, ROWS_FILE):
         path = os.path.join(folder, name)
         if os.path.exists(path):
             os.remove(path)
+    _remove_faiss(folder)
 
 
 def _local_root(store) -> str:
@@ -175,6 +258,10 @@ def _local_root(store) -> str:
     return store.root
 
 
+def _store_reader(store, names: list[str]) -> FilesReader:
+    return FilesReader(store.format, [files.join(store.root, name) for name in names], store.outputs)
+
+
 def build_index(store, output: str | None = None, *, metric: str = "cosine", memory_budget: int | None = None,
                 factory: str | None = None, recall_target: float = RECALL_TARGET) -> IndexInfo:
     """Write the matrix and the index of `output` into the store's folder (replacing an older one)."""
@@ -183,29 +270,117 @@ def build_index(store, output: str | None = None, *, metric: str = "cosine", mem
     root = _local_root(store)
     output = store.output_name(output)
     folder = index_path(root, output)
-    factory = factory or choose_factory(len(store), store.outputs[output], memory_budget)
-    index = None if factory == FLAT else _new_index(factory, store.outputs[output], metric)
+    names = store_files(store)
+    reader = _store_reader(store, names)
+    counts = reader.rows()
+    _counted(sum(counts), len(store))
+    dim = store.outputs[output]
+    factory = factory or choose_factory(len(store), dim, memory_budget)
+    index = None if factory == FLAT else _new_index(factory, dim, metric)
     os.makedirs(folder, exist_ok=True)
     _remove(folder)  # index.json goes first: a half-written folder is never taken for an index
     started = time.perf_counter()
-    matrix, sqnorms = _write_matrix(store, output, folder)
-    _write_rows(store, folder)
-    parameter = value = recall = None
-    faiss_version = None
+    rows = _append_matrix(folder, 0, dim, reader.blocks(output, SCAN_ROWS))
+    _counted(rows, len(store))
+    _append_rows(folder, 0, reader.metadata())
+    matrix, sqnorms = _load_matrix(folder, rows)
+    parameter = value = recall = faiss_version = faiss_file = None
     if index is not None:
         import faiss
 
-        faiss_version = faiss.__version__
-        _train_and_add(index, matrix, metric)
+        faiss_version, faiss_file = faiss.__version__, FAISS_FILE
+        _train(index, matrix, metric)
+        _add(index, matrix, metric, 0)
         parameter = "nprobe"
         value, recall = _tune_nprobe(index, matrix, sqnorms, metric, factory, recall_target)
         faiss.write_index(index, os.path.join(folder, FAISS_FILE))
-    info = IndexInfo(output=output, metric=metric, rows=len(matrix), dim=int(matrix.shape[1]), factory=factory,
+    info = IndexInfo(output=output, metric=metric, rows=rows, dim=dim, factory=factory,
                      search_parameter=parameter, search_value=value, recall_at_10=recall,
-                     fingerprint=store.fingerprint.to_json(), features=list(store.manifest["files"]["features"]),
+                     fingerprint=store.fingerprint.to_json(),
+                     units=tuple(IndexedUnit(name, count) for name, count in zip(names, counts)),
+                     trained_rows=rows, faiss_file=faiss_file,
                      build_seconds=round(time.perf_counter() - started, 3), faiss_version=faiss_version)
-    temporary = os.path.join(folder, INFO_FILE + ".tmp")
-    with open(temporary, "w") as handle:
-        json.dump(asdict(info), handle, indent=2)
-    os.replace(temporary, os.path.join(folder, INFO_FILE))
+    _write_info(folder, info)
     return info
+
+
+def append_index(store, info: IndexInfo) -> tuple[IndexInfo, int]:
+    """Add the rows of the units `info` does not cover to its index (quantizer and nprobe kept); returns the
+    new info and the units added. index.json is written last."""
+    root = _local_root(store)
+    folder = index_path(root, info.output)
+    covered = {unit.file for unit in info.units}
+    names = [name for name in store_files(store) if name not in covered]
+    if not names:
+        return info, 0
+    reader = _store_reader(store, names)
+    counts = reader.rows()
+    rows = _append_matrix(folder, info.rows, info.dim, reader.blocks(info.output, SCAN_ROWS))
+    _counted(rows - info.rows, sum(counts))
+    _append_rows(folder, info.rows, reader.metadata())
+    faiss_file = info.faiss_file
+    if info.factory != FLAT:
+        import faiss
+
+        index = faiss.read_index(os.path.join(folder, info.faiss_file))  # whole, not mapped: it grows
+        _add(index, _load_matrix(folder, rows)[0], info.metric, info.rows)
+        faiss_file = f"index.{rows}.faiss"  # a new name: the old index.json keeps naming a whole index
+        faiss.write_index(index, os.path.join(folder, faiss_file))
+    grown = replace(info, rows=rows, faiss_file=faiss_file,
+                    units=info.units + tuple(IndexedUnit(name, count) for name, count in zip(names, counts)))
+    _write_info(folder, grown)
+    _remove_faiss(folder, keep=faiss_file)
+    return grown, len(names)
+
+
+def rebuild_advice(info: IndexInfo, root: str) -> str | None:
+    """The sentence asking for --rebuild once the store outgrew what the index was built for, else None."""
+    rebuild = f"rebuild it with `featurize index {root} --rebuild`"
+    if info.factory == FLAT and choose_factory(info.rows, info.dim) != FLAT:
+        return (f"the index is a Flat scan of {info.rows:,} rows, past the {FLAT_ROWS:,} where an IVF index answers "
+                f"faster; {rebuild}")
+    if info.factory != FLAT and info.rows > GROWTH_LIMIT * info.trained_rows:
+        return (f"the index's quantizer was trained on {info.trained_rows:,} rows and the index now holds "
+                f"{info.rows:,} ({info.rows / info.trained_rows:.1f}x): its lists no longer fit the data and probes "
+                f"scan ever longer lists; {rebuild}")
+    return None
+
+
+def _rebuild_reason(store, info: IndexInfo | None, metric: str | None, factory: str | None,
+                    memory_budget: int | None, rebuild: bool) -> str | None:
+    """Why an existing index cannot be appended to (None: it can)."""
+    if rebuild:
+        return "--rebuild"
+    why = foreign(store, info)
+    if why:
+        return f"the index {why}"
+    if metric is not None and metric != info.metric:
+        return f"the index ranks by {info.metric}, not {metric}"
+    wanted = factory or (choose_factory(info.trained_rows, info.dim, memory_budget) if memory_budget else None)
+    if wanted is not None and wanted != info.factory:
+        return f"the index is {info.factory}, not {wanted}"
+    return None
+
+
+def update_index(store, output: str | None = None, *, metric: str | None = None, memory_budget: int | None = None,
+                 factory: str | None = None, rebuild: bool = False, recall_target: float = RECALL_TARGET
+                 ) -> IndexUpdate:
+    """`featurize index`: append the units a current index misses, or build it (none yet, `rebuild`, another
+    model, a unit file gone, another metric or factory asked for)."""
+    root = _local_root(store)
+    output = store.output_name(output)
+    started = time.perf_counter()
+    try:
+        info = read_info(root, output)
+    except StaleIndex:
+        info, reason = None, "the index is of an older layout"
+    else:
+        reason = None if info is None else _rebuild_reason(store, info, metric, factory, memory_budget, rebuild)
+    if info is None or reason:
+        built = build_index(store, output, metric=metric or "cosine", memory_budget=memory_budget, factory=factory,
+                            recall_target=recall_target)
+        return IndexUpdate(built, True, reason, built.rows, len(built.units), round(time.perf_counter() - started, 3),
+                           None)
+    grown, units = append_index(store, info)
+    return IndexUpdate(grown, False, None, grown.rows - info.rows, units, round(time.perf_counter() - started, 3),
+                       rebuild_advice(grown, root))

@@ -52,6 +52,9 @@ def _as_matrix(column, dim: int) -> np.ndarray:
     return data.reshape(-1, dim).astype(np.float32, copy=False)
 
 
+_NO_ROWS = pa.Table.from_batches([], schema=pa.schema([("key", pa.string()), ("uri", pa.string())]))
+
+
 class ParquetReader:
     """Parquet shards, read in the order given (sorted shard names), from any filesystem."""
 
@@ -68,8 +71,7 @@ class ParquetReader:
                 parquet = pq.ParquetFile(handle)
                 names = [name for name in parquet.schema_arrow.names if name not in self.outputs]
                 tables.append(parquet.read(columns=names).replace_schema_metadata(None))
-        return pa.concat_tables(tables) if tables else pa.Table.from_batches(
-            [], schema=pa.schema([("key", pa.string()), ("uri", pa.string())]))
+        return pa.concat_tables(tables) if tables else _NO_ROWS
 
     def first(self) -> tuple[str, str]:
         import pyarrow.parquet as pq
@@ -144,12 +146,13 @@ _PARQUET_ORDER = ["key", "uri", "width", "height", predictions.IDS, predictions.
 
 
 class HDF5Reader:
-    """The virtual `features.h5` over every shard (h5py reads it from a local folder only)."""
+    """The virtual `features.h5` over every shard (h5py reads it from a local folder only), or one shard
+    (`path`: shards and features.h5 hold the same datasets)."""
 
-    def __init__(self, root: str, outputs: dict[str, int]):
+    def __init__(self, root: str, outputs: dict[str, int], path: str | None = None):
         import h5py
 
-        path = files.join(root, VIRTUAL_STORE)
+        path = path or files.join(root, VIRTUAL_STORE)
         if not (files.is_local(path) and files.exists(path)):
             raise IncompleteStore(f"{path!r} is missing or not on a local disk; h5py reads the "
                                   f"virtual store from a local folder (copy the store locally)")
@@ -183,3 +186,50 @@ class HDF5Reader:
 
     def close(self) -> None:
         self.file.close()
+
+
+class FilesReader:
+    """Some of a store's feature files, read in the order given (an index's units, or the units it does not
+    cover): the rows of each file, their metadata, and their vectors in blocks that never cross a file."""
+
+    def __init__(self, fmt: str, paths: list[str], outputs: dict[str, int]):
+        self.format = fmt
+        self.paths = paths
+        self.outputs = outputs
+
+    def _shards(self) -> Iterator[HDF5Reader]:
+        for path in self.paths:
+            shard = HDF5Reader("", self.outputs, path)
+            try:
+                yield shard
+            finally:
+                shard.close()
+
+    def rows(self) -> list[int]:
+        """Each file's row count, from its footer (Parquet) or its key dataset's shape (HDF5)."""
+        if self.format == "hdf5":
+            return [int(shard.file["key"].shape[0]) for shard in self._shards()]
+        import pyarrow.parquet as pq
+
+        counts = []
+        for path in self.paths:
+            with files.open_read(path) as handle:
+                counts.append(pq.ParquetFile(handle).metadata.num_rows)
+        return counts
+
+    def metadata(self) -> pa.Table:
+        if self.format == "hdf5":
+            tables = [shard.metadata() for shard in self._shards()]
+            return pa.concat_tables(tables) if tables else _NO_ROWS
+        return ParquetReader(self.paths, self.outputs).metadata()
+
+    def blocks(self, output: str, chunk_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first row, counted over the files in order; float32 block of at most chunk_rows x D)."""
+        if self.format != "hdf5":
+            yield from ParquetReader(self.paths, self.outputs).blocks(output, chunk_rows)
+            return
+        start = 0
+        for shard in self._shards():
+            for first, block in shard.blocks(output, chunk_rows):
+                yield start + first, block
+            start += int(shard.file["key"].shape[0])

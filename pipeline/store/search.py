@@ -18,10 +18,13 @@ _TINY = 1e-12  # a zero vector has no direction: it scores 0 against everything
 @dataclass(frozen=True)
 class SearchResult:
     """Top-k per query: `indices` into the store's rows, `scores` (cosine similarity, higher is
-    closer; or L2 distance, lower is closer) and the matching `keys`, best first."""
+    closer; or L2 distance, lower is closer) and the matching `keys`, best first. `tail_rows`: rows of
+    units the index does not cover, scanned exactly; `from_tail` marks the results among them."""
     indices: np.ndarray  # (queries, k) int64
     scores: np.ndarray  # (queries, k) float32
     keys: list[list[str]]
+    tail_rows: int = 0
+    from_tail: np.ndarray | None = None  # (queries, k) bool; None without an index
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,15 @@ def exact_search(blocks: Iterable[Block], queries: np.ndarray, k: int, metric: s
 def _sorted(indices: np.ndarray, scores: np.ndarray, metric: str) -> tuple[np.ndarray, np.ndarray]:
     order = np.argsort(_sign(metric) * scores, axis=1, kind="stable")
     return np.take_along_axis(indices, order, axis=1), np.take_along_axis(scores, order, axis=1)
+
+
+def merge_rankings(rankings: list[tuple[np.ndarray, np.ndarray]], k: int, metric: str
+                   ) -> tuple[np.ndarray, np.ndarray]:
+    """The best k of several (indices, scores) rankings of the same queries over disjoint rows, best first."""
+    indices = np.concatenate([found for found, _ in rankings], axis=1)
+    scores = np.concatenate([scored for _, scored in rankings], axis=1)
+    indices, scores = _sorted(indices, scores, metric)
+    return indices[:, :k], scores[:, :k]
 
 
 def rerank(matrix: np.ndarray, sqnorms: np.ndarray, candidates: np.ndarray, queries: np.ndarray, k: int,

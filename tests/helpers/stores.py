@@ -47,3 +47,10 @@ def exact_top(store, queries, k, metric="cosine"):
 def recall(found, truth):
     """Mean fraction of each row of `truth` that `found` holds."""
     return np.mean([len(set(f) & set(t)) / len(t) for f, t in zip(found, truth)])
+
+
+def grow_store(out, fmt="parquet"):
+    """What a --resume that found new files does to a store made with generated_store(..., first_unit=1): two
+    units of 30 rows, files-000 (keys u0/..., sorting before every unit) and files-009 (u9/..., after)."""
+    generated_store(out, {"embedding": clustered(30, seed=40)}, fmt, units=1, first_unit=0)
+    return generated_store(out, {"embedding": clustered(30, seed=49)}, fmt, units=1, first_unit=9)

@@ -41,25 +41,29 @@ def test_l2_index_and_a_search_of_the_other_metric_scans_the_matrix_exactly(tmp_
     np.testing.assert_array_equal(store.search(queries, k=10, metric="cosine").indices, cosine_truth)
 
 
-def test_a_store_that_changed_since_refuses_its_index_but_answers_exact_searches(tmp_path, capsys):
+def test_an_index_of_another_model_or_naming_a_gone_unit_is_refused_but_answers_exact_searches(tmp_path, capsys):
+    import json
+
     store = generated_store(tmp_path, {"embedding": clustered(300)})
     build_index(store)
-    # A --resume adds a unit: more rows, one more feature file, a new manifest.
-    generated_store(tmp_path, {"embedding": clustered(30, seed=4)}, units=1, first_unit=7)
-    grown = FeatureStore.open(str(tmp_path))
-    assert len(grown) == 330
-    with pytest.raises(StaleIndex, match=r"built for another state of the store \(its row count and feature files "
-                                         r"changed\); rebuild it with `featurize index"):
-        grown.search(clustered(1, seed=3), k=5)
-    exact = grown.search(grown.get("u7/img00029.jpg"), k=1, exact=True)
-    assert exact.keys == [["u7/img00029.jpg"]]
-    assert main(["search", str(tmp_path), "--query", "u7/img00029.jpg"]) == 2
-    assert "built for another state of the store" in capsys.readouterr().err
-    assert main(["search", str(tmp_path), "--query", "u7/img00029.jpg", "--k", "1", "--exact"]) == 0
-    assert "u7/img00029.jpg" in capsys.readouterr().out.splitlines()[2]
-    assert grown.keys[-1] == "u7/img00029.jpg"  # with a stale index, rows are read from the shards
-    build_index(grown)
-    assert FeatureStore.open(str(tmp_path)).search(grown.get("u7/img00029.jpg"), k=1).keys == [["u7/img00029.jpg"]]
+    path = os.path.join(index_path(str(tmp_path), "embedding"), "index.json")
+    info = json.loads(open(path).read())
+    other = dict(info, fingerprint=dict(info["fingerprint"], backbone="other"))
+    open(path, "w").write(json.dumps(other))
+    with pytest.raises(StaleIndex, match=r"was built with another model \(its fingerprint is not the store's\); "
+                                         r"rebuild it with `featurize index .* --rebuild`"):
+        FeatureStore.open(str(tmp_path)).search(clustered(1, seed=3), k=5)
+    gone = dict(info, units=[*info["units"], {"file": "features/files-009.0.parquet", "rows": 5}])
+    open(path, "w").write(json.dumps(gone))
+    store = FeatureStore.open(str(tmp_path))
+    with pytest.raises(StaleIndex, match=r"covers 1 unit files the store no longer lists \(first: "
+                                         r"features/files-009.0.parquet\); rebuild it"):
+        store.search(clustered(1, seed=3), k=5)
+    assert store.search(store.get("u2/img00299.jpg"), k=1, exact=True).keys == [["u2/img00299.jpg"]]
+    assert main(["search", str(tmp_path), "--query", "u2/img00299.jpg"]) == 2
+    assert "covers 1 unit files the store no longer lists" in capsys.readouterr().err
+    assert main(["search", str(tmp_path), "--query", "u2/img00299.jpg", "--k", "1", "--exact"]) == 0
+    assert "u2/img00299.jpg" in capsys.readouterr().out.splitlines()[2]
 
 
 @pytest.mark.parametrize("fmt", ["parquet", "hdf5"])
@@ -102,5 +106,5 @@ def test_an_index_built_before_rows_arrow_is_refused_as_stale(tmp_path):
     store = generated_store(tmp_path, {"embedding": clustered(300)})
     build_index(store)
     os.remove(os.path.join(index_path(str(tmp_path), "embedding"), ROWS_FILE))
-    with pytest.raises(StaleIndex, match=r"\(its index format \(it has no rows.arrow\) changed\); rebuild it"):
+    with pytest.raises(StaleIndex, match=r"is of an older layout \(it has no rows.arrow\); rebuild it"):
         FeatureStore.open(str(tmp_path)).search(clustered(1, seed=3), k=5)

@@ -29,7 +29,8 @@ def test_index_folder_holds_the_store_matrix_and_finds_the_exact_neighbours(tmp_
     written = json.loads(open(os.path.join(folder, INFO_FILE)).read())
     assert written["rows"] == 3000 and written["dim"] == DIM and written["metric"] == "cosine"
     assert written["factory"] == "IVF32,Flat" and written["search_parameter"] == "nprobe"
-    assert written["fingerprint"]["backbone"] == "generated" and written["features"] == store.manifest["files"]["features"]
+    assert written["fingerprint"]["backbone"] == "generated" and [unit["file"] for unit in written["units"]] == store.manifest["files"]["features"]
+    assert [unit["rows"] for unit in written["units"]] == [1000, 1000, 1000] and written["trained_rows"] == 3000
     assert info.recall_at_10 >= 0.95 and 1 <= info.search_value <= 32
 
     queries = clustered(200, seed=9)  # new points, not rows of the store
