@@ -1,7 +1,8 @@
 """How far a newcomer's reading of one run wanders: the launcher's path through featurize's own modules.
 
-Runs `featurize run` in this process (the local runner in memory, on the sample images, random weights)
-under `sys.setprofile`, on the launcher's thread only, and records the modules of featurize's functions in
+Runs `featurize run` through `cli.run_command` in this process (the local runner in memory, one worker
+thread, on the sample images, random weights) under `sys.setprofile` (`--workers`: every thread, the
+stages included; else the launcher's thread only), and records the modules of featurize's functions in
 the order each is first called: the order a reader following the run meets them (a loop over images
 reads its function once). Prints how many modules the walk enters and how many times it comes back to
 a module it had left (a "return"), per module: the fewer, the more of one idea sits in one place.
@@ -21,16 +22,18 @@ from collections import Counter
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def walk(argv: list[str]) -> list[str]:
+def walk(argv: list[str], workers: bool = False) -> list[str]:
+    import threading
+
     import pipeline
-    from pipeline.job import launch
+    from pipeline import cli
 
     package = os.path.dirname(pipeline.__file__) + os.sep
     modules: list[str] = []
     read: set = set()  # functions met already
 
     def profile(frame, event, arg):
-        if event != "call" or frame.f_code in read:
+        if event != "call" or frame.f_code in read or frame.f_code.co_name == "<module>":  # an import is not a read
             return
         read.add(frame.f_code)
         path = frame.f_code.co_filename
@@ -40,10 +43,14 @@ def walk(argv: list[str]) -> list[str]:
                 modules.append(name)
 
     sys.setprofile(profile)
+    if workers:
+        threading.setprofile(profile)
     try:
-        launch.run(argv)
+        if cli.run_command(argv) != 0:
+            raise SystemExit("the run failed")
     finally:
         sys.setprofile(None)
+        threading.setprofile(None)
     return modules
 
 
@@ -61,13 +68,16 @@ def returns(modules: list[str]) -> Counter:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--top", type=int, default=10)
+    parser.add_argument("--workers", action="store_true", help="follow every thread, the stages included")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as out:
         modules = walk(["--input", os.path.join(ROOT, "samples", "shapes"), "--output", os.path.join(out, "store"),
                         "--model", "MobileNetV3Small", "--weights", "none", "--image-size", "32",
-                        "--direct_running_mode=in_memory", "--no-progress"])
+                        "--direct_running_mode=in_memory", "--direct_num_workers=1", "--no-progress"],
+                       args.workers)
     back = returns(modules)
-    print(f"modules entered: {len(set(modules))}; returns to a module already left: {sum(back.values())}")
+    where = "every thread" if args.workers else "the launcher's thread"
+    print(f"{where}: modules entered: {len(set(modules))}; returns to a module already left: {sum(back.values())}")
     print("| module | returns |\n| --- | --- |")
     for name, count in back.most_common(args.top):
         print(f"| {name} | {count} |")

@@ -85,13 +85,9 @@ def models_command(argv: Sequence[str]) -> int:
     return 0
 
 
-def _extensions(skipped: dict) -> str:
-    """`.txt 1001, .mov 1`: a manifest's skipped files by extension."""
-    return ", ".join(f"{extension} {count}" for extension, count in skipped["by_extension"].items())
-
-
 def _print_dry_run(report: dict) -> None:
     from pipeline.inputs.layouts import LAYOUT_NAMES
+    from pipeline.store.schema import skipped_extensions
 
     units, skipped = report["units"], report["skipped"]
     size = "size not looked up" if report["bytes"] is None else f"{report['bytes'] / 1e6:,.1f} MB"
@@ -103,7 +99,7 @@ def _print_dry_run(report: dict) -> None:
           f"({report['reused_inputs']:,} inputs) that --resume would skip")
     if skipped["count"]:
         print(f"featurize: {skipped['count']:,} files would be skipped (not images): "
-              + _extensions(skipped))
+              + skipped_extensions(skipped))
     if report["removed"]["count"]:
         print(f"featurize: {report['removed']['count']:,} {report['removed']['kind']} of the store are no longer "
               f"in the input")
@@ -138,7 +134,7 @@ def run_command(argv: Sequence[str]) -> int:
     with ctrl_c_after_imports():
         from pipeline.job.launch import run
     from pipeline.logs import RunFailed
-    from pipeline.job.manifest import SUMMARY_ERROR_RATE
+    from pipeline.job.manifest import run_summary
 
     try:
         manifest = run(argv)
@@ -149,24 +145,11 @@ def run_command(argv: Sequence[str]) -> int:
     if manifest.get("dry_run"):
         _print_dry_run(manifest)
         return 0
-    counts = manifest["counts"]
-    reused = f", {counts['reused']} reused from earlier runs" if counts.get("reused") else ""
-    print(f"featurize: {counts['rows']} feature rows, {counts['errors']} error rows from {counts['inputs']} "
-          f"inputs{reused} in {manifest['wall_time_s']:.1f} s -> {manifest['config']['output']}")
-    if counts["errors"] > SUMMARY_ERROR_RATE * counts["inputs"] and manifest["errors_top"]:
-        top = manifest["errors_top"][0]
-        print(f"featurize: warning: {counts['errors'] / counts['inputs']:.0%} of the inputs are error rows; most "
-              f"common: {top['error']} ({top['count']:,}), e.g. {top['example']}; `featurize inspect` lists them "
-              f"(--max-error-rate stops a run early)", file=sys.stderr)
-    if manifest["skipped"]["count"]:
-        print(f"featurize: skipped {manifest['skipped']['count']} files that are not images "
-              f"({_extensions(manifest['skipped'])}); "
-              f"`featurize inspect` lists them", file=sys.stderr)
-    removed = manifest["removed"]
-    if removed["count"]:
-        print(f"featurize: warning: {removed['count']} {removed['kind']} in the store are no longer in --input "
-              f"(first: {removed['listed'][0]}); their rows stay in the store", file=sys.stderr)
-    if counts["rows"]:
+    line, notes = run_summary(manifest)
+    print(f"featurize: {line}")
+    for note in notes:
+        print(f"featurize: {note}", file=sys.stderr)
+    if manifest["counts"]["rows"]:
         _print_next_steps(manifest["config"]["output"])
     return 0
 
@@ -191,6 +174,18 @@ def _print_next_steps(output: str) -> None:
         print(f"  featurize {command}")
 
 
+def _add_output_name(parser, also_output: bool = True) -> None:
+    """--output-name (and --output, where no file is written): which of a store's outputs a command reads."""
+    flags = ("--output-name", "--output") if also_output else ("--output-name",)
+    parser.add_argument(*flags, dest="output_name", help="which output (LAYER/POOLING), for stores with several")
+
+
+def _add_metric(parser, default: str | None = "cosine", help: str = "cosine (default) or l2") -> None:
+    from pipeline.store.search import METRICS
+
+    parser.add_argument("--metric", choices=METRICS, default=default, help=help)
+
+
 def _open_store(path: str):
     from pipeline.store.feature_store import FeatureStore, IncompleteStore
 
@@ -212,8 +207,8 @@ def search_command(argv: Sequence[str]) -> int:
     queries.add_argument("--query", help="an image file (embedded with the store's model) or a key")
     queries.add_argument("--text", help="a sentence, embedded by the store's text tower (CLIP and SigLIP stores)")
     parser.add_argument("--k", type=int, default=10, help="neighbours to return (default 10)")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
-    parser.add_argument("--output-name", "--output", dest="output_name", help="which output, for stores with several")
+    _add_metric(parser)
+    _add_output_name(parser)
     parser.add_argument("--grid", help="also draw the query and its neighbours into this PNG")
     parser.add_argument("--exact", action="store_true", help="scan every row exactly, even when the store has an index")
     args = parser.parse_args(argv)
@@ -305,8 +300,8 @@ def index_command(argv: Sequence[str]) -> int:
                                      "index and contiguous float32 matrix, inside the store's folder (index/); on an "
                                      "indexed store, add the units a --resume added since.")
     parser.add_argument("store", help="a finished featurize output directory, on a local disk")
-    parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
-    parser.add_argument("--metric", choices=["cosine", "l2"], help="what the index ranks by (default: the index's, "
+    _add_output_name(parser)
+    _add_metric(parser, default=None, help="what the index ranks by (default: the index's, "
                         "else cosine; another than the index's rebuilds it)")
     parser.add_argument("--memory-budget", dest="memory_budget",
                         help="most memory the index may take, like 800MB or 2GiB (default: no limit; the matrix "
@@ -358,8 +353,8 @@ def duplicates_command(argv: Sequence[str]) -> int:
     parser.add_argument("--threshold", type=float, required=True, help="cosine similarity at least this (or, with "
                         "--metric l2, distance at most this) makes two rows near-duplicates, e.g. 0.95")
     parser.add_argument("--output", help="the Parquet file to write (default: STORE/duplicates.parquet)")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
-    parser.add_argument("--output-name", dest="output_name", help="which output, for stores with several")
+    _add_metric(parser)
+    _add_output_name(parser, also_output=False)  # --output is the Parquet file here
     parser.add_argument("--exact", action="store_true", help="compare every pair exactly even when the store has "
                         "an IVF index (time grows with the square of the rows)")
     args = parser.parse_args(argv)
@@ -388,8 +383,8 @@ def serve_command(argv: Sequence[str]) -> int:
     parser.add_argument("store", help="a finished featurize output directory")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
     parser.add_argument("--port", type=int, default=8000, help="port to listen on (default 8000)")
-    parser.add_argument("--output", "--output-name", dest="output_name", help="which output, for stores with several")
-    parser.add_argument("--metric", choices=["cosine", "l2"], default="cosine")
+    _add_output_name(parser)
+    _add_metric(parser)
     args = parser.parse_args(argv)
     # The serve extra, imported before anything is printed: a missing one is one sentence (see main).
     import starlette  # noqa: F401
@@ -405,6 +400,8 @@ def serve_command(argv: Sequence[str]) -> int:
 def inspect_command(argv: Sequence[str]) -> int:
     import argparse
     from collections import Counter
+
+    from pipeline.store.schema import skipped_extensions
 
     parser = argparse.ArgumentParser(prog="featurize inspect", description="Summarise a featurize output.")
     parser.add_argument("store", help="a featurize output directory")
@@ -438,7 +435,7 @@ def inspect_command(argv: Sequence[str]) -> int:
     skipped, removed = manifest.get("skipped", {}), manifest.get("removed", {})
     if skipped.get("count"):
         print(f"\nskipped    {skipped['count']} files that are not images: "
-              + _extensions(skipped))
+              + skipped_extensions(skipped))
         for key in skipped["keys"][:20]:
             print(f"           {key}")
         more = f" (all in {files.join(store.root, skipped['file'])})" if skipped.get("file") else ""
@@ -502,10 +499,8 @@ def stopped_sentence(command: str, argv: Sequence[str], stop: KeyboardInterrupt)
     from pipeline.job.stopping import Interrupted
 
     go_on = f"to go on, run: {resume_command(argv)}"
-    if isinstance(stop, RunStopped):
-        cancel = f" ({stop.cancel})" if stop.cancel else ""
-        return (f"featurize: stopped by Ctrl-C with {stop.committed} of {stop.units} units committed in "
-                f"{stop.output}{cancel}; {go_on}")
+    if isinstance(stop, RunStopped):  # its sentence says what is committed, and what the cluster did
+        return f"featurize: {stop}; {go_on}"
     at_once = " at once" if isinstance(stop, Interrupted) and stop.at_once else ""
     return f"featurize: stopped by Ctrl-C{at_once}; the units committed so far stay in the store; {go_on}"
 

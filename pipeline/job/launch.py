@@ -246,7 +246,8 @@ class RunStopped(Interrupted):
 
     def __init__(self, output: str, committed: int, units: int, cancel: str | None, log_path: str):
         super().__init__(cancel=cancel)
-        self.args = (f"stopped by Ctrl-C with {committed} of {units} units committed in {output}",)
+        where = f" ({cancel})" if cancel else ""
+        self.args = (f"stopped by Ctrl-C with {committed} of {units} units committed in {output}{where}",)
         self.output, self.committed, self.units, self.cancel, self.log_path = output, committed, units, cancel, log_path
 
 
@@ -258,9 +259,9 @@ def _stopped(job: Job, stop: Interrupted, log: RunLog) -> RunStopped:
         remove_orphans(output, iter_committed_units(output))
     planned = {unit.unit_id for unit in job.plan.pending} | set(job.plan.reused_units)
     committed = len(committed_unit_ids(output) & planned)
-    log.note(f"stopped by Ctrl-C: {committed} of {len(planned)} units committed"
-             + (f"; {stop.cancel}" if stop.cancel else ""))
-    return RunStopped(output, committed, len(planned), stop.cancel, log.path)
+    stopped = RunStopped(output, committed, len(planned), stop.cancel, log.path)
+    log.note(str(stopped))
+    return stopped
 
 
 def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:

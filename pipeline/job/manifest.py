@@ -37,7 +37,7 @@ from pipeline.job.hdf5 import write_virtual_store
 from pipeline.job.plan_files import UploadedPlan, planned_unit_ids
 from pipeline.job.units import LISTED_LIMIT, Plan
 from pipeline.logs import JobError
-from pipeline.store.schema import MANIFEST, STATE_DIR, VIRTUAL_STORE
+from pipeline.store.schema import MANIFEST, STATE_DIR, VIRTUAL_STORE, skipped_extensions
 
 SKIPPED_FILE = f"{STATE_DIR}/skipped.txt"
 ERROR_RATE_SAMPLE = 1000  # --max-error-rate judges once min(this, all inputs) are done
@@ -87,13 +87,18 @@ def withdraw(output: str) -> None:
         FileSystems.delete(stale)
 
 
+def most_common_sentence(top: dict[str, Any]) -> str:
+    """An `errors_top` item as the run's sentences say it."""
+    return f"most common: {top['error']} ({top['count']:,}), e.g. {top['example']}"
+
+
 def check_error_rate(inputs: int, errors: ErrorCounts, limit: float | None, expected: int | None = None) -> None:
     """Raise JobError when more than `limit` of at least min(1000, expected or all) inputs are error rows."""
     if limit is None or not inputs or inputs < min(ERROR_RATE_SAMPLE, expected or inputs):
         return
     if errors.total / inputs > limit:
         top = errors.most_common(top=1)
-        common = f"; most common: {top[0]['error']} ({top[0]['count']:,}), e.g. {top[0]['example']}" if top else ""
+        common = f"; {most_common_sentence(top[0])}" if top else ""
         raise JobError(f"{errors.total / inputs:.1%} of {inputs:,} inputs are error rows, more than --max-error-rate "
                        f"{limit:g}{common}; the run stopped without a manifest: fix the inputs or raise the "
                        f"rate, then run again with --resume")
@@ -157,6 +162,28 @@ def finalize_store(output: str, template: dict[str, Any], started_at: float,
                     finished_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
     journal.write_json_atomically(manifest_path(output), document)
     return document
+
+
+def run_summary(document: dict[str, Any]) -> tuple[str, list[str]]:
+    """What a finished run says of its manifest: one line, and the notes for stderr (too many error rows,
+    files skipped, inputs the listing lost)."""
+    counts = document["counts"]
+    reused = f", {counts['reused']} reused from earlier runs" if counts.get("reused") else ""
+    line = (f"{counts['rows']} feature rows, {counts['errors']} error rows from {counts['inputs']} inputs{reused} "
+            f"in {document['wall_time_s']:.1f} s -> {document['config']['output']}")
+    warnings = []
+    if counts["errors"] > SUMMARY_ERROR_RATE * counts["inputs"] and document["errors_top"]:
+        warnings.append(f"warning: {counts['errors'] / counts['inputs']:.0%} of the inputs are error rows; "
+                        f"{most_common_sentence(document['errors_top'][0])}; `featurize inspect` lists them "
+                        f"(--max-error-rate stops a run early)")
+    skipped, removed = document["skipped"], document["removed"]
+    if skipped["count"]:
+        warnings.append(f"skipped {skipped['count']} files that are not images ({skipped_extensions(skipped)}); "
+                        f"`featurize inspect` lists them")
+    if removed["count"]:
+        warnings.append(f"warning: {removed['count']} {removed['kind']} in the store are no longer in --input "
+                        f"(first: {removed['listed'][0]}); their rows stay in the store")
+    return line, warnings
 
 
 def with_metrics(output: str, metrics: dict[str, Any]) -> dict[str, Any]:

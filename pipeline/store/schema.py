@@ -57,3 +57,8 @@ def feature_schema(outputs: dict[str, int], dtype: str, fingerprint: dict[str, A
         fields += [(predictions.IDS, pa.list_(pa.int32(), top)), (predictions.NAMES, pa.list_(pa.string(), top)),
                    (predictions.SCORES, pa.list_(pa.float32(), top))]
     return pa.schema(fields, metadata={FINGERPRINT_KEY: json.dumps(fingerprint, sort_keys=True)})
+
+
+def skipped_extensions(skipped: dict) -> str:
+    """`.txt 1001, .mov 1`: a manifest's skipped files by extension (the run's summary, its dry run, inspect)."""
+    return ", ".join(f"{extension} {count}" for extension, count in skipped["by_extension"].items())

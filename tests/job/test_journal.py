@@ -87,7 +87,7 @@ def test_parallel_read_of_the_journal_equals_the_sequential_one_in_unit_id_order
     assert all(parallel[unit].keys == (f"{unit}/k",) for unit in ids)
 
 
-def test_read_many_returns_results_in_the_order_of_paths_not_of_completion():
+def test_in_parallel_returns_results_in_the_order_of_paths_not_of_completion():
     """Each read waits for the next one to finish, so they complete in reverse order."""
     paths = [f"p{index}" for index in range(10)]
     done = {path: threading.Event() for path in paths}
@@ -105,7 +105,7 @@ def test_read_many_returns_results_in_the_order_of_paths_not_of_completion():
     assert finished == paths[::-1]
 
 
-def test_read_many_raises_a_failing_read_and_starts_no_more_reads():
+def test_in_parallel_raises_a_failing_call_and_starts_no_more_reads():
     paths = [f"p{index}" for index in range(200)]
     calls = []
 

@@ -101,3 +101,23 @@ def test_finalize_on_a_slow_filesystem_overlaps_its_reads_and_keeps_every_file(t
     after = sorted(path.relative_to(tmp_path) for path in tmp_path.rglob("*") if path.is_file())
     assert after == sorted(before + [pathlib.Path(MANIFEST)])  # orphan removal through slow:// deleted nothing
     assert seen["calls"] > 80 and seen["peak_in_flight"] >= 8  # 40 entries + 40 footers, not one at a time
+
+
+def test_the_run_summary_says_the_counts_and_warns_of_errors_skipped_files_and_lost_inputs():
+    from pipeline.job.manifest import run_summary
+
+    document = {"counts": {"rows": 7, "errors": 3, "inputs": 10, "reused": 4}, "wall_time_s": 2.04,
+                "config": {"output": "out/"}, "errors_top": [{"error": "decode UnidentifiedImageError", "count": 3,
+                                                              "example": "a.jpg: cannot identify"}],
+                "skipped": {"count": 2, "by_extension": {".txt": 1, ".mov": 1}},
+                "removed": {"count": 1, "kind": "files", "listed": ["gone.jpg"]}}
+    line, notes = run_summary(document)
+    assert line == "7 feature rows, 3 error rows from 10 inputs, 4 reused from earlier runs in 2.0 s -> out/"
+    assert notes == [
+        "warning: 30% of the inputs are error rows; most common: decode UnidentifiedImageError (3), e.g. a.jpg: "
+        "cannot identify; `featurize inspect` lists them (--max-error-rate stops a run early)",
+        "skipped 2 files that are not images (.txt 1, .mov 1); `featurize inspect` lists them",
+        "warning: 1 files in the store are no longer in --input (first: gone.jpg); their rows stay in the store"]
+    quiet = dict(document, counts={"rows": 10, "errors": 0, "inputs": 10}, skipped={"count": 0},
+                 removed={"count": 0})
+    assert run_summary(quiet) == ("10 feature rows, 0 error rows from 10 inputs in 2.0 s -> out/", [])
