@@ -22,6 +22,7 @@ import time
 import pyarrow.parquet as pq
 import pytest
 
+from pipeline.job.entries import UnitEntry
 from tests.helpers.runs import TEST_MODEL, TEST_SIZE
 from tests.helpers.crash import KILL_WAIT_S, REPO, group_alive, scratch_left
 from tests.helpers.samples import _encode, _rgb
@@ -46,8 +47,9 @@ def _environment(tmp_path: pathlib.Path, failpoints: str | None = None, **extra:
     return env
 
 
-def _journal(out: pathlib.Path) -> list[dict]:
-    return [json.loads(path.read_text()) for path in sorted((out / "_featurize" / "units").glob("*.json"))]
+def _journal(out: pathlib.Path) -> list[UnitEntry]:
+    return [UnitEntry.from_json(json.loads(path.read_text()))
+            for path in sorted((out / "_featurize" / "units").glob("*.json"))]
 
 
 def _unit_files(out: pathlib.Path) -> set[str]:
@@ -169,7 +171,7 @@ def test_ctrl_c_stops_a_two_worker_run_and_its_printed_command_goes_on(small_wei
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["counts"]["reused"] == sum(entry["inputs"] for entry in journal) >= 2 * BATCH
+    assert manifest["counts"]["reused"] == sum(entry.inputs for entry in journal) >= 2 * BATCH
     assert manifest["counts"]["rows"] == IMAGES and manifest["counts"]["errors"] == 0
     table = pq.read_table(out / "features")
     assert sorted(table.column("key").to_pylist()) == keys  # each key once: no orphan was read back
