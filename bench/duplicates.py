@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.index_search import clustered_blocks, peak_rss_mib  # noqa: E402
 from bench.search_memory import write_parquet  # noqa: E402
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 PLANTED = 0.01
 
@@ -106,4 +107,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

@@ -49,6 +49,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -526,4 +527,6 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with reported():
+        status = main()
+    sys.exit(status)

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from hub_speed import MODELS  # noqa: E402 - bench/ is not a package
 from throughput import make_jpegs  # noqa: E402
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 
 def main() -> None:
@@ -80,4 +81,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.index_search import clustered_blocks, mixture, peak_rss_mib  # noqa: E402
 from bench.search_memory import write_parquet  # noqa: E402
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 
 def grow(root: Path, rows: int, dim: int) -> None:
@@ -111,4 +112,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

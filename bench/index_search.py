@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_memory import BLOCK, write_parquet  # noqa: E402
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 CLUSTERS = 1000
 CLI_REPEATS = 5
@@ -180,4 +181,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

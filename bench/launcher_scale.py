@@ -37,6 +37,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 ROOT = Path(__file__).resolve().parents[1]
 MARK = "LAUNCHER_SCALE "
@@ -318,4 +319,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from machine import reported  # noqa: E402 - bench/ is not a package
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -133,4 +134,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    with reported():
+        main()
