@@ -16,9 +16,9 @@ import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.job.launch import run
-from tests.helpers.crash import read_store
+from tests.helpers.crash import read_store, run_and_kill
 from tests.helpers.portable import REPO, free_port
-from tests.helpers.runs import featurize_args
+from tests.helpers.runs import IN_MEMORY, featurize_args
 from tests.helpers.s3_server import S3Server
 from tests.helpers.servers import serving
 
@@ -78,6 +78,23 @@ def test_tar_shards_on_s3_make_a_store_on_s3_equal_to_a_local_run(s3, s3_store, 
     counts = json.loads((local / "manifest.json").read_text())["counts"]
     assert {k: counts[k] for k in ("inputs", "rows", "errors")} == {
         k: reference_manifest["counts"][k] for k in ("inputs", "rows", "errors")}
+
+
+def test_a_run_killed_with_a_unit_copied_but_not_journaled_resumes_to_every_key_once(s3, s3_shards, small_weights,
+                                                                                     numbered_reference, tmp_path):
+    """On S3 a rename is a copy and a delete: the third of six units is killed with its files in place and no
+    journal entry; --resume deletes them, reuses the committed units and redoes the rest."""
+    output = f"{s3.bucket('killed')}/numbered"
+    run_and_kill([*featurize_args(s3_shards, output, small_weights), *s3.flags()], "unit-commit@3", tmp_path)
+    committed = s3.client().list_objects_v2(Bucket="killed", Prefix="numbered/_featurize/units/")["KeyCount"]
+    assert committed, "nothing was committed before the kill"
+    manifest = run([*featurize_args(s3_shards, output, small_weights), *s3.flags(), *IN_MEMORY, "--resume"])
+    assert manifest["counts"]["reused"] >= committed
+    found = read_store(download(s3, "killed", "numbered", tmp_path / "copy"), "parquet")  # every key once
+    expected = numbered_reference("tar")[1]
+    assert sorted(found) == sorted(expected)
+    for key, vector in expected.items():
+        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
 
 
 def test_store_commands_read_the_s3_store_with_the_aws_environment(s3, s3_store, numbered_reference):
