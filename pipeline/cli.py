@@ -14,7 +14,7 @@ import sys
 import threading
 from typing import Iterator, Sequence
 
-from pipeline import files
+from pipeline import files, object_stores
 from pipeline.errors import ConfigError
 
 USAGE = """usage: featurize COMMAND [options]
@@ -189,6 +189,8 @@ def _add_metric(parser, default: str | None = "cosine", help: str = "cosine (def
 def _open_store(path: str):
     from pipeline.store.feature_store import FeatureStore, IncompleteStore
 
+    if object_stores.is_s3(path):  # the standard AWS variables; a wrong one is a sentence, not minutes of retries
+        object_stores.probe_s3(path, "store")
     try:
         return FeatureStore.open(path)
     except IncompleteStore as exc:

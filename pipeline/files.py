@@ -23,6 +23,8 @@ from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, BinaryIO, Callable, Iterable, Iterator, Sequence, TypeVar
 
+from pipeline import object_stores
+
 try:
     import fcntl  # scratch folders' owner locks (POSIX)
 except ImportError:  # elsewhere: no lock, and nothing is swept
@@ -45,6 +47,10 @@ def is_local(path: str) -> bool:
 def _beam():
     from apache_beam.io.filesystems import FileSystems
 
+    if FileSystems._pipeline_options is None:  # pylint: disable=protected-access
+        # Not a run's launcher nor a worker (both set them): a store command. Without options Beam cannot build
+        # its S3 filesystem at all; empty ones let boto3 read the standard AWS variables.
+        object_stores.use_options()
     return FileSystems
 
 

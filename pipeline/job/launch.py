@@ -22,7 +22,7 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.runner import PipelineResult, PipelineState
 
-from pipeline import files
+from pipeline import files, object_stores
 from pipeline.elements import RecordFields
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.job import manifest, progress
@@ -158,14 +158,24 @@ def with_absolute_paths(config: RunConfig) -> RunConfig:
     return replace(config, **changes)
 
 
+def check_object_stores(config: RunConfig, options: PipelineOptions) -> None:
+    """Beam's filesystems built from the run's options (the launcher lists and plans before any pipeline
+    exists), and each S3 path probed: a wrong credential or a silent endpoint stops here within seconds."""
+    object_stores.use_options(options)
+    for role, path in (("input", config.input), ("output", config.output)):
+        if object_stores.is_s3(path):
+            object_stores.probe_s3(path, role, options)
+
+
 def prepare(argv: Sequence[str] | None = None) -> Job:
     """Parse and validate everything, list the input and plan the units; raises ConfigError before any work."""
     config, beam_args = parse_run_args(list(argv) if argv is not None else sys.argv[1:])
     config = with_absolute_paths(config)
     preset = check_hub_preset(config) if hub.is_hub(config.model) else None  # before a listing that may be long
+    options = pipeline_options(beam_args)
+    check_object_stores(config, options)  # the listing reads the input with these options
     listing = check_input(config)
     outputs = output_dims(config, preset)
-    options = pipeline_options(beam_args)
     check_job_endpoint(options)
     fingerprint = run_fingerprint(config, outputs, weights_digest(config), preset)
     spec, fp = fingerprint.model_spec(config.output), fingerprint.to_json()
@@ -326,7 +336,8 @@ def run(argv: Sequence[str] | None = None) -> dict[str, Any]:
         if job.preset is not None:  # the workers load these bytes, never the hub
             hub.publish_preset(job.preset.folder, job.preset.files, files.join(config.output, preset_folder(job.preset)))
         upload_plan(job)
-        result = _run_pipeline(job, log)
+        with object_stores.worker_environment(job.options):  # the local runner's workers start with no options
+            result = _run_pipeline(job, log)
     except Exception as exc:  # noqa: BLE001 - logged in full, raised again as one sentence (RunFailed)
         raise log.failed(exc) from exc
     finally:
