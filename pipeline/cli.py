@@ -347,7 +347,7 @@ def _near(metric: str, threshold: float) -> str:
 def duplicates_command(argv: Sequence[str]) -> int:
     import argparse
 
-    from pipeline.store.duplicates import write_groups
+    from pipeline.store.duplicates import DUPLICATES_FILE, write_groups
 
     parser = argparse.ArgumentParser(prog="featurize duplicates", description="Near-duplicate groups of a store: the "
                                      "connected components of the pairs of rows at or past --threshold, as Parquet.")
@@ -366,7 +366,7 @@ def duplicates_command(argv: Sequence[str]) -> int:
         found = store.duplicates(args.threshold, metric=args.metric, output=name, exact=args.exact)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
-    path = args.output or os.path.join(store.root, "duplicates.parquet")
+    path = args.output or files.join(store.root, DUPLICATES_FILE)
     write_groups(found, path)
     keys = found.table.num_rows
     how = "exactly" if found.method == "exact" else "through the index's range search"
@@ -447,10 +447,10 @@ def inspect_command(argv: Sequence[str]) -> int:
         print(f"\nremoved    {removed['count']} {removed.get('kind', 'inputs')} are in the store but no longer in "
               f"the input: "
               + ", ".join(removed["listed"][:5]))
-    duplicates = os.path.join(store.root, "duplicates.parquet")
-    if files.is_local(store.root) and os.path.exists(duplicates):
-        from pipeline.store.duplicates import read_summary
+    from pipeline.store.duplicates import DUPLICATES_FILE, read_summary
 
+    duplicates = files.join(store.root, DUPLICATES_FILE)
+    if files.exists(duplicates):
         made = read_summary(duplicates)
         grown = "" if made.rows == len(store) else (f"; the store has {len(store):,} rows now, run `featurize "
                                                     f"duplicates` again")

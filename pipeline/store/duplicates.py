@@ -19,11 +19,13 @@ from typing import Any, Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from pipeline import files
 from pipeline.store.search import check_metric
 
 BLOCK_ROWS = 4096  # exact: a 4096 x 4096 float32 score block is 64 MiB
 BATCH_ROWS = 16_384  # index: rows per range search
 METADATA_KEY = b"featurize.duplicates"
+DUPLICATES_FILE = "duplicates.parquet"  # `featurize duplicates OUT` writes it beside the store; inspect reads it
 Pairs = tuple[np.ndarray, np.ndarray]  # (rows, rows): row i[n] and row j[n] are near-duplicates
 
 
@@ -161,11 +163,25 @@ def groups_table(names: pa.Table, rows: np.ndarray, group: np.ndarray, size: np.
 
 
 def write_groups(found: DuplicateGroups, path: str) -> None:
-    """The groups as Parquet, with what made them in the schema's metadata (`read_summary`)."""
+    """The groups as Parquet, with what made them in the schema's metadata (`read_summary`), on any filesystem
+    (a store on S3 keeps its groups beside it: written locally, then uploaded)."""
+    import os
+    import tempfile
+
     import pyarrow.parquet as pq
 
     made = {"threshold": found.threshold, "metric": found.metric, "method": found.method, "rows": found.rows}
-    pq.write_table(found.table.replace_schema_metadata({METADATA_KEY: json.dumps(made)}), path)
+    table = found.table.replace_schema_metadata({METADATA_KEY: json.dumps(made)})
+    if files.is_local(path):
+        pq.write_table(table, path)
+        return
+    handle, local = tempfile.mkstemp(suffix=".parquet", prefix="featurize-duplicates-")
+    os.close(handle)
+    try:
+        pq.write_table(table, local)
+        files.upload(local, path)
+    finally:
+        os.unlink(local)
 
 
 @dataclass(frozen=True)
@@ -182,7 +198,8 @@ class GroupsSummary:
 def read_summary(path: str) -> GroupsSummary:
     import pyarrow.parquet as pq
 
-    parquet = pq.ParquetFile(path)
-    made = json.loads(parquet.schema_arrow.metadata[METADATA_KEY])
-    group = parquet.read(columns=["group"])["group"]
+    with files.open_read(path) as handle:
+        parquet = pq.ParquetFile(handle)
+        made = json.loads(parquet.schema_arrow.metadata[METADATA_KEY])
+        group = parquet.read(columns=["group"])["group"]
     return GroupsSummary(_count(group), len(group), made["threshold"], made["metric"], made["method"], made["rows"])

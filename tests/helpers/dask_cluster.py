@@ -21,8 +21,9 @@ STOP_TIMEOUT_S = 20
 
 
 class DaskCluster:
-    def __init__(self, workdir: pathlib.Path, workers: int = 2):
-        self.workdir, self.workers = pathlib.Path(workdir), workers
+    def __init__(self, workdir: pathlib.Path, workers: int = 2, env: dict[str, str] | None = None):
+        """`env`: variables the cluster's processes get besides this one's (a cluster's own credentials)."""
+        self.workdir, self.workers, self.env = pathlib.Path(workdir), workers, env or {}
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.servers: dict[str, subprocess.Popen] = {}
@@ -30,7 +31,7 @@ class DaskCluster:
 
     def _start(self, name: str, *args: str) -> None:
         log = open(self.workdir / f"{name}.log", "w")
-        env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2")
+        env = dict(os.environ, PYTHONPATH=str(REPO), TF_CPP_MIN_LOG_LEVEL="2", **self.env)
         self.servers[name] = subprocess.Popen(
             [str(pathlib.Path(sys.executable).parent / "dask"), *args], cwd=self.workdir, env=env, stdout=log,
             stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)

@@ -12,11 +12,13 @@ import sys
 import time
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError
 from pipeline.job.launch import run
 from tests.helpers.crash import read_store, run_and_kill
+from tests.helpers.dask_cluster import DaskCluster
 from tests.helpers.portable import REPO, free_port
 from tests.helpers.runs import IN_MEMORY, featurize_args
 from tests.helpers.s3_server import S3Server
@@ -134,3 +136,44 @@ def test_a_store_command_with_a_wrong_credential_says_so(s3, s3_store):
     done = featurize_cli("inspect", s3_store, env=s3.environment(secret_key="not-the-secret"), timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
     assert s3.endpoint in done.stderr and "SignatureDoesNotMatch" in done.stderr
+
+
+def test_duplicates_of_an_s3_store_are_written_beside_it_and_inspect_reads_them(s3, s3_store, tmp_path):
+    from pipeline.store.feature_store import FeatureStore
+
+    local = FeatureStore.open(str(download(s3, "stores", "numbered", tmp_path / "copy")))
+    vectors = np.concatenate([block for _, block in local.iter_embeddings()])
+    unit = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    similarity = unit @ unit.T
+    threshold = float(np.quantile(similarity[np.triu_indices(len(unit), 1)], 0.99))  # some pairs, not all
+    want = local.duplicates(threshold).table
+    assert want.num_rows >= 2
+    done = featurize_cli("duplicates", s3_store, "--threshold", repr(threshold), env=s3.environment(), timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    s3.client().download_file("stores", "numbered/duplicates.parquet", str(tmp_path / "duplicates.parquet"))
+    got = pq.read_table(tmp_path / "duplicates.parquet")
+    assert got.select(["key", "group"]).to_pylist() == want.select(["key", "group"]).to_pylist()
+    inspected = featurize_cli("inspect", s3_store, env=s3.environment(), timeout=120)
+    assert inspected.returncode == 0, inspected.stderr[-3000:]
+    groups = len(set(want.column("group").to_pylist()))
+    assert f"duplicates {groups:,} groups of {want.num_rows:,} keys" in inspected.stdout
+
+
+def test_a_dask_run_reads_shards_on_s3_and_writes_its_store_there(s3, s3_shards, small_weights, numbered_reference,
+                                                                   tmp_path):
+    """The cluster's workers have the AWS variables of their own (a cluster's credentials); the launcher, the
+    flags."""
+    (tmp_path / "dask").mkdir()
+    cluster = DaskCluster(tmp_path / "dask", workers=1, env=s3.environment()).start()
+    try:
+        output = f"{s3.bucket('dask')}/numbered"
+        run([*featurize_args(s3_shards, output, small_weights, "parquet", "--runner", "DaskRunner",
+                             "--dask_client_address", cluster.address, "--tf-threads", "1"), *s3.flags()])
+    finally:
+        leftovers = cluster.stop()
+    assert not leftovers, leftovers
+    found = read_store(download(s3, "dask", "numbered", tmp_path / "copy"), "parquet")  # every key once
+    expected = numbered_reference("tar")[1]
+    assert sorted(found) == sorted(expected)
+    for key, vector in expected.items():
+        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
