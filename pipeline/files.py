@@ -99,16 +99,24 @@ def list_paths(pattern: str) -> list[str]:
     return sorted(m.path for m in _beam().match([pattern])[0].metadata_list)
 
 
+def open_write(path: str) -> BinaryIO:
+    """A binary file object that writes `path` on any filesystem, as stored (a local one with the standard
+    library, its folder made)."""
+    if is_local(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+        return open(path, "wb")
+    from apache_beam.io.filesystem import CompressionTypes
+
+    return _beam().create(path, compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def upload(local_path: str, destination: str) -> None:
     """Copy a local file to `destination` on any filesystem (a local one with the standard library)."""
     if is_local(destination):
         os.makedirs(os.path.dirname(destination) or ".", exist_ok=True)
         shutil.copyfile(local_path, destination)
         return
-    from apache_beam.io.filesystem import CompressionTypes
-
-    with open(local_path, "rb") as source, _beam().create(
-            destination, compression_type=CompressionTypes.UNCOMPRESSED) as target:
+    with open(local_path, "rb") as source, open_write(destination) as target:
         shutil.copyfileobj(source, target, 1 << 22)
 
 

@@ -164,24 +164,12 @@ def groups_table(names: pa.Table, rows: np.ndarray, group: np.ndarray, size: np.
 
 def write_groups(found: DuplicateGroups, path: str) -> None:
     """The groups as Parquet, with what made them in the schema's metadata (`read_summary`), on any filesystem
-    (a store on S3 keeps its groups beside it: written locally, then uploaded)."""
-    import os
-    import tempfile
-
+    (a store on S3 keeps its groups beside it)."""
     import pyarrow.parquet as pq
 
     made = {"threshold": found.threshold, "metric": found.metric, "method": found.method, "rows": found.rows}
-    table = found.table.replace_schema_metadata({METADATA_KEY: json.dumps(made)})
-    if files.is_local(path):
-        pq.write_table(table, path)
-        return
-    handle, local = tempfile.mkstemp(suffix=".parquet", prefix="featurize-duplicates-")
-    os.close(handle)
-    try:
-        pq.write_table(table, local)
-        files.upload(local, path)
-    finally:
-        os.unlink(local)
+    with files.open_write(path) as handle:
+        pq.write_table(found.table.replace_schema_metadata({METADATA_KEY: json.dumps(made)}), handle)
 
 
 @dataclass(frozen=True)
