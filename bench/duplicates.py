@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +31,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.index_search import clustered_blocks, peak_rss_mib  # noqa: E402
 from bench.search_memory import write_parquet  # noqa: E402
 from machine import reported  # noqa: E402 - bench/ is not a package
+import steps  # noqa: E402
+from steps import fastest  # noqa: E402
 
 PLANTED = 0.01
 
@@ -62,12 +63,7 @@ def step(name: str, root: str, threshold: float) -> dict:
 
 
 def run_step(name: str, root: Path, threshold: float, repeats: int = 1) -> dict:
-    runs = []
-    for _ in range(repeats):
-        done = subprocess.run([sys.executable, __file__, "--step", name, str(root), str(threshold)],
-                              capture_output=True, text=True, timeout=7200, check=True)
-        runs.append(json.loads(done.stdout.strip().splitlines()[-1]))
-    return min(runs, key=lambda run: run["seconds"])
+    return fastest([steps.run_step(__file__, name, str(root), str(threshold), timeout_s=7200) for _ in range(repeats)])
 
 
 def main() -> None:

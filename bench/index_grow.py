@@ -15,7 +15,6 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.index_search import clustered_blocks, mixture, peak_rss_mib  # noqa: E402
 from bench.search_memory import write_parquet  # noqa: E402
 from machine import reported  # noqa: E402 - bench/ is not a package
+from steps import fastest, run_step  # noqa: E402
 
 
 def grow(root: Path, rows: int, dim: int) -> None:
@@ -65,16 +65,6 @@ def step(name: str, root: str) -> dict:
     return {"p50_ms": 1000 * float(np.median(latencies)), "tail_rows": result.tail_rows}
 
 
-def run_step(name: str, root: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--step", name, root], capture_output=True, text=True,
-                          timeout=3600, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def fastest(runs: list[dict]) -> dict:
-    return min(runs, key=lambda run: run["seconds"])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rows", type=int, default=200_000)
@@ -91,16 +81,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as scratch:
         root = Path(scratch) / "store"
         write_parquet(root, args.rows, args.dim, make_blocks=clustered_blocks)
-        builds = [run_step("build", str(root)) for _ in range(args.repeats)]
+        builds = [run_step(__file__, "build", str(root)) for _ in range(args.repeats)]
         built = Path(scratch) / "built-index"
         shutil.copytree(root / "index", built)
         grow(root, args.added, args.dim)
-        tail = run_step("search", str(root))
+        tail = run_step(__file__, "search", str(root))
         appends = []
         for _ in range(args.repeats):
             shutil.rmtree(root / "index")
             shutil.copytree(built, root / "index")
-            appends.append(run_step("append", str(root)))
+            appends.append(run_step(__file__, "append", str(root)))
         build, append = fastest(builds), fastest(appends)
         print("| rows | added | index | build s | build peak RSS MiB | append s | append peak RSS MiB | append / build "
               "| search before the append: tail rows, p50 ms |")

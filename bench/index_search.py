@@ -34,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.search_memory import BLOCK, write_parquet  # noqa: E402
 from machine import reported  # noqa: E402 - bench/ is not a package
+import steps  # noqa: E402
 
 CLUSTERS = 1000
 CLI_REPEATS = 5
@@ -134,9 +135,7 @@ def cli_search_seconds(root: str, rows: int) -> float:
 
 
 def run_step(*args: str) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--step", *args], capture_output=True, text=True,
-                          timeout=1800, check=True)
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    return steps.run_step(__file__, *args, timeout_s=1800)
 
 
 def main() -> None:
@@ -149,9 +148,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.step:
         name, root, *rest = args.step
-        steps = {"build": lambda: step_build(root), "ann": lambda: step_ann(root, int(rest[0])),
-                 "exact-matrix": lambda: step_exact(root, True), "exact-parquet": lambda: step_exact(root, False)}
-        print(json.dumps(steps[name]()))
+        by_name = {"build": lambda: step_build(root), "ann": lambda: step_ann(root, int(rest[0])),
+                   "exact-matrix": lambda: step_exact(root, True), "exact-parquet": lambda: step_exact(root, False)}
+        print(json.dumps(by_name[name]()))
         return
     os.environ["BENCH_SPREAD"] = str(args.spread)
     print(f"clustered float32 vectors ({CLUSTERS} Gaussian clusters, spread {args.spread}), dim {args.dim}, k=10, "
