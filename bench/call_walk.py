@@ -4,7 +4,7 @@ Runs `featurize run` through `cli.run_command` in this process (the local runner
 thread, on the sample images, random weights) under `sys.setprofile` (`--workers`: every thread, the
 stages included; else the launcher's thread only), and records the modules of featurize's functions in
 the order each is first called: the order a reader following the run meets them (a loop over images
-reads its function once). Prints how many modules the walk enters and how many times it comes back to
+reads its function once; what runs while a module is imported is not followed). Prints how many modules the walk enters and how many times it comes back to
 a module it had left (a "return"), per module: the fewer, the more of one idea sits in one place.
 
     python bench/call_walk.py [--top 10]
@@ -33,15 +33,25 @@ def walk(argv: list[str], workers: bool = False) -> list[str]:
     modules: list[str] = []
     read: set = set()  # functions met already
 
+    base = sys._getframe()
+
+    def importing(frame) -> bool:
+        """Whether `frame` runs as part of an import (a module's body, or a function it calls)."""
+        while frame is not None and frame is not base:
+            if frame.f_code.co_name == "<module>":
+                return True
+            frame = frame.f_back
+        return False
+
     def profile(frame, event, arg):
-        if event != "call" or frame.f_code in read or frame.f_code.co_name == "<module>":  # an import is not a read
+        if event != "call" or frame.f_code in read or not frame.f_code.co_filename.startswith(package):
+            return
+        if importing(frame):  # an import is not a read: a registry filled or a dataclass made at import time
             return
         read.add(frame.f_code)
-        path = frame.f_code.co_filename
-        if path.startswith(package):
-            name = path[len(package):-3].replace(os.sep, ".")
-            if not modules or modules[-1] != name:
-                modules.append(name)
+        name = frame.f_code.co_filename[len(package):-3].replace(os.sep, ".")
+        if not modules or modules[-1] != name:
+            modules.append(name)
 
     sys.setprofile(profile)
     if workers:

@@ -6,6 +6,7 @@ On disk an entry is `_featurize/units/UNIT.json` (pipeline.job.journal), a flat 
 names have not changed since the first stores, so a store written by any earlier version resumes:
 
     unit, layout, source, inputs, rows, worker, files {features, errors, keys}, committed_at
+    started_at   since this version: when the committing attempt started (with committed_at, a unit's time)
     errors, errors_by_stage {read, decode, infer, write}, errors_by_type {"stage Type": n},
     error_examples {"stage Type": "key: message"}
     batch_size   only when a worker ran out of accelerator memory and halved it
@@ -78,6 +79,7 @@ class UnitEntry:
     keys: tuple[str, ...] | None = None  # files units: every key the unit holds
     rejected: tuple[tuple[str, str], ...] | None = None  # files units: (key, uri) of its duplicate-key rows
     committed_at: str | None = None
+    started_at: str | None = None
 
     @property
     def is_final(self) -> bool:
@@ -101,7 +103,7 @@ class UnitEntry:
                     "errors_by_type": dict(self.errors.by_kind), "error_examples": dict(self.errors.examples),
                     "files": dict(self.files)}
         optional = {"worker": self.worker, "batch_size": self.batch_size, "retry": self.retry or None,
-                    "committed_at": self.committed_at,
+                    "committed_at": self.committed_at, "started_at": self.started_at,
                     "keys": None if self.keys is None else list(self.keys),
                     "rejected": None if self.rejected is None else [list(pair) for pair in self.rejected]}
         document.update((name, value) for name, value in optional.items() if value is not None)
@@ -119,4 +121,4 @@ class UnitEntry:
             batch_size=document.get("batch_size"), retry=bool(document.get("retry")),
             keys=None if keys is None else tuple(keys),
             rejected=None if rejected is None else tuple((key, uri) for key, uri in rejected),
-            committed_at=document.get("committed_at"))
+            committed_at=document.get("committed_at"), started_at=document.get("started_at"))

@@ -130,6 +130,11 @@ def _is_final(entry: UnitEntry | None) -> bool:
     return entry is not None and entry.is_final
 
 
+def now() -> str:
+    """A journal time stamp: UTC, to the millisecond (a unit of small images takes well under a second)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
+
+
 def commit_unit(output: str, entry: UnitEntry, written: dict[str, tuple[str, str]]) -> UnitEntry:
     """Move a unit's written files into place, then write its journal entry (the commit point).
 
@@ -150,7 +155,7 @@ def commit_unit(output: str, entry: UnitEntry, written: dict[str, tuple[str, str
         FileSystems.delete([join(output, final) for _, final in written.values()])
         return existing
     entry = replace(entry, files={role: final for role, (_, final) in written.items()},
-                    committed_at=datetime.now(timezone.utc).isoformat(timespec="seconds"))
+                    committed_at=now())
     write_json_atomically(join(output, UNITS_DIR, f"{unit}.json"), entry.to_json())
     if existing is not None:  # a redone `retry` unit: the files of the entry it replaced are orphans now
         stale = [join(output, path) for path in existing.files.values()

@@ -31,8 +31,9 @@ from pipeline.job.checks import (check_hub_preset, check_input, check_model_befo
 from pipeline.job.config import ConfigError, RunConfig, input_size
 from pipeline.job.journal import (clear_previous_output, committed_unit_ids, iter_committed_units, read_store_state,
                                   remove_orphans, write_store_state)
-from pipeline.job.runner import (check_job_endpoint, local_workers, metrics_summary, parse_run_args, pipeline_options,
-                                 release, runs_in_process, tf_threads_per_worker)
+from pipeline.job.handout import Handout, size_bands
+from pipeline.job.runner import (check_job_endpoint, is_small_run, local_parallelism, local_workers, metrics_summary,
+                                 parse_run_args, pipeline_options, release, runs_in_process, tf_threads_per_worker)
 from pipeline.job.plan_files import UploadedPlan, upload
 from pipeline.job.stages import PlannedUnits, ProcessUnits, UnitSettings
 from pipeline.job.stopping import CtrlC, Interrupted
@@ -142,6 +143,7 @@ class Job:
     class_names: list[str] | None = None  # --predictions: every class's name, handed to the workers
     uploaded: UploadedPlan | None = None  # set by upload_plan: the plan in the store, which the graph reads
     preset: LocalPreset | None = None  # a hub model's preset, copied into the store before the workers start
+    handout: Handout | None = None  # set by run() for a local runner's several workers: they take units as they free up
 
 
 def with_absolute_paths(config: RunConfig) -> RunConfig:
@@ -182,6 +184,8 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     identity = store_identity(config, fp, listing)
     plan = plan_units(listing, committed_for(config, identity), config.unit_size, config.batch_size,
                       RecordFields(config.image_field, config.key_field))
+    if is_small_run(plan.pending_inputs, sum(unit.size_bytes for unit in plan.pending)):
+        options = pipeline_options(beam_args, small_run=True)
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,
         intra_op_threads=tf_threads_per_worker(config, options), keras_backend=config.keras_backend,
@@ -216,7 +220,7 @@ def build(p: beam.Pipeline, job: Job) -> beam.PCollection:
     decode = job.fingerprint.decode_spec(config.max_pixels)
     settings = UnitSettings(config.output, decode, config.format, job.manifest["fingerprint"], config.batch_size,
                             job.progress_dir, config.max_error_rate, plan.pending_inputs, job.class_names)
-    entries = units | "ProcessUnits" >> ProcessUnits(job.handler, settings)
+    entries = units | "ProcessUnits" >> ProcessUnits(job.handler, settings, job.handout)
     return entries | "WriteManifest" >> manifest.WriteManifest(
         config.output, job.manifest, job.started_at, job.uploaded)
 
@@ -290,6 +294,9 @@ def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:
             job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
             stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending),
                                            stream=terminal)
+        if local_parallelism(job.options) > 1:
+            job.handout = Handout(tempfile.mkdtemp(prefix="featurize-handout-"), local_parallelism(job.options),
+                                  size_bands([unit.size_bytes for unit in job.plan.pending]))
         try:
             with CtrlC(local=bool(local_workers(job.options)), in_process=runs_in_process(job.options),
                        log_path=log.path) as ctrl_c:
@@ -305,8 +312,9 @@ def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:
                 release(result)
             if stop_progress:
                 stop_progress()
-            if job.progress_dir:
-                shutil.rmtree(job.progress_dir, ignore_errors=True)
+            for folder in (job.progress_dir, job.handout and job.handout.folder):
+                if folder:
+                    shutil.rmtree(folder, ignore_errors=True)
     manifest_path = manifest.manifest_path(job.config.output)
     if state != PipelineState.DONE or not FileSystems.exists(manifest_path):
         raise RuntimeError(f"the pipeline ended in state {state} without completing {manifest_path}; "

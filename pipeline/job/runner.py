@@ -164,8 +164,21 @@ def _given(args: Sequence[str], flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in args)
 
 
-def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
-    """Any Beam flag passes through; with no --runner, the local runner on every core without Prism.
+# A run this small runs in the launcher's process: worker processes each take seconds to start (Python,
+# TensorFlow, the model) and would spend longer starting than working (bench/startup.py).
+SMALL_RUN_INPUTS = 200
+SMALL_RUN_BYTES = 20 * 2**20  # shards, whose inputs are counted only when read: ~200 photos
+
+
+def is_small_run(pending_inputs: int | None, pending_bytes: int) -> bool:
+    if pending_inputs is not None:
+        return pending_inputs <= SMALL_RUN_INPUTS
+    return pending_bytes <= SMALL_RUN_BYTES
+
+
+def pipeline_options(beam_args: Sequence[str], small_run: bool = False) -> PipelineOptions:
+    """Any Beam flag passes through; with no --runner, the local runner without Prism: on every core, or
+    in this process for a `small_run`.
 
     Only the flags the user did not give are added.
     """
@@ -180,7 +193,9 @@ def pipeline_options(beam_args: Sequence[str]) -> PipelineOptions:
     if not _given(args, "--runner"):
         cores = os.cpu_count() or 1
         args += ["--runner=FnApiRunner"]
-        if cores > 1 and not _given(args, "--direct_running_mode"):
+        if small_run and not (_given(args, "--direct_running_mode") or _given(args, "--direct_num_workers")):
+            args += ["--direct_running_mode=in_memory"]
+        elif cores > 1 and not _given(args, "--direct_running_mode"):
             args += ["--direct_running_mode=multi_processing"]
             if not _given(args, "--direct_num_workers"):
                 args += [f"--direct_num_workers={cores}"]
@@ -195,6 +210,16 @@ def local_workers(options: PipelineOptions) -> int | None:
     if direct.direct_running_mode != "multi_processing":
         return 1
     # Beam reads 0 as "one per core".
+    return direct.direct_num_workers or os.cpu_count() or 1
+
+
+def local_parallelism(options: PipelineOptions) -> int:
+    """How many workers (processes or threads) a local runner runs a stage on; 0 on a cluster runner."""
+    if runner_name(options.view_as(StandardOptions).runner or "FnApiRunner") not in LOCAL_RUNNERS:
+        return 0
+    direct = options.view_as(DirectOptions)
+    if direct.direct_running_mode == "in_memory":
+        return 1
     return direct.direct_num_workers or os.cpu_count() or 1
 
 

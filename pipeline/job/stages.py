@@ -29,6 +29,7 @@ from pipeline.inputs.retries import retry_transient
 from pipeline.job import journal
 from pipeline.job.dedupe import FindDuplicateKeys, items_tagged, key_hashes
 from pipeline.job.entries import ErrorCounts, UnitEntry
+from pipeline.job.handout import Handout, hand_out
 from pipeline.job.manifest import check_error_rate
 from pipeline.job.plan_files import PENDING, STORE, UploadedPlan, read_plan_part
 from pipeline.job.progress import ProgressWriter
@@ -171,9 +172,10 @@ class _ProcessUnit(beam.DoFn):
     def _attempt(self, unit: WorkUnit, losers: dict[int, str], scanned: int | None) -> UnitEntry:
         settings = self._settings
         writer = UnitWriter(settings.output, unit.unit_id, settings.format, settings.fingerprint)
+        started_at = journal.now()
         try:
             entry, kept = self._write_unit(unit, losers, scanned, writer)
-            committed = writer.commit(entry, kept)
+            committed = writer.commit(replace(entry, started_at=started_at), kept)
         except BaseException:
             writer.abort()
             self._metrics.discard()
@@ -321,15 +323,32 @@ class ReadUnit(beam.DoFn):
 class ProcessUnits(beam.PTransform):
     """Read -> decode -> infer -> write -> commit, one work unit per element.
 
-    Input: a PCollection of (WorkUnit, {member position: where its key is kept}) (see
-    `pipeline.job.dedupe`). Output: the journal entry (UnitEntry) of every unit, once committed into
+    Input: a PCollection of (WorkUnit, {member position: where its key is kept}, members scanned) (see
+    `with_losers`). Output: the journal entry (UnitEntry) of every unit, once committed into
     `settings.output` (see `pipeline.job.journal`). Every input of a unit ends in exactly one place: a
-    feature row or an error row (stages read, decode, infer).
+    feature row or an error row (stages read, decode, infer). With a `handout` (local runners with several
+    workers) the workers take the units as they free up (`pipeline.job.handout`); otherwise the runner
+    spreads them.
     """
 
-    def __init__(self, handler: KerasBackboneHandler, settings: UnitSettings):
+    def __init__(self, handler: KerasBackboneHandler, settings: UnitSettings, handout: Handout | None = None):
         super().__init__()
-        self._dofn = _ProcessUnit(handler, settings)
+        self._handout = handout
+        self._dofn = _ProcessUnit(handler, settings) if handout is None else _ProcessHandedOut(handler, settings, handout)
 
     def expand(self, units):
-        return units | "ProcessUnit" >> beam.ParDo(self._dofn)
+        if self._handout is None:
+            return units | "ProcessUnit" >> beam.ParDo(self._dofn)
+        return hand_out(units, self._handout, self._dofn)
+
+
+class _ProcessHandedOut(_ProcessUnit):
+    """A worker's ticket -> the journal entries of the units it took from `units` (every unit of the run)."""
+
+    def __init__(self, handler: KerasBackboneHandler, settings: UnitSettings, handout: Handout):
+        super().__init__(handler, settings)
+        self._handout = handout
+
+    def process(self, ticket: int, units=()):
+        for element in self._handout.taken(units):
+            yield from super().process(element)
