@@ -81,10 +81,10 @@ def _bucket_and_prefix(path: str) -> tuple[str, str]:
 
 def probe_s3(path: str, role: str, options: "PipelineOptions | None" = None,
              timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """List one key under `path` (`timeout_s` per connect and read; a connection refused or cut is tried
-    again, PROBE_ATTEMPTS in all; a timeout is not), so that an endpoint that does not answer or refuses the credentials stops the
-    command in one sentence, not after Beam's minutes of retries. `role` names what `path` is (`input`, `output`,
-    `store`)."""
+    """List one key under `path` (`timeout_s` per connect and read; a connection refused or cut is tried again,
+    PROBE_ATTEMPTS in all; a timeout is not), so that an endpoint that does not answer or refuses the credentials
+    stops the command in one sentence, not after Beam's minutes of retries. `role` names what `path` is (`input`,
+    `output`, `store`)."""
     try:
         import boto3
         from botocore.config import Config

@@ -106,8 +106,8 @@ def build(out: pathlib.Path, python_version: str = "3.12") -> list[pathlib.Path]
     wheels = sorted(out.glob("*.whl"))
     total = sum(w.stat().st_size for w in wheels)
     if total > SIZE_LIMIT_BYTES:
-        raise SystemExit(f"gpu_wheelhouse: {out} holds {total / 2 ** 20:.1f} MiB, over the {SIZE_LIMIT_BYTES / 2 ** 20:.0f} "
-                         f"MiB that leaves room for the working tree under the {CARRY_LIMIT_BYTES / 2 ** 20:.0f} MiB "
+        raise SystemExit(f"gpu_wheelhouse: {out} holds {total / 2 ** 20:.1f} MiB, over the "
+                         f"{SIZE_LIMIT_BYTES / 2 ** 20:.0f} MiB that leaves room for the working tree under the {CARRY_LIMIT_BYTES / 2 ** 20:.0f} MiB "
                          f"carry limit")
     return wheels
 

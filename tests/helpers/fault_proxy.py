@@ -1,8 +1,9 @@
 """A TCP proxy on 127.0.0.1 that breaks a chosen fraction of the connections it forwards (to an S3 server).
 
-Not a test module. Each accepted connection draws its fate from a seeded generator, in accept order (the first `reset_first` are `reset` with no byte forwarded: a command's first request); `reset`
-connections forward a random number of the server's bytes (0 to `reset_within` bytes) and then close both ways
-with SO_LINGER 0, so the client gets a TCP reset, mid-response or before any; `stall` connections forward
+Not a test module. Each accepted connection draws its fate from a seeded generator, in accept order (the first
+`reset_first` are `reset` with no byte forwarded: a command's first request); `reset` connections forward a random
+number of the server's bytes (0 to `reset_within` bytes) and then close with SO_LINGER 0, so the client gets a TCP
+reset, mid-response or before any; `stall` connections forward
 nothing for `stall_s` and then go on normally (a slow network, not a dead one); the rest are passed through.
 `cut_gets` ({text: n}) also cuts the answer to the first n GET requests whose request line holds `text`: the headers
 and `cut_after` bytes pass, then a reset (too late for the client library to retry: it is reading the body). It
