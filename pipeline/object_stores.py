@@ -12,6 +12,7 @@ stores"). Beam is imported inside functions only: `files` imports this module.
 from __future__ import annotations
 
 import os
+import time
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -21,6 +22,10 @@ if TYPE_CHECKING:
     from apache_beam.options.pipeline_options import PipelineOptions
 
 PROBE_TIMEOUT_S = 5.0
+# A connection refused, reset or cut mid-answer is tried again, this many tries in all, PROBE_PAUSE_S apart: a flaky
+# network must not stop a run, and a closed port still fails within a second. A timeout is not tried again.
+PROBE_ATTEMPTS = 3
+PROBE_PAUSE_S = 0.2
 # Beam's AWS client settings -> the standard variables boto3 reads when a client is given no value.
 AWS_VARIABLES = {"endpoint_url": "AWS_ENDPOINT_URL", "access_key_id": "AWS_ACCESS_KEY_ID",
                  "secret_access_key": "AWS_SECRET_ACCESS_KEY", "session_token": "AWS_SESSION_TOKEN",
@@ -76,13 +81,16 @@ def _bucket_and_prefix(path: str) -> tuple[str, str]:
 
 def probe_s3(path: str, role: str, options: "PipelineOptions | None" = None,
              timeout_s: float = PROBE_TIMEOUT_S) -> None:
-    """List one key under `path` (one try, `timeout_s` per connect and read), so that an endpoint that does not
-    answer or refuses the credentials stops the command in one sentence, not after Beam's minutes of retries.
-    `role` names what `path` is (`input`, `output`, `store`)."""
+    """List one key under `path` (`timeout_s` per connect and read; a connection refused or cut is tried again,
+    PROBE_ATTEMPTS in all; a timeout is not), so that an endpoint that does not answer or refuses the credentials
+    stops the command in one sentence, not after Beam's minutes of retries. `role` names what `path` is (`input`,
+    `output`, `store`)."""
     try:
         import boto3
         from botocore.config import Config
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+        from botocore.exceptions import (BotoCoreError, ClientError, ConnectionClosedError, ConnectTimeoutError,
+                                         EndpointConnectionError, IncompleteReadError, NoCredentialsError,
+                                         ResponseStreamingError)
     except ImportError as exc:
         raise ConfigError(f"{role} {path!r} is on S3, which needs boto3 ({exc}); install it with "
                           f"pip install 'featurize[aws]'") from None
@@ -98,7 +106,14 @@ def probe_s3(path: str, role: str, options: "PipelineOptions | None" = None,
     endpoint = client.meta.endpoint_url
     bucket, prefix = _bucket_and_prefix(path)
     try:
-        client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+        for attempt in range(1, PROBE_ATTEMPTS + 1):
+            try:
+                client.list_objects_v2(Bucket=bucket, Prefix=prefix, MaxKeys=1)
+                break
+            except (EndpointConnectionError, ConnectionClosedError, IncompleteReadError, ResponseStreamingError) as exc:
+                if attempt == PROBE_ATTEMPTS or isinstance(exc, ConnectTimeoutError):
+                    raise
+                time.sleep(PROBE_PAUSE_S)
     except ClientError as exc:
         error = exc.response.get("Error", {})
         raise ConfigError(f"{role} {path!r} cannot be read: the S3 endpoint {endpoint} refused to list bucket "

@@ -229,12 +229,40 @@ class LocalCluster:
         complete = self.boot_log.read_text().split("\n")[:-1]  # a line still being written has no newline yet
         return [json.loads(line) for line in complete if line.strip()]
 
+    def command(self, featurize_args: list[str]) -> list[str]:
+        """`python -m pipeline run ARGS` against this cluster; run it from the checkout (so ./setup.py resolves)."""
+        return [sys.executable, "-m", "pipeline", "run", *featurize_args,
+                "--runner", "PortableRunner", "--job_endpoint", self.job_endpoint,
+                "--environment_type", "EXTERNAL", "--environment_config", self.pool_endpoint,
+                "--setup_file", "./setup.py", "--job_server_timeout", "60"]
+
+    def job_ids(self) -> list[str]:
+        """The job service's jobs, in no particular order."""
+        from apache_beam.portability.api import beam_job_api_pb2 as api
+
+        return [info.job_id for info in self._jobs().GetJobs(api.GetJobsRequest(), timeout=10).job_info]
+
+    def job_states(self, job_id: str) -> list[str]:
+        """The states a job went through, by name, up to its first terminal one (CANCELLED, DONE, FAILED...)."""
+        from apache_beam.portability.api import beam_job_api_pb2 as api
+
+        stream = self._jobs().GetStateStream(api.GetJobStateRequest(job_id=job_id), timeout=10)
+        return [api.JobState.Enum.Name(event.state) for event in stream]
+
+    def job_state(self, job_id: str) -> str:
+        from apache_beam.portability.api import beam_job_api_pb2 as api
+
+        return api.JobState.Enum.Name(self._jobs().GetState(api.GetJobStateRequest(job_id=job_id), timeout=10).state)
+
+    def _jobs(self):
+        import grpc
+        from apache_beam.portability.api import beam_job_api_pb2_grpc
+
+        return beam_job_api_pb2_grpc.JobServiceStub(grpc.insecure_channel(self.job_endpoint))
+
     def submit(self, featurize_args: list[str], timeout: float = 600) -> subprocess.CompletedProcess:
         """`python -m pipeline run ARGS` against this cluster, from the checkout (so ./setup.py resolves)."""
-        command = [sys.executable, "-m", "pipeline", "run", *featurize_args,
-                   "--runner", "PortableRunner", "--job_endpoint", self.job_endpoint,
-                   "--environment_type", "EXTERNAL", "--environment_config", self.pool_endpoint,
-                   "--setup_file", "./setup.py", "--job_server_timeout", "60"]
+        command = self.command(featurize_args)
         env = dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2")
         before = len(self.boot_records())
 

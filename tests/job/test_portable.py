@@ -9,6 +9,9 @@ import glob
 import json
 import os
 import pathlib
+import re
+import shlex
+import signal
 import subprocess
 import sys
 import sysconfig
@@ -216,6 +219,57 @@ def test_a_run_killed_locally_resumes_on_the_cluster(cluster, numbered, small_we
     assert all(np.array_equal(got[key], vector) for key, vector in expected.items())
     assert manifest["counts"]["reused"] > 0 and manifest["units"]["processed"] == 6 - committed > 0
     assert manifest["counts"]["errors_by_stage"]["read"] == 1  # the duplicated sample key, wherever it fell
+
+
+def test_ctrl_c_cancels_the_cluster_job_and_resume_finishes_it(cluster, small_weights, tmp_path):
+    """SIGINT to the submitting process once a unit is committed: exit 130, one line saying how many units are
+    committed and that the runner was asked to cancel; the job service records the job CANCELLED. Beam's Python job
+    service only marks it so (its cancel is a TODO): its workers run on to the job's end, which the test waits for
+    before --resume, as a user waits for a job to stop. --resume then leaves every key exactly once."""
+    from tests.helpers.crash import read_store
+    from tests.helpers.samples import _encode, _rgb
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(48):  # 6 units of 8 (--batch-size): a window between the first commit and the last
+        (photos / f"{i:02d}.jpg").write_bytes(_encode(_rgb(32, 32, 500 + i), "JPEG"))
+    out = tmp_path / "out"
+    args = [*featurize_args(photos, out, small_weights, "parquet"), "--no-progress"]
+    before = set(cluster.job_ids())
+    proc = subprocess.Popen(cluster.command(args), cwd=REPO, env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL="2"),
+                            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + SUBMIT_TIMEOUT_S
+        while not list((out / "_featurize" / "units").glob("*.json")):
+            if proc.poll() is not None or time.monotonic() > deadline:
+                output = proc.communicate(timeout=60) if proc.poll() is not None else ()
+                pytest.fail(f"no unit committed (exit {proc.poll()})\n{cluster.diagnostics(*output)}")
+            time.sleep(0.05)
+        os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C sends the submitter's process group
+        stdout, stderr = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+    assert proc.returncode == 130, f"{stderr}\n{cluster.diagnostics(stdout, stderr)}"
+    [line] = stderr.strip().splitlines()
+    stopped = re.fullmatch(r"featurize: stopped by Ctrl-C with (\d+) of 6 units committed in (.+) \(the runner was "
+                           r"asked to cancel the job, whose workers may finish their current work\); to go on, run: "
+                           r"(.+)", line)
+    assert stopped and int(stopped[1]) >= 1 and stopped[2] == str(out), line
+    assert shlex.split(stopped[3])[-1] == "--resume"
+    [job] = set(cluster.job_ids()) - before
+    assert cluster.job_states(job)[-2:] == ["CANCELLING", "CANCELLED"]
+    deadline = time.monotonic() + SUBMIT_TIMEOUT_S
+    while cluster.job_state(job) == "CANCELLED":  # until its workers are done: the run's end sets DONE or FAILED
+        assert time.monotonic() < deadline, "the cancelled job still runs"
+        time.sleep(0.5)
+    done = cluster.submit([*args, "--resume"], timeout=SUBMIT_TIMEOUT_S)
+    assert done.returncode == 0, cluster.diagnostics(done.stdout, done.stderr)
+    found = read_store(out, "parquet")  # every key exactly once
+    assert sorted(found) == [f"{i:02d}.jpg" for i in range(48)]
+    assert json.loads((out / "manifest.json").read_text())["counts"]["rows"] == 48
 
 
 def test_teardown_stops_every_cluster_process(cluster):

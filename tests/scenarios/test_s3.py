@@ -7,18 +7,22 @@ import glob
 import json
 import os
 import pathlib
+import signal
 import subprocess
 import sys
 import time
 
+import httpx
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
 from pipeline.errors import ConfigError
+from pipeline.job.entries import UnitEntry
 from pipeline.job.launch import run
 from tests.helpers.crash import read_store, run_and_kill
 from tests.helpers.dask_cluster import DaskCluster
+from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.portable import REPO, free_port
 from tests.helpers.runs import IN_MEMORY, featurize_args
 from tests.helpers.s3_server import S3Server
@@ -177,3 +181,95 @@ def test_a_dask_run_reads_shards_on_s3_and_writes_its_store_there(s3, s3_shards,
     assert sorted(found) == sorted(expected)
     for key, vector in expected.items():
         np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
+
+
+def test_a_run_through_resets_and_stalls_keeps_every_key_once(s3, s3_shards, small_weights, numbered_reference,
+                                                              tmp_path):
+    """Every S3 request of the run (the probe, the listing, the workers' reads and writes) goes through a proxy that
+    resets a quarter of its connections, at a random byte of the server's answer, and stalls a tenth; its first
+    connection, the probe's first try, is reset before any byte (the probe tries again). botocore retries a request
+    whose connection is cut before its answer; a body cut short Beam's S3 reader reads again at once, then after a
+    backoff of about 5 s: the first two GETs of one shard are cut in their body to show that layer. featurize's own
+    retry (pipeline/inputs/retries.py) comes after Beam's 7 backoffs, minutes later, and is not reached here. The store
+    equals a clean run's, each unit's files are the ones its journal entry names, nothing else."""
+    proxy = FaultProxy(s3.port, reset=0.25, stall=0.1, seed=25, reset_first=1, cut_gets={"part-0002.tar": 2}).start()
+    try:
+        output = f"{s3.bucket('faults')}/numbered"
+        flags = [*s3.flags()[1:], f"--s3_endpoint_url={proxy.endpoint}"]
+        done = featurize_cli("run", *featurize_args(s3_shards, output, small_weights), *flags,
+                             env={"TMPDIR": str(tmp_path)})
+    finally:
+        assert not proxy.stop(), "proxy threads still running"
+    print(f"proxy: {dict(proxy.counts)}")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert proxy.counts["resets_sent"] >= 3 and proxy.counts["stall"] >= 1 and proxy.counts["cut"] == 2, proxy.counts
+    local = download(s3, "faults", "numbered", tmp_path / "copy")
+    _, expected, reference_manifest = numbered_reference("tar")
+    found = read_store(local, "parquet")  # every key exactly once
+    assert sorted(found) == sorted(expected)
+    for key, vector in expected.items():
+        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
+    counts = json.loads((local / "manifest.json").read_text())["counts"]
+    assert {k: counts[k] for k in ("inputs", "rows", "errors")} == {
+        k: reference_manifest["counts"][k] for k in ("inputs", "rows", "errors")}
+    entries = [UnitEntry.from_json(json.loads(path.read_text()))
+               for path in (local / "_featurize" / "units").glob("*.json")]
+    stored = {f"{folder}/{path.name}" for folder in ("features", "errors") for path in (local / folder).glob("*")}
+    named = {path for entry in entries for path in entry.files.values()}
+    assert stored == {path for path in named if path.split("/")[0] in ("features", "errors")}
+    logs = "".join(path.read_text() for path in (tmp_path / "featurize-logs").glob("*.log"))
+    assert "before retrying get_range" in logs, "Beam's S3 reader did not retry the cut reads"  # its backoff, logged
+
+
+@pytest.mark.parametrize("command", ["run", "inspect", "search"])
+def test_a_store_that_cannot_be_reached_stops_a_command_in_one_sentence_naming_it(s3_store, small_weights, tmp_path,
+                                                                                  command):
+    endpoint = f"http://127.0.0.1:{free_port()}"  # a closed port
+    env = {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "key", "AWS_SECRET_ACCESS_KEY": "secret",
+           "AWS_DEFAULT_REGION": "us-east-1"}
+    args = {"run": featurize_args("s3://shards/numbered/part-*.tar", tmp_path / "out", small_weights),
+            "inspect": [s3_store], "search": [s3_store, "--query", "s0/img000"]}[command]
+    started = time.monotonic()
+    done = featurize_cli(command, *args, env=env, timeout=120)
+    print(f"featurize {command} against a closed port: exit {done.returncode} after {time.monotonic() - started:.1f} s")
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-3000:]
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("featurize: error: ") and endpoint in line and "did not answer" in line, line
+
+
+def test_serve_answers_from_an_s3_store(s3, s3_store, tmp_path):
+    """`featurize serve s3://...` with the AWS variables: exact neighbours as a local copy gives them, and thumbnails
+    read from the tar members on S3."""
+    from pipeline.store.feature_store import FeatureStore
+
+    local = FeatureStore.open(str(download(s3, "stores", "numbered", tmp_path / "copy")))
+    port = free_port()
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", s3_store, "--port", str(port)], cwd=REPO,
+                              env=dict(clean, PYTHONPATH=str(REPO), **s3.environment()), stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True)
+    base, key = f"http://127.0.0.1:{port}", local.keys[3]
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(base + "/", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if server.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"featurize serve did not start: {server.poll()}")
+            time.sleep(0.3)
+        results = httpx.get(f"{base}/api/search", params={"key": key, "k": 4}, timeout=60).json()["results"]
+        thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": key}, timeout=60)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+            server.wait(timeout=10)
+    expected = local.search(local.get(key), k=4, exact=True)
+    assert [r["key"] for r in results] == expected.keys[0] and results[0]["uri"].startswith("s3://shards/")
+    np.testing.assert_allclose([r["score"] for r in results], expected.scores[0], rtol=1e-5, atol=1e-6)
+    assert thumbnail.status_code == 200 and thumbnail.headers["content-type"] == "image/jpeg", thumbnail.text[:300]
