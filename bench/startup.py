@@ -1,12 +1,12 @@
 """Start-up: the README's quick start from the command to the exit, phase by phase, next to the peers'.
 
-    python bench/startup.py [--repeats 3]
+    python bench/startup.py [--repeats 3] [--limit] [--limit-models MobileNetV3Small,ResNet50]
 
 The quick start is `featurize run --input samples/shapes --output out/ --model MobileNetV3Small
 --weights none --image-size 96` (36 pictures). Each row is the fastest of --repeats fresh processes:
 
-  featurize run        the command as a user types it (`python -m pipeline run ...`, the console script's
-                       code), split into phases by timestamps the script takes inside the same process:
+  featurize run        the command as a user types it (the console script's `pipeline.__main__.entry`),
+                       split into phases by timestamps the script takes inside the same process:
                        imports         interpreter start -> the launcher imported (Beam; TensorFlow is not)
                        prepare         parse, check, list the input, plan the units (`launch.prepare`)
                        store           start over or resume, copy the plan into the store
@@ -15,6 +15,10 @@ The quick start is `featurize run --input samples/shapes --output out/ --model M
                        units           first unit started -> last unit committed
                        finish          -> the manifest written and the pipeline down (`launch.run` returns)
                        exit            the summary and the next steps printed, the interpreter gone
+  at the limit         `--limit`: SMALL_RUN_INPUTS photo-like JPEGs (bench/throughput.py's, 320x240 to 1600x1200)
+                       at 224 px, the largest run featurize starts in its own process, run both ways (in the
+                       launcher's process, and on a worker process per core as a larger run is), per model of
+                       `--limit-models`: where the two cross is where the limit belongs
   Keras loop           the loop a user would write: import keras, build MobileNetV3Small (weights=None),
                        `load_img` + `predict` over the same 36 pictures in batches of 32
   Keras loop, tf.data  the same with `keras.utils.image_dataset_from_directory`
@@ -37,7 +41,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SAMPLES = ROOT / "samples" / "shapes"
 QUICK_START = ["--input", str(SAMPLES), "--model", "MobileNetV3Small", "--weights", "none", "--image-size", "96"]
 
-# Run inside the child: `python -m pipeline run ...` with timestamps around launch's steps.
+# Run inside the child: the console script's `entry` with timestamps around launch's steps.
 FEATURIZE = """
 import json, sys, time
 marks = {}
@@ -52,12 +56,15 @@ def timed(name, function):
     return wrapper
 launch.prepare = timed("prepare", launch.prepare)
 launch.upload_plan = timed("store", launch.upload_plan)
-launch.run = timed("finish", launch.run)
-from pipeline.cli import main
-try:
-    main()
-finally:
-    print(json.dumps(marks), file=sys.stderr)
+run = timed("finish", launch.run)
+def reported_run(*args, **kwargs):
+    try:
+        return run(*args, **kwargs)
+    finally:
+        print(json.dumps(marks), file=sys.stderr, flush=True)
+launch.run = reported_run
+from pipeline.__main__ import entry
+entry()
 """
 
 KERAS_LOOP = """
@@ -90,7 +97,7 @@ def featurize_phases(out: Path) -> dict[str, float]:
     done = subprocess.run([sys.executable, "-c", FEATURIZE, "run", *QUICK_START, "--output", str(out)], cwd=ROOT,
                           capture_output=True, text=True, check=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     ended = time.time()
-    marks = json.loads(done.stderr.strip().splitlines()[-1])
+    marks = json.loads(next(line for line in done.stderr.splitlines() if line.startswith('{"imports"')))
     entries = [json.loads(p.read_text()) for p in (out / "_featurize" / "units").glob("*.json")]
     first = min(_stamp(e["started_at"]) for e in entries)
     last = max(_stamp(e["committed_at"]) for e in entries)
@@ -113,10 +120,43 @@ def script_seconds(code: str) -> float:
     return time.time() - started
 
 
+def limit_seconds(model: str, folder: Path, out: Path, mode: list[str]) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.time()
+    subprocess.run([sys.executable, "-m", "pipeline", "run", "--input", str(folder), "--output", str(out), "--model",
+                    model, "--weights", "none", "--image-size", "224", "--no-progress", *mode], cwd=ROOT, check=True,
+                   capture_output=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    return time.time() - started
+
+
+def limit_table(work: Path, models: list[str], repeats: int) -> None:
+    from throughput import make_jpegs  # noqa: E402
+
+    from pipeline.job.runner import SMALL_RUN_INPUTS
+
+    folder = work / "limit"
+    make_jpegs(folder, SMALL_RUN_INPUTS)
+    cores = os.cpu_count() or 1
+    modes = {"in this process": ["--direct_running_mode=in_memory"],
+             f"{cores} worker processes": ["--direct_running_mode=multi_processing", f"--direct_num_workers={cores}"]}
+    print(f"\n{SMALL_RUN_INPUTS} JPEGs (the small-run limit) at 224 px, seconds from the command to the exit, "
+          f"fastest of {repeats} alternated\n")
+    print("| model | " + " | ".join(modes) + " |\n| --- |" + " --- |" * len(modes))
+    for model in models:
+        best = dict.fromkeys(modes, float("inf"))
+        for _ in range(repeats):
+            for name, mode in modes.items():
+                best[name] = min(best[name], limit_seconds(model, folder, work / "out", mode))
+        print(f"| {model} | " + " | ".join(f"{seconds:.1f}" for seconds in best.values()) + " |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=3, help="fresh processes per row; the fastest counts")
+    parser.add_argument("--limit", action="store_true", help="also time a run at the small-run limit both ways")
+    parser.add_argument("--limit-models", default="MobileNetV3Small,ResNet50")
     args = parser.parse_args()
+    sys.path.insert(0, str(ROOT))
     work = Path(tempfile.mkdtemp(prefix="featurize-startup-"))
     try:
         runs, loops, datasets = [], [], []
@@ -134,6 +174,8 @@ def main() -> None:
         print("\n| featurize phase | seconds (its fastest run) |\n| --- | --- |")
         for name in PHASES:
             print(f"| {name} | {best[name]:.2f} |")
+        if args.limit:
+            limit_table(work, args.limit_models.split(","), args.repeats)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -24,7 +24,7 @@ from tests.helpers.crash import read_store, run_and_kill
 from tests.helpers.dask_cluster import DaskCluster
 from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.portable import REPO, free_port
-from tests.helpers.runs import IN_MEMORY, featurize_args
+from tests.helpers.runs import IN_MEMORY, LOCAL, featurize_args
 from tests.helpers.s3_server import S3Server
 from tests.helpers.servers import serving
 
@@ -67,9 +67,10 @@ def download(s3, bucket, prefix, folder: pathlib.Path) -> pathlib.Path:
 
 @pytest.fixture(scope="module")
 def s3_store(s3, s3_shards, small_weights, tmp_path_factory):
-    """A run from S3 to S3 with Beam's --s3_* flags only (no AWS variables), on the default local runner."""
+    """A run from S3 to S3 with Beam's --s3_* flags only (no AWS variables), on the local runner's worker
+    processes (which Beam starts without the options; a run this small would otherwise run in-process)."""
     output = f"{s3.bucket('stores')}/numbered"
-    done = featurize_cli("run", *featurize_args(s3_shards, output, small_weights), *s3.flags())
+    done = featurize_cli("run", *featurize_args(s3_shards, output, small_weights), *s3.flags(), *LOCAL)
     assert done.returncode == 0, done.stderr[-3000:]
     return output
 
