@@ -24,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
-from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
+from pipeline.images import DECODE_ERRORS, Canvas, DecodeSpec, decode_for_model
 from pipeline.inputs.reading import unit_records
 from pipeline.inputs.retries import retry_transient
 from pipeline.job import journal
@@ -62,10 +62,11 @@ class _ErrorTally:
             check_error_rate(self.inputs, self.errors, limit, expected)
 
 
-def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray] | ErrorRecord:
-    """(meta, HxWx3 uint8) for a decodable image; a decode ErrorRecord otherwise."""
+def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray | Canvas] | ErrorRecord:
+    """(meta, HxWx3 uint8, or a Canvas for a model that resizes) for a decodable image; a decode ErrorRecord
+    otherwise."""
     try:
-        pixels, (width, height) = decode_image(record.data, spec)
+        pixels, (width, height) = decode_for_model(record.data, spec)
     except DECODE_ERRORS as exc:  # a bad image is one error row; anything else is a bug that fails the bundle
         return error_from_exception(record.key, record.uri, "decode", exc)
     return ImageMeta(record.key, record.uri, width, height), pixels
@@ -132,7 +133,7 @@ def _timed(iterator: Iterator, metrics: RunCounters) -> Iterator:
 class ReadBatch:
     """What reading and decoding one batch of a unit produced, to be applied by the unit's thread in order:
     the inputs read up to and including the one that filled the batch (or up to the unit's end)."""
-    examples: list[tuple[ImageMeta, np.ndarray]] = field(default_factory=list)  # decoded, for the model
+    examples: list[tuple[ImageMeta, np.ndarray | Canvas]] = field(default_factory=list)  # decoded, for the model
     errors: list[ErrorRecord] = field(default_factory=list)  # read and decode error rows, in reading order
     kept_keys: list[str] = field(default_factory=list)  # keys these inputs hold (not a duplicate's)
     inputs: int = 0
