@@ -379,13 +379,14 @@ def decode_image(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, tuple[int, 
 
 @dataclass(frozen=True, eq=False)
 class Canvas:
-    """A decoded image for a model that resizes (`resize_in="model"`): the pixels at the top-left of a fixed
-    canvas of CANVAS_SCALE x the model's input, and what the model resamples (`geometry`, GEOMETRY's order):
-    the image's size on the canvas, the box of it to resample (Pillow's `resize(box=)`) and the rectangle of
-    the output it fills (black elsewhere: `pad`)."""
+    """A decoded image for a model that resizes (`resize_in="model"`): its pixels, which go to the top-left of
+    a fixed canvas of CANVAS_SCALE x the model's input when batched (`stack_for_model`: one copy, straight into
+    the batch), and what the model resamples (`geometry`, GEOMETRY's order): the image's size, the box of it
+    to resample (Pillow's `resize(box=)`) and the rectangle of the output it fills (black elsewhere: `pad`)."""
 
-    pixels: np.ndarray  # (CANVAS_SCALE * height, CANVAS_SCALE * width, 3) uint8
+    pixels: np.ndarray  # (h, w, 3) uint8, each side at most the canvas's
     geometry: np.ndarray  # float32, GEOMETRY
+    canvas: tuple[int, int]  # (height, width) of the canvas (canvas_size)
 
     @property
     def nbytes(self) -> int:
@@ -420,11 +421,9 @@ def canvas_image(img: Image.Image, spec: DecodeSpec) -> Canvas:
         fitted = _fit_size(img.size, target)
         left, top = (target[0] - fitted[0]) // 2, (target[1] - fitted[1]) // 2
         out = (left, top, left + fitted[0], top + fitted[1])
-    pixels = np.zeros((canvas_h, canvas_w, 3), np.uint8)
-    pixels[:img.height, :img.width] = np.asarray(img)
     geometry = np.array([img.height, img.width, box[1], box[0], box[3], box[2], out[1], out[0], out[3], out[2]],
                         np.float32)
-    return Canvas(pixels, geometry)
+    return Canvas(np.asarray(img), geometry, (canvas_h, canvas_w))
 
 
 def decode_canvas(data: bytes, spec: DecodeSpec) -> tuple[Canvas, tuple[int, int]]:
@@ -443,5 +442,9 @@ def decode_for_model(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray | Canvas
 def stack_for_model(images: Sequence[np.ndarray | Canvas]) -> tuple[np.ndarray, np.ndarray | None]:
     """A batch for `FeatureModel.infer`: (pixels, None), or (canvases, their geometry) for a model that resizes."""
     if images and isinstance(images[0], Canvas):
-        return np.stack([image.pixels for image in images]), np.stack([image.geometry for image in images])
+        batch = np.zeros((len(images), *images[0].canvas, 3), np.uint8)
+        for canvas, image in zip(batch, images):
+            height, width = image.pixels.shape[:2]
+            canvas[:height, :width] = image.pixels
+        return batch, np.stack([image.geometry for image in images])
     return np.stack(images), None

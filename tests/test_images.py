@@ -1011,19 +1011,21 @@ def test_declared_size_of_a_bomb_header_refuses_before_pillow_warns():
 
 
 def test_a_model_that_resizes_gets_the_drafted_image_on_its_canvas_with_its_geometry():
-    from pipeline.images import CANVAS_SCALE, GEOMETRY, decode_canvas
+    from pipeline.images import CANVAS_SCALE, GEOMETRY, decode_canvas, stack_for_model
 
     buffer = io.BytesIO()
     Image.new("RGB", (500, 376), (200, 30, 40)).save(buffer, "JPEG", quality=90)
     spec = DecodeSpec(64, 64, resize="pad", resize_in="model")
     canvas, original = decode_canvas(buffer.getvalue(), spec)
-    assert original == (500, 376) and canvas.pixels.shape == (CANVAS_SCALE * 64, CANVAS_SCALE * 64, 3)
+    assert original == (500, 376) and canvas.canvas == (CANVAS_SCALE * 64, CANVAS_SCALE * 64)
     geometry = dict(zip(GEOMETRY, canvas.geometry.tolist()))
     # drafted by 1/4 (the smallest DCT scale that keeps the fitted 64x48 covered), no resize on the host
     assert (geometry["height"], geometry["width"]) == (94, 125)
     assert [geometry[k] for k in ("box_top", "box_left", "box_bottom", "box_right")] == [0, 0, 94, 125]
     assert [geometry[k] for k in ("out_top", "out_left", "out_bottom", "out_right")] == [8, 0, 56, 64]
-    assert (canvas.pixels[94:] == 0).all() and (canvas.pixels[:, 125:] == 0).all()
+    batch, stacked = stack_for_model([canvas, canvas])
+    assert batch.shape == (2, 128, 128, 3) and (stacked == canvas.geometry).all()
+    assert (batch[:, :94, :125] == canvas.pixels).all() and not batch[:, 94:].any() and not batch[:, :, 125:].any()
     assert abs(int(canvas.pixels[50, 60, 0]) - 200) <= 3
 
 

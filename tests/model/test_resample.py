@@ -43,7 +43,7 @@ def test_an_image_past_the_canvas_is_reduced_on_the_host_first():
     spec = DecodeSpec(*TARGET, resize="squash", resize_in="model")
     img = photo(130, 70)
     canvas = canvas_image(img, spec)
-    assert canvas.pixels.shape == (CANVAS_SCALE * 24, CANVAS_SCALE * 32, 3)
+    assert canvas.canvas == (CANVAS_SCALE * 24, CANVAS_SCALE * 32) and canvas.pixels.shape == (35, 44, 3)
     assert canvas.geometry[:2].tolist() == [35, 44]  # ceil(70 / 2), ceil(130 / 3): Pillow keeps a partial block
     host = np.asarray(resize_image(img.reduce((3, 2)), spec), np.float32)
     assert np.abs(in_model(img, spec) - host).max() <= 1.0
