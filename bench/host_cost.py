@@ -2,9 +2,9 @@
 for each place the resize can run (--resize-in host, the default, and --resize-in model).
 
     pip install -e '.[bench]'
-    python bench/host_cost.py [--images 200] [--size 224] [--repeats 3] [--qualities 95,75]
+    python bench/host_cost.py [--images 200] [--size 224] [--repeats 3] [--qualities 95,75] [--jpeg-size 500x375]
 
-Inputs are ImageNet-like JPEGs: 500x375 crops of the real photos scikit-image ships
+Inputs are ImageNet-like JPEGs: 500x375 (--jpeg-size) crops of the real photos scikit-image ships
 (astronaut, coffee, chelsea, rocket, motorcycles, ...), randomly cropped, flipped, given a
 camera's grain and encoded at each of --qualities: 95 with 4:4:4 chroma (this bench's first
 table, ~120 KB, ImageNet's average is ~110 KB) and 75 with 4:2:0, Pillow's defaults (what
@@ -48,9 +48,10 @@ WIDTH, HEIGHT = 500, 375
 GRAIN = 5.0  # luminance noise sigma: with quality 95, 4:4:4, the JPEGs average ~110 KB
 
 
-def make_photo_jpegs(root: Path, count: int, seed: int = 0, quality: int = 95) -> list[Path]:
-    """`count` distinct 500x375 JPEGs cut from scikit-image's real photos (4:4:4 at quality 95, else Pillow's
-    default 4:2:0)."""
+def make_photo_jpegs(root: Path, count: int, seed: int = 0, quality: int = 95,
+                     size: tuple[int, int] = (WIDTH, HEIGHT)) -> list[Path]:
+    """`count` distinct JPEGs of `size` (width, height; 4:3) cut from scikit-image's real photos (4:4:4 at
+    quality 95, else Pillow's default 4:2:0)."""
     import skimage.data
     from PIL import Image
 
@@ -66,11 +67,11 @@ def make_photo_jpegs(root: Path, count: int, seed: int = 0, quality: int = 95) -
         height = int(width * 3 / 4)
         left = int(rng.integers(0, photo.width - width + 1))
         top = int(rng.integers(0, photo.height - height + 1))
-        image = photo.crop((left, top, left + width, top + height)).resize((WIDTH, HEIGHT), Image.Resampling.BICUBIC)
+        image = photo.crop((left, top, left + width, top + height)).resize(size, Image.Resampling.BICUBIC)
         if rng.random() < 0.5:
             image = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
         # Film grain: a camera's noise, which the upscaled crops lost (and JPEG sizes with it).
-        grain = rng.normal(0, GRAIN, (HEIGHT, WIDTH, 1))
+        grain = rng.normal(0, GRAIN, (size[1], size[0], 1))
         image = Image.fromarray(np.clip(np.asarray(image, np.float32) + grain, 0, 255).astype(np.uint8))
         path = root / f"img{i:05d}.jpg"
         image.save(path, quality=quality, **({"subsampling": 0} if quality == 95 else {}))
@@ -138,7 +139,7 @@ class QualityRow:
 
 def measure(work: Path, quality: int, args: argparse.Namespace) -> QualityRow:
     folder = work / f"q{quality}"
-    paths = make_photo_jpegs(folder / "all", 5 * args.images, quality=quality)
+    paths = make_photo_jpegs(folder / "all", 5 * args.images, quality=quality, size=args.jpeg_size)
     (folder / "small").mkdir()
     for path in paths[: args.images]:
         os.link(path, folder / "small" / path.name)
@@ -164,12 +165,14 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=224)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--qualities", default="95,75", help="JPEG qualities of the inputs, comma-separated")
+    parser.add_argument("--jpeg-size", default=(WIDTH, HEIGHT), type=lambda s: tuple(int(v) for v in s.split("x")),
+                        help=f"WIDTHxHEIGHT of the inputs (default {WIDTH}x{HEIGHT}; 640x480 is drafted by 1/2 for 224)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="featurize-host-cost-"))
     try:
         _null_model_handler(2048)
         rows = [measure(work, int(quality), args) for quality in args.qualities.split(",")]
-        print(f"JPEGs {WIDTH}x{HEIGHT}, model input {args.size}x{args.size}, 1 process; featurize N={args.images} "
+        print(f"JPEGs {args.jpeg_size[0]}x{args.jpeg_size[1]}, model input {args.size}x{args.size}, 1 process; featurize N={args.images} "
               f"and 5N, fastest of {args.repeats}; CPU ms per image, and the ratio to bare Pillow with its resize")
         print()
         print("| JPEG quality (mean KB) | bare Pillow: decode (draft) | bare Pillow: decode + resize "
