@@ -150,12 +150,11 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
         normalize = lambda x: x  # noqa: E731 - the hub model holds its image converter's arithmetic
     else:
         normalize = functools.partial(backbones.preprocess_batch, backbones.get_backbone(spec.backbone))
-    # --resize-in model: the model takes canvases and their geometry, and resamples them first.
-    inputs = [((height, width, 3), "uint8")]
-    preprocess = normalize
-    if spec.resample is not None:
-        canvas_h, canvas_w = CANVAS_SCALE * height, CANVAS_SCALE * width
-        inputs = [((canvas_h, canvas_w, 3), "uint8"), ((len(GEOMETRY),), "float32")]
+    if spec.resample is None:
+        inputs = [((height, width, 3), "uint8")]
+        preprocess = normalize
+    else:  # --resize-in model: the model takes canvases and their geometry, and resamples them first
+        inputs = [((CANVAS_SCALE * height, CANVAS_SCALE * width, 3), "uint8"), ((len(GEOMETRY),), "float32")]
 
         def preprocess(pixels, geometry):
             return normalize(resample.resample(pixels, geometry, (height, width), spec.resample))
