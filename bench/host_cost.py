@@ -166,13 +166,15 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--qualities", default="95,75", help="JPEG qualities of the inputs, comma-separated")
     parser.add_argument("--jpeg-size", default=(WIDTH, HEIGHT), type=lambda s: tuple(int(v) for v in s.split("x")),
-                        help=f"WIDTHxHEIGHT of the inputs (default {WIDTH}x{HEIGHT}; 640x480 is drafted by 1/2 for 224)")
+                        help=f"WIDTHxHEIGHT of the inputs (default {WIDTH}x{HEIGHT}; 640x480 is drafted by 1/2 "
+                             f"for 224)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="featurize-host-cost-"))
     try:
         _null_model_handler(2048)
         rows = [measure(work, int(quality), args) for quality in args.qualities.split(",")]
-        print(f"JPEGs {args.jpeg_size[0]}x{args.jpeg_size[1]}, model input {args.size}x{args.size}, 1 process; featurize N={args.images} "
+        width, height = args.jpeg_size
+        print(f"JPEGs {width}x{height}, model input {args.size}x{args.size}, 1 process; featurize N={args.images} "
               f"and 5N, fastest of {args.repeats}; CPU ms per image, and the ratio to bare Pillow with its resize")
         print()
         print("| JPEG quality (mean KB) | bare Pillow: decode (draft) | bare Pillow: decode + resize "

@@ -131,7 +131,8 @@ def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: List
 
 def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
     """--resume into a store made with another configuration is refused, naming the first difference."""
-    theirs, ours = ({**_BEFORE_THE_FIELD, **fingerprint} for fingerprint in (state["fingerprint"], wanted["fingerprint"]))
+    theirs, ours = ({**_BEFORE_THE_FIELD, **fingerprint}
+                    for fingerprint in (state["fingerprint"], wanted["fingerprint"]))
     differences = [(f"{name}", theirs.get(name), ours.get(name)) for name in sorted(set(theirs) | set(ours))
                    if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
     if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):

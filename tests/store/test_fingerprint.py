@@ -26,8 +26,8 @@ def test_the_jobs_fingerprint_round_trips_key_for_key(tmp_path):
     spec, document = run.model_spec(), run.to_json()
     assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
                               "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "resize_in",
-                              "preprocess", "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",
-                              "keras_backend", "family", "versions"]
+                              "preprocess", "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype",
+                              "precision", "keras_backend", "family", "versions"]
     assert document["input_size"] == [48, 64] and document["pooling"] == ["avg", "max"]
     parsed = Fingerprint.from_json(document)
     assert parsed.to_json() == document
