@@ -65,7 +65,8 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
         metas = [meta for meta, _ in batch]
         started = time.perf_counter()
         size_before = model.current_batch_size()
-        outputs = model.infer(*stack_for_model([pixels for _, pixels in batch]))
+        pixels, geometry = stack_for_model([pixels for _, pixels in batch])
+        outputs = model.infer(pixels) if geometry is None else model.infer(pixels, geometry)
         elapsed_ms = (time.perf_counter() - started) * 1000
         size_after = model.current_batch_size()
         if size_after < size_before:  # halved at least once: count each halving
