@@ -92,6 +92,7 @@ def resample(pixels, geometry, size: tuple[int, int], interpolation: str):
     height, width = size
     _, canvas_h, canvas_w, _ = pixels.shape
     # Pillow computes its coefficients in double: a box filter's window edges fall on exact ties.
+    # (JAX without jax_enable_x64 computes them in float32, with a warning: the same but at such ties.)
     geometry = ops.cast(geometry, "float64")
     g = [geometry[:, i] for i in range(10)]
     rows_w, rows_i = _axis(ops, interpolation, g[0], g[2], g[4], g[6], g[8], height, canvas_h)
