@@ -23,6 +23,7 @@ import io
 import posixpath
 import threading
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -30,6 +31,15 @@ from PIL import Image, UnidentifiedImageError
 from pipeline.image_headers import declared_size
 
 RESIZE_POLICIES: tuple[str, ...] = ("squash", "center-crop", "pad")
+
+# Where the resize to the model's input runs: "host" (Pillow; bit parity with keras.utils.load_img) or
+# "model" (the host only decodes, with JPEG draft, onto a fixed canvas; the compiled model resamples with
+# Pillow's filter arithmetic in float: pipeline.model.resample).
+RESIZE_PLACES: tuple[str, ...] = ("host", "model")
+# The model's canvas is this many times its input per side: after JPEG draft (which keeps each side >= the
+# target, < 2x it when the aspect matches) an image fits it, and a resample from it reads a bounded number of
+# pixels per output pixel (its scale is at most 3 whatever the policy: see canvas_image).
+CANVAS_SCALE = 2
 
 # Same names as keras.utils.load_img accepts, so configs are interchangeable.
 INTERPOLATIONS: dict[str, int] = {
@@ -116,6 +126,7 @@ class DecodeSpec:
     max_pixels: int | None = DEFAULT_MAX_PIXELS  # None disables the bomb check
     jpeg_draft: bool = True
     exif_transpose: bool = True
+    resize_in: str = "host"  # one of RESIZE_PLACES
 
     def __post_init__(self) -> None:
         # Fail at configuration time, not on the millionth image.
@@ -129,6 +140,10 @@ class DecodeSpec:
             raise ValueError(
                 f"interpolation must be one of {tuple(INTERPOLATIONS)}, got {self.interpolation!r}"
             )
+        if self.resize_in not in RESIZE_PLACES:
+            raise ValueError(f"resize_in must be one of {RESIZE_PLACES}, got {self.resize_in!r}")
+        if self.resize_in == "model" and self.interpolation == "nearest":
+            raise ValueError("resize_in 'model' resamples with a filter; nearest is for bit parity on the host")
         if self.max_pixels is not None and (
             isinstance(self.max_pixels, bool) or not isinstance(self.max_pixels, int) or self.max_pixels < 1
         ):
@@ -360,3 +375,76 @@ def decode_image(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray, tuple[int, 
     if array.shape != (spec.height, spec.width, 3):  # defensive: never a wrong shape
         raise ValueError(f"decoded shape {array.shape} != {(spec.height, spec.width, 3)}")
     return array, original
+
+
+@dataclass(frozen=True, eq=False)
+class Canvas:
+    """A decoded image for a model that resizes (`resize_in="model"`): its pixels, which go to the top-left of
+    a fixed canvas of CANVAS_SCALE x the model's input when batched (`stack_for_model`: one copy, straight into
+    the batch), and what the model resamples (`geometry`, GEOMETRY's order): the image's size, the box of it
+    to resample (Pillow's `resize(box=)`) and the rectangle of the output it fills (black elsewhere: `pad`)."""
+
+    pixels: np.ndarray  # (h, w, 3) uint8, each side at most the canvas's
+    geometry: np.ndarray  # float32, GEOMETRY
+    canvas: tuple[int, int]  # (height, width) of the canvas (canvas_size)
+
+    @property
+    def nbytes(self) -> int:
+        return self.pixels.nbytes + self.geometry.nbytes
+
+
+GEOMETRY: tuple[str, ...] = ("height", "width", "box_top", "box_left", "box_bottom", "box_right",
+                             "out_top", "out_left", "out_bottom", "out_right")
+
+
+def canvas_size(spec: DecodeSpec) -> tuple[int, int]:
+    """(height, width) of the canvas a model that resizes takes its images on."""
+    return CANVAS_SCALE * spec.height, CANVAS_SCALE * spec.width
+
+
+def canvas_image(img: Image.Image, spec: DecodeSpec) -> Canvas:
+    """A decoded RGB image on the model's canvas, with the geometry of `resize_image`'s policy.
+
+    An image larger than the canvas is first reduced on the host by whole factors per axis (Pillow's
+    `reduce`, a box filter: cheap, and it keeps each side >= the canvas's half, i.e. >= the target). The
+    resample then shrinks by at most 2 (squash, center-crop) or 3 (pad, whose fitted size is rounded)."""
+    canvas_h, canvas_w = canvas_size(spec)
+    factors = (-(-img.width // canvas_w), -(-img.height // canvas_h))
+    if factors != (1, 1):
+        img = img.reduce(factors)
+    target = (spec.width, spec.height)
+    box = (0, 0, img.width, img.height)
+    out = (0, 0, spec.width, spec.height)
+    if spec.resize == "center-crop":
+        box = _center_crop_box(img.size, target)
+    elif spec.resize == "pad":
+        fitted = _fit_size(img.size, target)
+        left, top = (target[0] - fitted[0]) // 2, (target[1] - fitted[1]) // 2
+        out = (left, top, left + fitted[0], top + fitted[1])
+    geometry = np.array([img.height, img.width, box[1], box[0], box[3], box[2], out[1], out[0], out[3], out[2]],
+                        np.float32)
+    return Canvas(np.asarray(img), geometry, (canvas_h, canvas_w))
+
+
+def decode_canvas(data: bytes, spec: DecodeSpec) -> tuple[Canvas, tuple[int, int]]:
+    """bytes -> (the image on the model's canvas, (orig_w, orig_h)): `decode_image` without the resize, for
+    `resize_in="model"`. Bad input raises one of DECODE_ERRORS (see open_rgb)."""
+    img, original = open_rgb(data, spec)
+    return canvas_image(img, spec), original
+
+
+def decode_for_model(data: bytes, spec: DecodeSpec) -> tuple[np.ndarray | Canvas, tuple[int, int]]:
+    """What the model takes for `spec` (pixels at its input size, or a Canvas when it resizes), and the
+    original size."""
+    return decode_canvas(data, spec) if spec.resize_in == "model" else decode_image(data, spec)
+
+
+def stack_for_model(images: Sequence[np.ndarray | Canvas]) -> tuple[np.ndarray, np.ndarray | None]:
+    """A batch for `FeatureModel.infer`: (pixels, None), or (canvases, their geometry) for a model that resizes."""
+    if images and isinstance(images[0], Canvas):
+        batch = np.zeros((len(images), *images[0].canvas, 3), np.uint8)
+        for canvas, image in zip(batch, images):
+            height, width = image.pixels.shape[:2]
+            canvas[:height, :width] = image.pixels
+        return batch, np.stack([image.geometry for image in images])
+    return np.stack(images), None

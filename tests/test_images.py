@@ -1008,3 +1008,31 @@ def test_declared_size_of_a_bomb_header_refuses_before_pillow_warns():
     assert image_headers.declared_size(bytes(big_bmp)) == (10_000, 10_000)
     with pytest.raises(Image.DecompressionBombError, match="10000x10000"):
         decode_image(bytes(big_bmp), DecodeSpec(4, 4))
+
+
+def test_a_model_that_resizes_gets_the_drafted_image_on_its_canvas_with_its_geometry():
+    from pipeline.images import CANVAS_SCALE, GEOMETRY, decode_canvas, stack_for_model
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (500, 376), (200, 30, 40)).save(buffer, "JPEG", quality=90)
+    spec = DecodeSpec(64, 64, resize="pad", resize_in="model")
+    canvas, original = decode_canvas(buffer.getvalue(), spec)
+    assert original == (500, 376) and canvas.canvas == (CANVAS_SCALE * 64, CANVAS_SCALE * 64)
+    geometry = dict(zip(GEOMETRY, canvas.geometry.tolist()))
+    # drafted by 1/4 (the smallest DCT scale that keeps the fitted 64x48 covered), no resize on the host
+    assert (geometry["height"], geometry["width"]) == (94, 125)
+    assert [geometry[k] for k in ("box_top", "box_left", "box_bottom", "box_right")] == [0, 0, 94, 125]
+    assert [geometry[k] for k in ("out_top", "out_left", "out_bottom", "out_right")] == [8, 0, 56, 64]
+    batch, stacked = stack_for_model([canvas, canvas])
+    assert batch.shape == (2, 128, 128, 3) and (stacked == canvas.geometry).all()
+    assert (batch[:, :94, :125] == canvas.pixels).all() and not batch[:, 94:].any() and not batch[:, :, 125:].any()
+    assert abs(int(canvas.pixels[50, 60, 0]) - 200) <= 3
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"resize_in": "gpu"}, "resize_in must be one of"),
+    ({"resize_in": "model", "interpolation": "nearest"}, "nearest is for bit parity on the host"),
+])
+def test_a_decode_spec_refuses_where_the_resize_cannot_run(kwargs, message):
+    with pytest.raises(ValueError, match=message):
+        DecodeSpec(8, 8, **kwargs)

@@ -32,6 +32,8 @@ from pipeline.store.schema import STORE_STATE
 
 # Fingerprint fields that do not change a single vector: versions are reported, not enforced.
 _NOT_COMPARED = ("versions",)
+# Fingerprint fields newer than some stores, and what a store without one was made with.
+_BEFORE_THE_FIELD = {"resize_in": "host"}
 
 
 # Stored settings whose flag is not their own name (the fingerprint's and the store identity's names).
@@ -129,7 +131,8 @@ def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: List
 
 def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
     """--resume into a store made with another configuration is refused, naming the first difference."""
-    theirs, ours = state["fingerprint"], wanted["fingerprint"]
+    theirs, ours = ({**_BEFORE_THE_FIELD, **fingerprint}
+                    for fingerprint in (state["fingerprint"], wanted["fingerprint"]))
     differences = [(f"{name}", theirs.get(name), ours.get(name)) for name in sorted(set(theirs) | set(ours))
                    if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
     if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):
@@ -206,4 +209,8 @@ def check_hub_preset(config: RunConfig) -> LocalPreset:
     if config.layers and MODEL_POOLING in config.pooling and not info.family.class_token:
         raise ConfigError(f"pooling {MODEL_POOLING!r} of an intermediate block takes its class token, which "
                           f"{info.family.name} has not; pool its patch tokens with avg, max or gem")
+    if config.resize_in == "model" and (config.interpolation or info.interpolation) == "nearest":
+        raise ConfigError(f"resize_in 'model' resamples with a filter, but {config.model}'s image converter "
+                          f"resizes with nearest; give --interpolation bilinear (or another filter) or drop "
+                          f"--resize-in")
     return local

@@ -27,7 +27,7 @@ import yaml
 
 from pipeline import files
 from pipeline.errors import ConfigError
-from pipeline.images import DEFAULT_MAX_PIXELS, INTERPOLATIONS, RESIZE_POLICIES
+from pipeline.images import DEFAULT_MAX_PIXELS, INTERPOLATIONS, RESIZE_PLACES, RESIZE_POLICIES
 from pipeline.model import backbones
 from pipeline.model.hub import is_hub, preset_of
 from pipeline.model.spec import weights_argument
@@ -79,6 +79,11 @@ class RunConfig:
     interpolation: str | None = option(None, choices=list(INTERPOLATIONS),
                                        help=f"{', '.join(INTERPOLATIONS)} (default bilinear, nearest = Keras "
                                             f"load_img; a hub model: its image converter's)")
+    resize_in: str = option("host", choices=RESIZE_PLACES,
+                            help="where images are resized to the model's input: host (default: Pillow, bit parity "
+                                 "with keras.utils.load_img) or model (the workers only decode, the compiled model "
+                                 "resamples with the same filter in float: less CPU per image, vectors close to "
+                                 "but not equal to host's)")
     jpeg_draft: bool = option(True, help="decode JPEGs at full size even when downscaling")
     exif_transpose: bool = option(True, help="ignore EXIF orientation")
     max_pixels: int | None = option(DEFAULT_MAX_PIXELS,
@@ -311,6 +316,10 @@ def _check_fields(config: RunConfig) -> None:
         raise ConfigError(f"predictions {config.predictions} must be 0 (none) or a number of classes such as 5")
     if config.unit_size < 1:
         raise ConfigError(f"unit_size {config.unit_size} must be at least 1")
+    if config.resize_in == "model" and config.interpolation == "nearest":
+        raise ConfigError("interpolation 'nearest' cannot be combined with resize_in 'model', which resamples with "
+                          "a filter; nearest is for bit parity with Keras's loader: use resize_in host, or "
+                          f"interpolation {', '.join(i for i in INTERPOLATIONS if i != 'nearest')}")
     if config.resume and config.overwrite:
         raise ConfigError("resume and overwrite exclude each other; pass --resume to continue the output in "
                           "--output, or --overwrite to replace it")

@@ -15,7 +15,8 @@ import socket
 import threading
 import time
 from collections import Counter
-from dataclasses import dataclass, replace
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from typing import Any, Iterator, NamedTuple
 
 import apache_beam as beam
@@ -23,7 +24,7 @@ import numpy as np
 from apache_beam.metrics import Metrics
 
 from pipeline.elements import METRICS_NAMESPACE, ErrorRecord, ImageMeta, ImageRecord, WorkUnit, error_from_exception
-from pipeline.images import DECODE_ERRORS, DecodeSpec, decode_image
+from pipeline.images import DECODE_ERRORS, Canvas, DecodeSpec, decode_for_model
 from pipeline.inputs.reading import unit_records
 from pipeline.inputs.retries import retry_transient
 from pipeline.job import journal
@@ -62,10 +63,11 @@ class _ErrorTally:
             check_error_rate(self.inputs, self.errors, limit, expected)
 
 
-def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray] | ErrorRecord:
-    """(meta, HxWx3 uint8) for a decodable image; a decode ErrorRecord otherwise."""
+def decode_record(record: ImageRecord, spec: DecodeSpec) -> tuple[ImageMeta, np.ndarray | Canvas] | ErrorRecord:
+    """(meta, HxWx3 uint8, or a Canvas for a model that resizes) for a decodable image; a decode ErrorRecord
+    otherwise."""
     try:
-        pixels, (width, height) = decode_image(record.data, spec)
+        pixels, (width, height) = decode_for_model(record.data, spec)
     except DECODE_ERRORS as exc:  # a bad image is one error row; anything else is a bug that fails the bundle
         return error_from_exception(record.key, record.uri, "decode", exc)
     return ImageMeta(record.key, record.uri, width, height), pixels
@@ -90,6 +92,12 @@ class RunCounters:
             if value:
                 Metrics.counter(METRICS_NAMESPACE, name).inc(value)
         self.discard()
+
+    def merge(self, other: "RunCounters") -> None:
+        """Add what `other` counted (a batch read on the decode thread) to these counts."""
+        self.pending.update(other.pending)
+        self.read_seconds += other.read_seconds
+        self.decode_seconds += other.decode_seconds
 
     def discard(self) -> None:
         self.pending = Counter()
@@ -120,6 +128,57 @@ def _timed(iterator: Iterator, metrics: RunCounters) -> Iterator:
         finally:
             metrics.read_seconds += time.perf_counter() - started
         yield item
+
+
+@dataclass
+class ReadBatch:
+    """What reading and decoding one batch of a unit produced, to be applied by the unit's thread in order:
+    the inputs read up to and including the one that filled the batch (or up to the unit's end)."""
+    examples: list[tuple[ImageMeta, np.ndarray | Canvas]] = field(default_factory=list)  # decoded, for the model
+    errors: list[ErrorRecord] = field(default_factory=list)  # read and decode error rows, in reading order
+    kept_keys: list[str] = field(default_factory=list)  # keys these inputs hold (not a duplicate's)
+    inputs: int = 0
+    decoded: int = 0  # decode attempts (the progress line's images)
+    unreadable: bool = False  # an input could not be read: the unit is committed for a --resume to retry
+    last: bool = False  # the unit's records are exhausted
+    counters: RunCounters = field(default_factory=RunCounters)
+
+
+def read_batch(records: Iterator[ImageRecord | ErrorRecord], spec: DecodeSpec, batch_size: int) -> ReadBatch:
+    """Read and decode from `records` until `batch_size` images are decoded or the records end. Touches
+    nothing but what it returns (it runs on the decode thread); raises what reading or decoding raises
+    beyond a bad input."""
+    batch = ReadBatch()
+    metrics = batch.counters
+    while len(batch.examples) < batch_size:
+        started = time.perf_counter()
+        item = next(records, _END)
+        metrics.read_seconds += time.perf_counter() - started
+        if item is _END:
+            batch.last = True
+            break
+        batch.inputs += 1
+        metrics.read(item)
+        if isinstance(item, ErrorRecord):
+            batch.errors.append(item)
+            if item.error_type != "DuplicateKey":
+                batch.kept_keys.append(item.key)  # an unreadable input still holds its key
+                batch.unreadable = True
+            continue
+        batch.kept_keys.append(item.key)
+        started = time.perf_counter()
+        decoded = decode_record(item, spec)
+        metrics.decode_seconds += time.perf_counter() - started
+        metrics.decoded(decoded)
+        batch.decoded += 1
+        if isinstance(decoded, ErrorRecord):
+            batch.errors.append(decoded)
+        else:
+            batch.examples.append(decoded)
+    return batch
+
+
+_END = object()
 
 
 @dataclass(frozen=True)
@@ -187,39 +246,39 @@ class _ProcessUnit(beam.DoFn):
                     writer: UnitWriter) -> tuple[UnitEntry, np.ndarray | None]:
         """Every input of the unit into `writer`; the unit's entry (before its counts) and, for a shard, the
         hashes of the keys it keeps."""
-        metrics, batch, inputs, kept_keys, unreadable = self._metrics, [], 0, [], False
-        batch_size = self._settings.batch_size
-        for item in _timed(unit_records(unit, losers, scanned), metrics):
-            inputs += 1
-            metrics.read(item)
-            if isinstance(item, ErrorRecord):
-                writer.add_error(item)
-                if item.error_type != "DuplicateKey":
-                    kept_keys.append(item.key)  # an unreadable input still holds its key
-                    unreadable = True
-                continue
-            kept_keys.append(item.key)
-            started = time.perf_counter()
-            decoded = decode_record(item, self._settings.decode)
-            metrics.decode_seconds += time.perf_counter() - started
-            metrics.decoded(decoded)
-            if self._progress:
-                self._progress.add()
-            if isinstance(decoded, ErrorRecord):
-                writer.add_error(decoded)
-                continue
-            batch.append(decoded)
-            if len(batch) == batch_size:
-                self._infer(batch, writer)
-                batch = []
-                journal.failpoint("unit-read")
-        if batch:
-            self._infer(batch, writer)
+        settings, inputs, kept_keys, unreadable = self._settings, 0, [], False
+        records = unit_records(unit, losers, scanned)
+        # Decode beside the model: a thread reads and decodes batch k+1 while this one runs the model on batch
+        # k (Pillow releases the GIL while it decodes), one batch ahead. A batch's side effects (error rows,
+        # counters, progress) are applied here, in reading order, before its inference: the writer sees the
+        # same calls in the same order as reading, decoding and inferring in turn.
+        try:
+            with ThreadPoolExecutor(1, thread_name_prefix="featurize-decode") as decoder:
+                ahead = decoder.submit(read_batch, records, settings.decode, settings.batch_size)
+                while True:
+                    batch = ahead.result()  # an exception of the decode thread is raised here, as it was inline
+                    if not batch.last:
+                        ahead = decoder.submit(read_batch, records, settings.decode, settings.batch_size)
+                    inputs += batch.inputs
+                    kept_keys += batch.kept_keys
+                    unreadable |= batch.unreadable
+                    self._metrics.merge(batch.counters)
+                    if self._progress and batch.decoded:
+                        self._progress.add(batch.decoded)
+                    for error in batch.errors:
+                        writer.add_error(error)
+                    if batch.examples:
+                        self._infer(batch.examples, writer)
+                    if batch.last:  # a last batch is never full: the failpoint counts full batches only
+                        break
+                    journal.failpoint("unit-read")
+        finally:
+            records.close()  # after the decode thread has stopped: a generator runs in one thread at a time
         size = self._model.current_batch_size()
         entry = UnitEntry(
             unit.unit_id, unit.layout, unit.source, inputs,
             worker=f"{socket.gethostname()}:{os.getpid()}",
-            batch_size=size if size is not None and size < batch_size else None,
+            batch_size=size if size is not None and size < settings.batch_size else None,
             retry=unreadable)  # a missing shard or file may be there next time: a --resume reads this unit again
         if unit.layout == "files":
             return replace(entry, keys=tuple(sorted({key for key, _ in unit.members} | {e.key for e in unit.rejected})),

@@ -18,12 +18,13 @@ from apache_beam.utils import multi_process_shared, shared
 
 from pipeline import logs
 from pipeline.elements import METRICS_NAMESPACE, ImageMeta
+from pipeline.images import Canvas, stack_for_model
 from pipeline.model.devices import pin_process_to_gpu
 from pipeline.model.failures import isolate_failures
 from pipeline.model.runtime import FeatureModel, load_feature_model
 from pipeline.model.spec import ModelSpec
 
-Example = tuple[ImageMeta, np.ndarray]          # (meta, HxWx3 uint8)
+Example = tuple[ImageMeta, np.ndarray | Canvas]  # (meta, HxWx3 uint8, or a canvas for a model that resizes)
 Prediction = tuple[ImageMeta, dict[str, np.ndarray]]  # (meta, {output name: vector})
 
 
@@ -64,7 +65,8 @@ class KerasBackboneHandler(ModelHandler[Example, Prediction, FeatureModel]):
         metas = [meta for meta, _ in batch]
         started = time.perf_counter()
         size_before = model.current_batch_size()
-        outputs = model.infer(np.stack([pixels for _, pixels in batch]))
+        pixels, geometry = stack_for_model([pixels for _, pixels in batch])
+        outputs = model.infer(pixels) if geometry is None else model.infer(pixels, geometry)
         elapsed_ms = (time.perf_counter() - started) * 1000
         size_after = model.current_batch_size()
         if size_after < size_before:  # halved at least once: count each halving

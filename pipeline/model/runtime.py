@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from pipeline.model import backbones, hub, keras_models
+from pipeline.images import CANVAS_SCALE, GEOMETRY
+from pipeline.model import backbones, hub, keras_models, resample
 from pipeline.model.failures import as_model_load_error, is_out_of_memory
 from pipeline.model.spec import ModelSpec
 from pipeline.model.weights_cache import cache_dir, machine_lock, stage_weights
@@ -36,18 +37,22 @@ class FeatureModel:
     and goes on, and keeps the smaller size for the rest of this worker's life.
     """
     batch_size: int
-    predict: Callable[[np.ndarray], dict[str, Any]]
-    predict_for: Callable[[int], Callable[[np.ndarray], dict[str, Any]]] | None = None
+    predict: Callable[..., dict[str, Any]]  # (pixels) or, for a model that resizes, (canvases, geometry)
+    predict_for: Callable[[int], Callable[..., dict[str, Any]]] | None = None
     backoffs: int = 0  # how many times the batch size was halved
 
-    def infer(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, pixels: np.ndarray, geometry: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Named feature arrays for `pixels` (and, for a model that resizes, the canvases' `geometry`:
+        pipeline.images.stack_for_model)."""
         # A named method, not only __call__: a model shared across processes is a proxy,
         # which forwards public methods only.
         parts, start = [], 0
         while start < len(pixels):
-            part = pixels[start:start + self.batch_size]
+            part = [pixels[start:start + self.batch_size]]
+            if geometry is not None:
+                part.append(geometry[start:start + self.batch_size])
             try:
-                parts.append(self._padded(part))
+                parts.append(self._padded(*part))
             except Exception as exc:  # noqa: BLE001 - only out-of-memory is handled; the rest re-raises
                 if not (is_out_of_memory(exc) and self.predict_for and self.batch_size > 1):
                     raise
@@ -58,17 +63,17 @@ class FeatureModel:
                     "featurize: out of memory at batch size %d (%s); this worker now uses %d",
                     self.batch_size * 2, type(exc).__name__, self.batch_size)
                 continue
-            start += len(part)
+            start += len(part[0])
         return parts[0] if len(parts) == 1 else {name: np.concatenate([part[name] for part in parts])
                                                  for name in parts[0]}
 
-    def _padded(self, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        count = len(pixels)
+    def _padded(self, *inputs: np.ndarray) -> dict[str, np.ndarray]:
+        count = len(inputs[0])
         if count < self.batch_size:
             # One input shape only: a new batch size would trace and compile again.
-            padding = np.zeros((self.batch_size - count, *pixels.shape[1:]), dtype=pixels.dtype)
-            pixels = np.concatenate([pixels, padding])
-        outputs = self.predict(pixels)
+            inputs = tuple(np.concatenate([array, np.zeros((self.batch_size - count, *array.shape[1:]), array.dtype)])
+                           for array in inputs)
+        outputs = self.predict(*inputs)
         return {name: np.asarray(value)[:count] for name, value in outputs.items()}
 
     def current_batch_size(self) -> int:
@@ -142,32 +147,41 @@ def build_feature_model(spec: ModelSpec, batch_size: int, jit_compile: bool = Fa
     model = build_keras_model(spec)
     height, width = spec.input_size
     if hub.is_hub(spec.backbone):
-        preprocess = lambda x: x  # noqa: E731 - the hub model holds its image converter's arithmetic
+        normalize = lambda x: x  # noqa: E731 - the hub model holds its image converter's arithmetic
     else:
-        preprocess = functools.partial(backbones.preprocess_batch, backbones.get_backbone(spec.backbone))
+        normalize = functools.partial(backbones.preprocess_batch, backbones.get_backbone(spec.backbone))
+    if spec.resample is None:
+        inputs = [((height, width, 3), "uint8")]
+        preprocess = normalize
+    else:  # --resize-in model: the model takes canvases and their geometry, and resamples them first
+        inputs = [((CANVAS_SCALE * height, CANVAS_SCALE * width, 3), "uint8"), ((len(GEOMETRY),), "float32")]
 
-    def predict_for(size: int) -> Callable[[np.ndarray], dict[str, Any]]:
+        def preprocess(pixels, geometry):
+            return normalize(resample.resample(pixels, geometry, (height, width), spec.resample))
+
+    def predict_for(size: int) -> Callable[..., dict[str, Any]]:
         """A predict function for batches of exactly `size` (compiled on its first call)."""
         if keras.backend.backend() == "tensorflow":
             import tensorflow as tf
 
-            @tf.function(input_signature=[tf.TensorSpec([size, height, width, 3], tf.uint8)],
+            @tf.function(input_signature=[tf.TensorSpec([size, *shape], dtype) for shape, dtype in inputs],
                          jit_compile=jit_compile)
-            def forward(pixels):
-                return model(preprocess(tf.cast(pixels, tf.float32)), training=False)
+            def forward(pixels, *geometry):
+                return model(preprocess(tf.cast(pixels, tf.float32), *geometry), training=False)
 
-            return lambda pixels: {name: value.numpy() for name, value in forward(pixels).items()}
+            return lambda *arrays: {name: value.numpy() for name, value in forward(*arrays).items()}
 
         # JAX and torch: Keras's predict step, jit-compiled per input shape on JAX (always: jit_compile
         # has nothing to switch there), so one fixed batch shape means one compilation.
-        def predict(pixels: np.ndarray) -> dict[str, Any]:
-            batch = preprocess(pixels.astype(np.float32))
+        def predict(pixels: np.ndarray, *geometry: np.ndarray) -> dict[str, Any]:
+            batch = preprocess(pixels.astype(np.float32), *geometry)
             return {name: keras.ops.convert_to_numpy(value)
                     for name, value in model.predict_on_batch(batch).items()}
         return predict
 
     feature_model = FeatureModel(batch_size, predict_for(batch_size), predict_for)
-    feature_model(np.zeros((1, height, width, 3), np.uint8))  # trace and compile now, not on the first batch
+    # trace and compile now, not on the first batch
+    feature_model(*[np.zeros((1, *shape), dtype) for shape, dtype in inputs])
     return feature_model
 
 

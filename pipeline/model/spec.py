@@ -23,6 +23,9 @@ class ModelSpec:
     precision: str = "float32"  # a Keras dtype policy: float32, mixed_float16, mixed_bfloat16
     weights_ordering: str = "auto"  # kernel ordering of a legacy weights file: auto, th or tf
     predictions: int = 0  # top-K classes from the classifier (0: features only, no classifier)
+    # The interpolation of the resize inside the model (--resize-in model: it takes pipeline.images.Canvas
+    # batches); None: the host resized, the model takes pixels at input_size.
+    resample: str | None = None
 
     @property
     def weights_file(self) -> str | None:

@@ -340,18 +340,18 @@ class FeatureStore:
         resize, preprocessing, layers and pooling, so they are comparable with the stored rows."""
         from pipeline import logs
         from pipeline.model.runtime import build_feature_model, tensorflow_without_jax
-        from pipeline.images import DEFAULT_MAX_PIXELS, decode_image
+        from pipeline.images import DEFAULT_MAX_PIXELS, decode_for_model, stack_for_model
 
         max_pixels = (self.manifest or {}).get("config", {}).get("max_pixels", DEFAULT_MAX_PIXELS)
         decode = self.fingerprint.decode_spec(max_pixels)
-        pixels = np.stack([decode_image(data, decode)[0] for data in images])
+        pixels, geometry = stack_for_model([decode_for_model(data, decode)[0] for data in images])
         # TensorFlow's lines (C++, past Python's stderr; some on the first call) go to featurize's log, as in a run.
         with logs.native_stderr_to_log(), tensorflow_without_jax():
             # Kept per batch size (the compiled shape is fixed): a server embeds one upload after another.
             if len(pixels) not in self._models:
                 self._models[len(pixels)] = build_feature_model(self.fingerprint.model_spec(self.root),
                                                                 batch_size=len(pixels))
-            vectors = self._models[len(pixels)](pixels)[self.output_name(output)]
+            vectors = self._models[len(pixels)](pixels, geometry)[self.output_name(output)]
         return vectors.astype(self.fingerprint.dtype).astype(np.float32)
 
     def text_output(self) -> str | None:

@@ -34,6 +34,7 @@ class Fingerprint:
     interpolation: str | None = None
     jpeg_draft: bool | None = None
     exif_transpose: bool | None = None
+    resize_in: str = "host"  # where the resize ran: host (Pillow) or model (pipeline.model.resample)
     preprocess: str | None = None
     layers: tuple[str, ...] | None = None
     pooling: tuple[str, ...] | None = None
@@ -88,7 +89,8 @@ class Fingerprint:
         return ModelSpec(self.backbone, self.input_size, weights,
                          self.layers, self.pooling, self.gem_p or 3.0, self.l2_normalize,
                          weights_sha256=self.weights_sha256, precision=self.precision,
-                         weights_ordering=self.weights_ordering or "auto", predictions=self.predictions)
+                         weights_ordering=self.weights_ordering or "auto", predictions=self.predictions,
+                         resample=self.interpolation if self.resize_in == "model" else None)
 
     def decode_spec(self, max_pixels: int | None) -> "DecodeSpec":
         """The `DecodeSpec` that turned the store's images into pixels (max_pixels is the run's
@@ -98,7 +100,7 @@ class Fingerprint:
         self._require_model()
         height, width = self.input_size
         return DecodeSpec(height, width, self.resize, self.interpolation, max_pixels, self.jpeg_draft,
-                          self.exif_transpose)
+                          self.exif_transpose, self.resize_in)
 
     def _require_model(self) -> None:
         if self.backbone is None or self.input_size is None:

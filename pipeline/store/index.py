@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from pipeline import files
+from pipeline.store.fingerprint import Fingerprint
 from pipeline.store.readers import FilesReader
 from pipeline.store.schema import INDEX_DIR
 from pipeline.store.search import Block, ann_search, exact_search, merge_rankings, rerank
@@ -198,7 +199,8 @@ def store_files(store) -> list[str]:
 
 def foreign(store, info: IndexInfo) -> str | None:
     """Why the index cannot serve the store at all (`was built ...`), None when its rows are the store's."""
-    if info.fingerprint != store.fingerprint.to_json():
+    # Both read through Fingerprint: an index written before a fingerprint field existed holds its default.
+    if Fingerprint.from_json(info.fingerprint).to_json() != store.fingerprint.to_json():
         return "was built with another model (its fingerprint is not the store's)"
     gone = sorted({unit.file for unit in info.units} - set(store_files(store)))
     if gone:

@@ -24,6 +24,18 @@ def test_a_resumed_store_must_match_on_what_decides_the_vectors_and_the_layout()
         check_same_store("out", STATE, {**STATE, "format": "hdf5"})
 
 
+def test_a_store_resized_on_the_host_is_not_resumed_with_the_resize_in_the_model():
+    model = json.loads(json.dumps(STATE))
+    model["fingerprint"]["resize_in"] = "model"
+    with pytest.raises(ConfigError, match="made with --resize-in host but this run has --resize-in model"):
+        check_same_store("out", STATE, model)  # a store from before the field was resized on the host
+    host = json.loads(json.dumps(STATE))
+    host["fingerprint"]["resize_in"] = "host"
+    check_same_store("out", STATE, host)
+    with pytest.raises(ConfigError, match="made with --resize-in model but this run has --resize-in host"):
+        check_same_store("out", model, host)
+
+
 def test_a_non_empty_output_needs_resume_or_overwrite_and_a_resume_needs_a_store(tmp_path):
     out = tmp_path / "out"
     assert output_is_empty(str(out))

@@ -87,6 +87,9 @@ def test_several_outputs_are_named_layer_slash_pooling():
     (["--unit-size", "many"], ["unit_size 'many' is not a whole number"]),
     (["--tf-threads", "0"], ["tf_threads 0"]),
     (["--max-error-rate", "5"], ["max_error_rate 5.0 must be a fraction from 0 to below 1"]),
+    (["--resize-in", "gpu"], ["resize_in 'gpu' is not valid", "host, model"]),
+    (["--resize-in", "model", "--interpolation", "nearest"],
+     ["interpolation 'nearest' cannot be combined with resize_in 'model'", "resize_in host"]),
     # a .keras file is a whole serialised model (it can carry code): featurize only loads weights
     (["--weights", "model.keras"], ["weights 'model.keras' is not valid", ".h5 / .weights.h5"]),
 ])

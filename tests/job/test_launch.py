@@ -205,9 +205,9 @@ def test_the_launchers_fingerprint_is_built_once_and_gives_both_specs(tmp_path):
     fingerprint = run_fingerprint(config, {"embedding": 8}, "cd" * 32)
     document = fingerprint.to_json()
     assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
-                              "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "preprocess",
-                              "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",
-                              "keras_backend", "family", "versions"]
+                              "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "resize_in",
+                              "preprocess", "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype",
+                              "precision", "keras_backend", "family", "versions"]
     assert document["input_size"] == [64, 80] and document["pooling"] == ["gem", "max"]
     assert fingerprint.model_spec() == ModelSpec(
         "MobileNetV3Small", (64, 80), str(legacy), ("expanded_conv_project_bn",), ("gem", "max"), 2.5, True,

@@ -25,9 +25,9 @@ def test_the_jobs_fingerprint_round_trips_key_for_key(tmp_path):
     run = run_fingerprint(config, {"avg": 576, "max": 576}, "ab" * 32)
     spec, document = run.model_spec(), run.to_json()
     assert list(document) == ["backbone", "weights", "weights_sha256", "weights_ordering", "predictions",
-                              "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "preprocess",
-                              "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype", "precision",
-                              "keras_backend", "family", "versions"]
+                              "input_size", "resize", "interpolation", "jpeg_draft", "exif_transpose", "resize_in",
+                              "preprocess", "layers", "pooling", "gem_p", "l2_normalize", "outputs", "dtype",
+                              "precision", "keras_backend", "family", "versions"]
     assert document["input_size"] == [48, 64] and document["pooling"] == ["avg", "max"]
     parsed = Fingerprint.from_json(document)
     assert parsed.to_json() == document
@@ -39,9 +39,21 @@ def test_the_jobs_fingerprint_round_trips_key_for_key(tmp_path):
 def test_an_older_stores_fingerprint_gets_the_defaults_it_was_made_with():
     parsed = Fingerprint.from_json({**OLDER, "a_key_from_the_future": 1})
     assert parsed.predictions == 0 and parsed.weights_ordering is None and parsed.keras_backend == "tensorflow"
+    assert parsed.resize_in == "host" and parsed.decode_spec(None).resize_in == "host"
     assert parsed["backbone"] == "ResNet50" and parsed.pooling == ("avg", "gem")
     assert parsed.model_spec() == ModelSpec("ResNet50", (224, 224), "imagenet", None, ("avg", "gem"), 2.5, True)
     assert "a_key_from_the_future" not in parsed.to_json()
+
+
+def test_a_store_resized_in_the_model_embeds_with_the_resize_in_the_model(tmp_path):
+    config, _ = parse_run_args(["--input", str(tmp_path), "--output", str(tmp_path / "out"), "--model",
+                                "MobileNetV3Small", "--weights", "none", "--image-size", "64",
+                                "--resize-in", "model", "--interpolation", "bicubic"])
+    fingerprint = Fingerprint.from_json(run_fingerprint(config, {"embedding": 576}, None).to_json())
+    assert fingerprint.resize_in == "model"
+    assert fingerprint.model_spec().resample == "bicubic" and fingerprint.decode_spec(None).resize_in == "model"
+    host = Fingerprint.from_json({**fingerprint.to_json(), "resize_in": "host"})
+    assert host != fingerprint and host.model_spec().resample is None
 
 
 def test_fingerprints_compare_by_what_decides_the_numbers_not_versions():

@@ -108,3 +108,21 @@ def test_an_index_built_before_rows_arrow_is_refused_as_stale(tmp_path):
     os.remove(os.path.join(index_path(str(tmp_path), "embedding"), ROWS_FILE))
     with pytest.raises(StaleIndex, match=r"is of an older layout \(it has no rows.arrow\); rebuild it"):
         FeatureStore.open(str(tmp_path)).search(clustered(1, seed=3), k=5)
+
+
+def test_an_index_written_before_a_fingerprint_field_existed_still_serves_its_store(tmp_path):
+    """index.json keeps the fingerprint as it was written; a field added since (resize_in) is its default."""
+    import json
+
+    store = generated_store(tmp_path, {"embedding": clustered(300)})
+    build_index(store)
+    path = os.path.join(index_path(str(tmp_path), "embedding"), "index.json")
+    info = json.loads(open(path).read())
+    assert info["fingerprint"].pop("resize_in") == "host"
+    open(path, "w").write(json.dumps(info))
+    store = FeatureStore.open(str(tmp_path))
+    assert store.search(store.get("u2/img00299.jpg"), k=1).keys == [["u2/img00299.jpg"]]
+    info["fingerprint"]["resize_in"] = "model"  # and one that differs is another model's
+    open(path, "w").write(json.dumps(info))
+    with pytest.raises(StaleIndex, match="was built with another model"):
+        FeatureStore.open(str(tmp_path)).search(clustered(1, seed=3), k=5)
