@@ -171,6 +171,7 @@ SMALL_RUN_BYTES = 20 * 2**20  # shards, whose inputs are counted only when read:
 
 
 def is_small_run(pending_inputs: int | None, pending_bytes: int) -> bool:
+    """Whether a run's pending work is small enough for the launcher's process (files by count, shards by bytes)."""
     if pending_inputs is not None:
         return pending_inputs <= SMALL_RUN_INPUTS
     return pending_bytes <= SMALL_RUN_BYTES
