@@ -185,7 +185,9 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     identity = store_identity(config, fp, listing)
     plan = plan_units(listing, committed_for(config, identity), config.unit_size, config.batch_size,
                       RecordFields(config.image_field, config.key_field))
-    if is_small_run(plan.pending_inputs, sum(unit.size_bytes for unit in plan.pending)):
+    # A process runs one Keras backend, and the launcher's is TensorFlow's: another backend keeps its workers.
+    if config.keras_backend == "tensorflow" and is_small_run(plan.pending_inputs,
+                                                             sum(unit.size_bytes for unit in plan.pending)):
         options = pipeline_options(beam_args, small_run=True)
     handler = KerasBackboneHandler(
         spec, batch_size=config.batch_size, min_batch_size=config.min_batch_size,

@@ -29,7 +29,7 @@ def test_a_small_run_runs_in_this_process_unless_the_user_chose_the_workers(monk
                                               small_run=True)) == 0
 
 
-def test_a_run_of_few_files_is_prepared_for_this_process_and_a_larger_one_for_every_core(tmp_path, monkeypatch):
+def test_a_run_of_few_files_is_prepared_for_this_process_and_a_larger_or_jax_one_for_every_core(tmp_path, monkeypatch):
     from pipeline.job import launch, runner
     from pipeline.job.runner import local_parallelism
     monkeypatch.setattr("os.cpu_count", lambda: 2)
@@ -40,5 +40,7 @@ def test_a_run_of_few_files_is_prepared_for_this_process_and_a_larger_one_for_ev
     args = ["--input", str(folder), "--output", str(tmp_path / "out"), "--model", "MobileNetV3Small",
             "--weights", "none", "--image-size", "32", "--dry-run"]
     assert local_parallelism(launch.prepare(args).options) == 1
+    # The launcher's Keras runs on TensorFlow: a JAX run, however small, keeps its worker processes.
+    assert local_parallelism(launch.prepare([*args, "--keras-backend", "jax"]).options) == 2
     monkeypatch.setattr(runner, "SMALL_RUN_INPUTS", 4)
     assert local_parallelism(launch.prepare(args).options) == 2
