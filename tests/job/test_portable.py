@@ -5,7 +5,9 @@ artifacts and pip-installs the `--setup_file` sdist into a private folder; the t
 the worker imported `pipeline` from there (not from the checkout, not from site-packages)
 and check every output row as the local end-to-end tests do, for Parquet and HDF5.
 """
+import functools
 import glob
+import http.server
 import json
 import os
 import pathlib
@@ -15,6 +17,7 @@ import signal
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 
 import h5py
@@ -221,18 +224,50 @@ def test_a_run_killed_locally_resumes_on_the_cluster(cluster, numbered, small_we
     assert manifest["counts"]["errors_by_stage"]["read"] == 1  # the duplicated sample key, wherever it fell
 
 
+class _HeldPhotos(http.server.SimpleHTTPRequestHandler):
+    """Serves a folder; any file but the first unit's waits until `release` is set (at most 120 s), so a job
+    is still running when the test presses Ctrl-C, however fast the machine."""
+    fast: frozenset[str] = frozenset()
+    release = threading.Event()
+
+    def do_GET(self):
+        if self.path.lstrip("/") not in self.fast:
+            self.release.wait(timeout=120)
+        super().do_GET()
+
+    def log_message(self, *args):  # not the test's output
+        pass
+
+
 def test_ctrl_c_cancels_the_cluster_job_and_resume_finishes_it(cluster, small_weights, tmp_path):
-    """SIGINT to the submitting process once a unit is committed: exit 130, one line saying how many units are
-    committed and that the runner was asked to cancel; the job service records the job CANCELLED. Beam's Python job
-    service only marks it so (its cancel is a TODO): its workers run on to the job's end, which the test waits for
-    before --resume, as a user waits for a job to stop. --resume then leaves every key exactly once."""
-    from tests.helpers.crash import read_store
+    """SIGINT to the submitting process once a unit is committed (the other units' photos are held by the test's
+    HTTP server): exit 130, one line saying how many units are committed and that the runner was asked to cancel;
+    the job service records the job CANCELLED. Beam's Python job service only marks it so (its cancel is a TODO):
+    its workers run on to the job's end, which the test lets happen (releasing the photos) and waits for before
+    --resume, as a user waits for a job to stop. --resume then leaves every key exactly once."""
     from tests.helpers.samples import _encode, _rgb
 
     photos = tmp_path / "photos"
     photos.mkdir()
-    for i in range(48):  # 6 units of 8 (--batch-size): a window between the first commit and the last
-        (photos / f"{i:02d}.jpg").write_bytes(_encode(_rgb(32, 32, 500 + i), "JPEG"))
+    names = [f"{i:02d}.jpg" for i in range(48)]  # 6 units of 8 (--batch-size)
+    for i, name in enumerate(names):
+        (photos / name).write_bytes(_encode(_rgb(32, 32, 500 + i), "JPEG"))
+    handler = type("Held", (_HeldPhotos,), {"fast": frozenset(names[:8]), "release": threading.Event()})
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(photos)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    listed = tmp_path / "photos.txt"
+    listed.write_text("".join(f"http://127.0.0.1:{server.server_port}/{name}\n" for name in names))
+    try:
+        _ctrl_c_then_resume(cluster, small_weights, tmp_path, listed, handler.release)
+    finally:
+        handler.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _ctrl_c_then_resume(cluster, small_weights, tmp_path, photos, release):
+    from tests.helpers.crash import read_store
+
     out = tmp_path / "out"
     args = [*featurize_args(photos, out, small_weights, "parquet"), "--no-progress"]
     before = set(cluster.job_ids())
@@ -261,6 +296,7 @@ def test_ctrl_c_cancels_the_cluster_job_and_resume_finishes_it(cluster, small_we
     assert shlex.split(stopped[3])[-1] == "--resume"
     [job] = set(cluster.job_ids()) - before
     assert cluster.job_states(job)[-2:] == ["CANCELLING", "CANCELLED"]
+    release.set()
     deadline = time.monotonic() + SUBMIT_TIMEOUT_S
     while cluster.job_state(job) == "CANCELLED":  # until its workers are done: the run's end sets DONE or FAILED
         assert time.monotonic() < deadline, "the cancelled job still runs"
