@@ -3,16 +3,11 @@
 The server is `python -m pipeline serve` in its own process on a free 127.0.0.1 port, over a store
 of tar shards (so thumbnails are read from tar members), stopped by its PID at the end.
 """
-import contextlib
 import io
 import os
 import shutil
-import signal
-import socket
 import subprocess
-import sys
 import tempfile
-import time
 
 import httpx
 import numpy as np
@@ -23,18 +18,13 @@ from pipeline.store.indexing import build_index
 from pipeline.inputs.reading import read_uri
 from pipeline.store.feature_store import FeatureStore
 from tests.helpers.runs import MODES, run_small
+from tests.helpers.servers import featurize_serve
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # As root on a closed network Chromium needs these (no sandbox, nothing fetched from Google).
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--disable-dev-shm-usage"]
-
-
-def free_port():
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -45,37 +35,9 @@ def store(tmp_path_factory, zoo_shards, small_weights):
     return FeatureStore.open(str(out))
 
 
-@contextlib.contextmanager
-def serving(root):
-    """`featurize serve root` on a free port until the block ends; yields its base URL."""
-    port = free_port()
-    process = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", root, "--port", str(port)],
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    try:
-        while True:
-            try:
-                if httpx.get(base + "/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start: {process.stdout.read() if process.poll() is not None else 'timeout'}")
-            time.sleep(0.3)
-        yield base
-    finally:
-        os.kill(process.pid, signal.SIGTERM)
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
 @pytest.fixture(scope="module")
 def server(store):
-    with serving(store.root) as base:
+    with featurize_serve(store.root) as base:
         yield base
 
 
@@ -165,7 +127,7 @@ def test_an_index_of_another_model_answers_409_in_one_sentence(tmp_path):
     path = os.path.join(index_path(str(tmp_path), "embedding"), INFO_FILE)
     info = json.loads(open(path).read())
     open(path, "w").write(json.dumps(dict(info, fingerprint={**info["fingerprint"], "backbone": "other"})))
-    with serving(str(tmp_path)) as base:
+    with featurize_serve(str(tmp_path)) as base:
         response = httpx.get(f"{base}/api/search", params={"key": "u2/img00299.jpg", "k": 3}, timeout=30)
         assert response.status_code == 409
         error = response.json()["error"]
@@ -182,7 +144,7 @@ def test_a_grown_store_answers_new_keys_at_once_and_says_how_many_rows_the_index
     generated_store(tmp_path, {"embedding": clustered(300)}, first_unit=1)
     build_index(FeatureStore.open(str(tmp_path)))
     grown = grow_store(tmp_path)
-    with serving(str(tmp_path)) as base:
+    with featurize_serve(str(tmp_path)) as base:
         response = httpx.get(f"{base}/api/search", params={"key": "u9/img00029.jpg", "k": 5}, timeout=30)
     assert response.status_code == 200, response.text
     answer = response.json()
@@ -196,7 +158,7 @@ def test_a_grown_store_answers_new_keys_at_once_and_says_how_many_rows_the_index
 @pytest.fixture(scope="module")
 def clip_server(clip_store):
     """`featurize serve` over a store of the tiny CLIP preset (a text tower)."""
-    with serving(clip_store["out"]) as base:
+    with featurize_serve(clip_store["out"]) as base:
         yield base, FeatureStore.open(clip_store["out"])
 
 

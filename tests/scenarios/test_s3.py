@@ -7,7 +7,6 @@ import glob
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +25,7 @@ from tests.helpers.fault_proxy import FaultProxy
 from tests.helpers.portable import REPO, free_port
 from tests.helpers.runs import IN_MEMORY, LOCAL, featurize_args
 from tests.helpers.s3_server import S3Server
-from tests.helpers.servers import serving
+from tests.helpers.servers import featurize_serve, serving
 
 RUN_TIMEOUT_S = 240
 REFUSAL_S = 20  # a refused run: parsing and importing Beam, then one probe of at most 5 s
@@ -65,6 +64,18 @@ def download(s3, bucket, prefix, folder: pathlib.Path) -> pathlib.Path:
     return folder
 
 
+def assert_equals_reference(local: pathlib.Path, numbered_reference) -> None:
+    """A store copied from S3 holds every key of the local tar run exactly once, its vectors, and its counts."""
+    _, expected, reference_manifest = numbered_reference("tar")
+    found = read_store(local, "parquet")  # every key exactly once
+    assert sorted(found) == sorted(expected)
+    for key, vector in expected.items():
+        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
+    counts = json.loads((local / "manifest.json").read_text())["counts"]
+    assert {k: counts[k] for k in ("inputs", "rows", "errors")} == {
+        k: reference_manifest["counts"][k] for k in ("inputs", "rows", "errors")}
+
+
 @pytest.fixture(scope="module")
 def s3_store(s3, s3_shards, small_weights, tmp_path_factory):
     """A run from S3 to S3 with Beam's --s3_* flags only (no AWS variables), on the local runner's worker
@@ -76,15 +87,7 @@ def s3_store(s3, s3_shards, small_weights, tmp_path_factory):
 
 
 def test_tar_shards_on_s3_make_a_store_on_s3_equal_to_a_local_run(s3, s3_store, numbered_reference, tmp_path):
-    _, expected, reference_manifest = numbered_reference("tar")
-    local = download(s3, "stores", "numbered", tmp_path / "copy")
-    found = read_store(local, "parquet")  # every key exactly once
-    assert sorted(found) == sorted(expected)
-    for key, vector in expected.items():
-        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
-    counts = json.loads((local / "manifest.json").read_text())["counts"]
-    assert {k: counts[k] for k in ("inputs", "rows", "errors")} == {
-        k: reference_manifest["counts"][k] for k in ("inputs", "rows", "errors")}
+    assert_equals_reference(download(s3, "stores", "numbered", tmp_path / "copy"), numbered_reference)
 
 
 def test_a_run_killed_with_a_unit_copied_but_not_journaled_resumes_to_every_key_once(s3, s3_shards, small_weights,
@@ -205,14 +208,7 @@ def test_a_run_through_resets_and_stalls_keeps_every_key_once(s3, s3_shards, sma
     assert done.returncode == 0, done.stderr[-3000:]
     assert proxy.counts["resets_sent"] >= 3 and proxy.counts["stall"] >= 1 and proxy.counts["cut"] == 2, proxy.counts
     local = download(s3, "faults", "numbered", tmp_path / "copy")
-    _, expected, reference_manifest = numbered_reference("tar")
-    found = read_store(local, "parquet")  # every key exactly once
-    assert sorted(found) == sorted(expected)
-    for key, vector in expected.items():
-        np.testing.assert_allclose(found[key], vector, rtol=1e-5, atol=1e-6)
-    counts = json.loads((local / "manifest.json").read_text())["counts"]
-    assert {k: counts[k] for k in ("inputs", "rows", "errors")} == {
-        k: reference_manifest["counts"][k] for k in ("inputs", "rows", "errors")}
+    assert_equals_reference(local, numbered_reference)
     entries = [UnitEntry.from_json(json.loads(path.read_text()))
                for path in (local / "_featurize" / "units").glob("*.json")]
     stored = {f"{folder}/{path.name}" for folder in ("features", "errors") for path in (local / folder).glob("*")}
@@ -244,32 +240,11 @@ def test_serve_answers_from_an_s3_store(s3, s3_store, tmp_path):
     from pipeline.store.feature_store import FeatureStore
 
     local = FeatureStore.open(str(download(s3, "stores", "numbered", tmp_path / "copy")))
-    port = free_port()
     clean = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
-    server = subprocess.Popen([sys.executable, "-m", "pipeline", "serve", s3_store, "--port", str(port)], cwd=REPO,
-                              env=dict(clean, PYTHONPATH=str(REPO), **s3.environment()), stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
-    base, key = f"http://127.0.0.1:{port}", local.keys[3]
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            try:
-                if httpx.get(base + "/", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if server.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"featurize serve did not start: {server.poll()}")
-            time.sleep(0.3)
+    key = local.keys[3]
+    with featurize_serve(s3_store, env=dict(clean, PYTHONPATH=str(REPO), **s3.environment())) as base:
         results = httpx.get(f"{base}/api/search", params={"key": key, "k": 4}, timeout=60).json()["results"]
         thumbnail = httpx.get(f"{base}/api/thumbnail", params={"key": key}, timeout=60)
-    finally:
-        server.send_signal(signal.SIGTERM)
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
-            server.wait(timeout=10)
     expected = local.search(local.get(key), k=4, exact=True)
     assert [r["key"] for r in results] == expected.keys[0] and results[0]["uri"].startswith("s3://shards/")
     np.testing.assert_allclose([r["score"] for r in results], expected.scores[0], rtol=1e-5, atol=1e-6)
