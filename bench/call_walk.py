@@ -4,8 +4,10 @@ Runs `featurize run` through `cli.run_command` in this process (the local runner
 thread, on the sample images, random weights) under `sys.setprofile` (`--workers`: every thread, the
 stages included; else the launcher's thread only), and records the modules of featurize's functions in
 the order each is first called: the order a reader following the run meets them (a loop over images
-reads its function once; what runs while a module is imported is not followed). Prints how many modules the walk enters and how many times it comes back to
-a module it had left (a "return"), per module: the fewer, the more of one idea sits in one place.
+reads its function once; what runs while a module is imported is not followed; a comprehension, lambda or
+nested function is read with the function it is written in, as Python 3.12 inlines comprehensions). Prints
+how many modules the walk enters and how many times it comes back to a module it had left (a "return"), per
+module: the fewer, the more of one idea sits in one place.
 
     python bench/call_walk.py [--top 10]
 
@@ -47,6 +49,8 @@ def walk(argv: list[str], workers: bool = False) -> list[str]:
         if event != "call" or frame.f_code in read or not frame.f_code.co_filename.startswith(package):
             return
         if importing(frame):  # an import is not a read: a registry filled or a dataclass made at import time
+            return
+        if "<" in frame.f_code.co_qualname:  # a comprehension, lambda or nested function: read with its function
             return
         read.add(frame.f_code)
         name = frame.f_code.co_filename[len(package):-3].replace(os.sep, ".")

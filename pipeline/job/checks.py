@@ -6,7 +6,6 @@ store's identity must match), and the model (built once here where that is cheap
 """
 from __future__ import annotations
 
-import importlib.metadata
 from typing import Any, Iterator
 
 from apache_beam.io.filesystems import FileSystems
@@ -16,9 +15,10 @@ from pipeline import files
 from pipeline.elements import RecordFields
 from pipeline.errors import ConfigError
 from pipeline.inputs.layouts import LAYOUT_NAMES, RECORD_LAYOUTS
-from pipeline.inputs.listing import Listing, list_inputs, normalized_path, resolve_input
+from pipeline.inputs.listing import Listing, list_inputs, resolve_input
 from pipeline.inputs.record_shards import check_record_fields
-from pipeline.job.config import FIELDS_BY_NAME, RunConfig, field_kind, flag_name
+from pipeline.job.config import RunConfig
+from pipeline.job.identity import check_same_store
 from pipeline.job.journal import iter_committed_units, read_store_state
 from pipeline.job.runner import local_workers
 from pipeline.logs import native_stderr_to_log
@@ -29,51 +29,6 @@ from pipeline.model.preflight import check_model
 from pipeline.model.runtime import tensorflow_without_jax
 from pipeline.model.spec import ModelSpec
 from pipeline.store.schema import STORE_STATE
-
-# Fingerprint fields that do not change a single vector: versions are reported, not enforced.
-_NOT_COMPARED = ("versions",)
-# Fingerprint fields newer than some stores, and what a store without one was made with.
-_BEFORE_THE_FIELD = {"resize_in": "host"}
-
-
-# Stored settings whose flag is not their own name (the fingerprint's and the store identity's names).
-_FLAG_OF = {"backbone": "model", "input_size": "image_size"}
-
-
-def as_flag(name: str, value: Any) -> str:
-    """A stored setting as the flag a user types: `--image-size 128x128`, not `input_size [128, 128]`.
-
-    Settings no flag sets (derived ones: outputs, preprocess) keep their stored name."""
-    if name in ("layout", "key_root"):  # what --input was: its kind, the folder its keys start below
-        if name == "layout":
-            return "an --input of image files" if value in ("files", "list") else f"an --input of {value} shards"
-        return f"an --input whose keys start below {value!r}"
-    if name == "weights_sha256":
-        return f"--weights of sha256 {value}"
-    if name == "record_fields":  # [image field, key field]
-        image, key = value
-        return " ".join(f"--{flag} {v}" for flag, v in (("image-field", image), ("key-field", key)) if v) or \
-            "the default --image-field and --key-field"
-    field = FIELDS_BY_NAME.get(_FLAG_OF.get(name, name))
-    if field is None:
-        return f"{name} {value!r}"
-    flag = flag_name(field)
-    if isinstance(value, bool) or field_kind(field.name)[0] is bool:
-        return flag if bool(value) != field.default else f"without {flag}"
-    if value is None:
-        return f"without {flag}"
-    if name == "input_size":
-        return f"{flag} {value[0]}x{value[1]}"
-    if isinstance(value, (list, tuple)):
-        return f"{flag} {','.join(str(v) for v in value)}"
-    return f"{flag} {value}"
-
-
-def package_version(package: str) -> str | None:
-    try:
-        return importlib.metadata.version(package)
-    except importlib.metadata.PackageNotFoundError:
-        return None
 
 
 def _in_words(names: list[str]) -> str:
@@ -120,32 +75,6 @@ def check_input(config: RunConfig) -> Listing:
 def output_is_empty(output: str) -> bool:
     # A match, not exists(): on object stores a "folder" is a prefix, which exists() never sees.
     return not FileSystems.match([FileSystems.join(output, "**")], limits=[1])[0].metadata_list
-
-
-def store_identity(config: RunConfig, fingerprint: dict[str, Any], listing: Listing) -> dict[str, Any]:
-    """What a store is, written before its first unit and checked by every --resume."""
-    return {"fingerprint": fingerprint, "format": config.format, "layout": listing.layout,
-            "key_root": normalized_path(listing.root) if listing.root else "",
-            "record_fields": [config.image_field, config.key_field], "featurize": package_version("featurize")}
-
-
-def check_same_store(output: str, state: dict[str, Any], wanted: dict[str, Any]) -> None:
-    """--resume into a store made with another configuration is refused, naming the first difference."""
-    theirs, ours = ({**_BEFORE_THE_FIELD, **fingerprint}
-                    for fingerprint in (state["fingerprint"], wanted["fingerprint"]))
-    differences = [(f"{name}", theirs.get(name), ours.get(name)) for name in sorted(set(theirs) | set(ours))
-                   if name not in _NOT_COMPARED and theirs.get(name) != ours.get(name)]
-    if theirs.get("weights_sha256") and theirs.get("weights_sha256") == ours.get("weights_sha256"):
-        differences = [d for d in differences if d[0] != "weights"]  # the same file at another path
-    differences += [(name, state.get(name, default), wanted[name])
-                    for name, default in (("format", None), ("layout", None), ("key_root", None),
-                                          ("record_fields", [None, None]))
-                    if state.get(name, default) != wanted[name]]
-    if differences:
-        name, before, now = differences[0]
-        raise ConfigError(f"--resume: the store in {output!r} was made with {as_flag(name, before)} but this run "
-                          f"has {as_flag(name, now)}; resume with the same configuration, or start over with "
-                          f"--overwrite or a new --output")
 
 
 def committed_for(config: RunConfig, identity: dict[str, Any]) -> Iterator[dict[str, Any]]:

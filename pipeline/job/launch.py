@@ -26,9 +26,9 @@ from pipeline import files, object_stores
 from pipeline.elements import RecordFields
 from pipeline.logs import RunLog, quiet, terminal_stderr_to_log
 from pipeline.job import manifest, progress
-from pipeline.job.checks import (check_hub_preset, check_input, check_model_before_workers, committed_for,
-                                 package_version, store_identity)
-from pipeline.job.config import ConfigError, RunConfig, input_size
+from pipeline.job.checks import check_hub_preset, check_input, check_model_before_workers, committed_for
+from pipeline.job.config import ConfigError, RunConfig
+from pipeline.job.identity import output_dims, preset_folder, run_fingerprint, store_identity, weights_digest
 from pipeline.job.journal import (clear_previous_output, committed_unit_ids, iter_committed_units, read_store_state,
                                   remove_orphans, write_store_state)
 from pipeline.job.handout import Handout, size_bands
@@ -38,96 +38,11 @@ from pipeline.job.plan_files import UploadedPlan, upload
 from pipeline.job.stages import PlannedUnits, ProcessUnits, UnitSettings
 from pipeline.job.stopping import CtrlC, Interrupted
 from pipeline.job.units import Plan, plan_units
-from pipeline.model import backbones, hub, keras_models
+from pipeline.model import hub
 from pipeline.model.hub import LocalPreset
 from pipeline.model.handler import KerasBackboneHandler
 from pipeline.model.predictions import IMAGENET_CLASSES, ClassIndexError, load_class_names
-from pipeline.model.spec import stored_weights
-from pipeline.model.weights_cache import sha256_of
 from pipeline.store.fingerprint import Fingerprint
-from pipeline.store.schema import PRESETS_DIR
-
-_VERSIONED = ("featurize", "apache-beam", "keras", "keras-hub", "tensorflow", "numpy", "pillow", "pyarrow", "h5py")
-
-
-def preset_folder(preset: LocalPreset) -> str:
-    """Where a run copies its preset, relative to the store (the fingerprint's weights)."""
-    return f"{PRESETS_DIR}/{preset.files.digest[:16]}"
-
-
-def weights_digest(config: RunConfig) -> str | None:
-    """sha256 of a weights file (None for imagenet / none); checks --weights-sha256 when given."""
-    weights = config.weights_file
-    if weights is None:
-        return None
-    if config.weights_sha256 and not files.is_local(weights):
-        return config.weights_sha256  # remote: the workers verify their copies, no need to read it here too
-    digest = sha256_of(weights)
-    if config.weights_sha256 and digest != config.weights_sha256:
-        raise ConfigError(f"weights_sha256 {config.weights_sha256} does not match {config.weights!r}, "
-                          f"whose sha256 is {digest}")
-    return digest
-
-
-def output_dims(config: RunConfig, preset: LocalPreset | None = None) -> dict[str, int]:
-    """{output name: feature dimension}; building the model only when intermediate layers are asked for.
-    With --predictions the one vector is the classifier's input (see Backbone.classifier_dim)."""
-    if preset is not None:
-        return hub.output_dims(preset.info, config.layers, config.pooling)
-    backbone = backbones.BACKBONES[config.model]
-    if config.predictions > 0:
-        return {keras_models.EMBEDDING: backbone.classifier_dim}
-    count = len(config.pooling) * len(config.layers or [None])
-    if not config.layers:
-        return {keras_models.output_name(None, p, count, backbone=backbone): backbone.dim for p in config.pooling}
-    available = dict(keras_models.list_layers(backbone, input_size(config)))
-    for layer in config.layers:
-        if layer not in available:
-            raise ConfigError(f"layers {layer!r} is not a layer of {config.model} with a spatial output; "
-                              f"valid: {', '.join(available)}")
-    return {keras_models.output_name(layer, pooling, count): int(available[layer][-1])
-            for layer in config.layers for pooling in config.pooling}
-
-
-def run_fingerprint(config: RunConfig, outputs: dict[str, int], weights_sha256: str | None,
-                    preset: LocalPreset | None = None) -> Fingerprint:
-    """What decides this run's numbers, built once: the store's JSON (`to_json`), and the model and decode
-    specs the workers compute with (`model_spec`, `decode_spec`), so both are what the store records."""
-    if preset is not None:  # a keras-hub model: its weights are the preset's files, copied into the store
-        info = preset.info
-        return Fingerprint(
-            backbone=config.model, weights=preset_folder(preset), weights_sha256=preset.files.digest,
-            input_size=tuple(config.image_size or info.image_size), resize=config.resize or info.resize,
-            interpolation=config.interpolation or info.interpolation, jpeg_draft=config.jpeg_draft,
-            exif_transpose=config.exif_transpose, resize_in=config.resize_in, preprocess=info.preprocess,
-            layers=tuple(config.layers) if config.layers else None, pooling=tuple(config.pooling),
-            gem_p=config.gem_p if "gem" in config.pooling else None, l2_normalize=config.l2_normalize,
-            outputs=outputs, dtype=config.dtype, precision=config.precision, keras_backend=config.keras_backend,
-            family=info.family.name, versions={name: package_version(name) for name in _VERSIONED})
-    return Fingerprint(
-        backbone=config.model,
-        weights=stored_weights(config.weights),
-        weights_sha256=weights_sha256,
-        weights_ordering=config.weights_ordering if weights_sha256 else None,
-        predictions=config.predictions,
-        input_size=tuple(input_size(config)),
-        resize=config.resize or "squash",
-        interpolation=config.interpolation or "bilinear",
-        jpeg_draft=config.jpeg_draft,
-        exif_transpose=config.exif_transpose,
-        resize_in=config.resize_in,
-        preprocess=backbones.BACKBONES[config.model].preprocess,
-        layers=tuple(config.layers) if config.layers else None,
-        pooling=tuple(config.pooling),
-        gem_p=config.gem_p if "gem" in config.pooling else None,
-        l2_normalize=config.l2_normalize,
-        outputs=outputs,
-        dtype=config.dtype,
-        precision=config.precision,
-        keras_backend=config.keras_backend,
-        versions={name: package_version(name) for name in _VERSIONED},
-    )
-
 
 @dataclass
 class Job:
@@ -176,11 +91,10 @@ def prepare(argv: Sequence[str] | None = None) -> Job:
     config = with_absolute_paths(config)
     preset = check_hub_preset(config) if hub.is_hub(config.model) else None  # before a listing that may be long
     options = pipeline_options(beam_args)
+    check_job_endpoint(options)  # before a listing that may take minutes
     check_object_stores(config, options)  # the listing reads the input with these options
     listing = check_input(config)
-    outputs = output_dims(config, preset)
-    check_job_endpoint(options)
-    fingerprint = run_fingerprint(config, outputs, weights_digest(config), preset)
+    fingerprint = run_fingerprint(config, output_dims(config, preset), weights_digest(config), preset)
     spec, fp = fingerprint.model_spec(config.output), fingerprint.to_json()
     identity = store_identity(config, fp, listing)
     plan = plan_units(listing, committed_for(config, identity), config.unit_size, config.batch_size,

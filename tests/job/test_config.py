@@ -7,7 +7,7 @@ import pytest
 
 from pipeline.job.config import FIELDS, ConfigError, RunConfig, flag_name, input_size, load_preset, parse_image_size, resolve
 from pipeline.job.runner import add_run_arguments, parse_run_args
-from pipeline.job.launch import output_dims
+from pipeline.job.identity import output_dims
 
 
 def parse(*argv):

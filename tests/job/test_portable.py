@@ -178,10 +178,12 @@ def test_the_jax_backend_runs_on_the_cluster(cluster, zoo_samples, zoo_folder, s
     assert json.loads((tmp_path / "out" / "manifest.json").read_text())["fingerprint"]["keras_backend"] == "jax"
 
 
-def test_job_endpoint_not_listening_fails_fast_naming_it(zoo_folder, small_weights, tmp_path):
+def test_job_endpoint_not_listening_fails_fast_naming_it_before_the_input_is_listed(small_weights, tmp_path):
+    """The probe comes before the listing, which may take minutes: the input here does not exist, and the
+    endpoint is what the one sentence names."""
     endpoint = f"localhost:{free_port()}"
     command = [sys.executable, "-m", "pipeline", "run",
-               *featurize_args(zoo_folder, tmp_path / "out", small_weights, "parquet"),
+               *featurize_args(tmp_path / "not-listed", tmp_path / "out", small_weights, "parquet"),
                "--runner", "PortableRunner", "--job_endpoint", endpoint, "--environment_type", "EXTERNAL",
                "--environment_config", f"localhost:{free_port()}", "--setup_file", "./setup.py"]
     started = time.monotonic()

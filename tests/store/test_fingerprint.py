@@ -6,7 +6,7 @@ from pipeline.job.runner import parse_run_args
 from pipeline.store.fingerprint import Fingerprint
 from pipeline.model.spec import ModelSpec
 from pipeline.images import DecodeSpec
-from pipeline.job.launch import run_fingerprint
+from pipeline.job.identity import run_fingerprint
 
 # A fingerprint as a manifest written before weights_ordering / predictions / keras_backend existed.
 OLDER = {"backbone": "ResNet50", "weights": "imagenet", "weights_sha256": None, "input_size": [224, 224],
