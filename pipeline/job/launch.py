@@ -4,8 +4,9 @@
 store; `build` wires the stages (`PlannedUnits` -> `ProcessUnits` -> `WriteManifest`, see
 pipeline.job.stages and pipeline.job.manifest) into a pipeline that reads it there; `run` starts
 over or resumes the store, runs the pipeline and returns the manifest. The checks that stop a run
-before any worker starts are in pipeline.job.checks, the runner's options and metrics in
-pipeline.job.runner, planning in pipeline.job.units, the journal in pipeline.job.journal.
+before any worker starts are in pipeline.job.checks, the run's fingerprint and the store's identity in
+pipeline.job.identity, the runner's options and metrics in pipeline.job.runner, planning in
+pipeline.job.units, the journal in pipeline.job.journal.
 """
 from __future__ import annotations
 
