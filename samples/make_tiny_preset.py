@@ -101,12 +101,15 @@ def save_tiny_preset(family: str, folder: str, seed: int = 0) -> str:
     return folder
 
 
-
 def main() -> None:
     parser = argparse.ArgumentParser(description="Write a tiny keras-hub preset with random weights.")
     parser.add_argument("folder", help="where to write the preset")
     parser.add_argument("--family", default="clip", choices=sorted(BUILDERS))
     args = parser.parse_args()
+    try:
+        import keras_hub  # noqa: F401 - only to say what is missing before anything is built
+    except ImportError as exc:
+        raise SystemExit(f"make_tiny_preset.py needs keras_hub: pip install 'featurize[hub]' ({exc})") from None
     save_tiny_preset(args.family, args.folder)
     print(f"wrote a tiny {args.family} preset to {args.folder}")
 

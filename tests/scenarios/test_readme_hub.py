@@ -20,7 +20,9 @@ def readme_commands() -> list[str]:
 
 
 def test_readme_hub_commands_run_offline_and_search_by_text(tmp_path):
-    commands = readme_commands()
+    install, *commands = readme_commands()
+    # The install line is the hub extra, which the test extra holds (setup.py): its keras-hub is this one.
+    assert install == "pip install 'featurize[hub]'"
     assert [c.split()[:2] for c in commands] == [["python", "samples/make_tiny_preset.py"], ["featurize", "run"],
                                                  ["featurize", "search"]]
     (tmp_path / "samples").symlink_to(REPO / "samples")
@@ -42,3 +44,15 @@ def test_readme_hub_commands_run_offline_and_search_by_text(tmp_path):
     assert fingerprint["backbone"] == f"hub:{tmp_path / 'tiny-clip'}"  # the folder made absolute
     keys = set(table["key"].to_pylist())
     assert all(line.split()[2] in keys for line in lines[2:])
+
+
+def test_the_tiny_preset_script_without_keras_hub_names_the_extra_to_install(tmp_path):
+    """A plain `pip install .` has no keras-hub: the README's first hub command says what to install, not a
+    traceback (keras_hub hidden from the import system here)."""
+    script = REPO / "samples" / "make_tiny_preset.py"
+    hide = (f"import runpy, sys; sys.modules['keras_hub'] = None; sys.argv = ['make_tiny_preset.py', 'tiny-clip/']; "
+            f"runpy.run_path({str(script)!r}, run_name='__main__')")
+    done = subprocess.run([sys.executable, "-c", hide], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert done.stderr.startswith("make_tiny_preset.py needs keras_hub: pip install 'featurize[hub]'"), done.stderr
+    assert "Traceback" not in done.stderr and not (tmp_path / "tiny-clip").exists()
