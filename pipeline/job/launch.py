@@ -212,8 +212,9 @@ def _run_pipeline(job: Job, log: RunLog) -> PipelineResult:
             job.progress_dir = tempfile.mkdtemp(prefix="featurize-progress-")
             stop_progress = progress.watch(job.progress_dir, job.plan.pending_inputs, len(job.plan.pending),
                                            stream=terminal)
-        if local_parallelism(job.options) > 1:
-            job.handout = Handout(tempfile.mkdtemp(prefix="featurize-handout-"), local_parallelism(job.options),
+        workers = local_parallelism(job.options)
+        if workers > 1:
+            job.handout = Handout(tempfile.mkdtemp(prefix="featurize-handout-"), workers,
                                   size_bands([unit.size_bytes for unit in job.plan.pending]))
         try:
             with CtrlC(local=bool(local_workers(job.options)), in_process=runs_in_process(job.options),

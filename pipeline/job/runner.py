@@ -203,17 +203,6 @@ def pipeline_options(beam_args: Sequence[str], small_run: bool = False) -> Pipel
     return PipelineOptions(args)
 
 
-def local_workers(options: PipelineOptions) -> int | None:
-    """How many local worker processes share this machine's cores, or None on a cluster runner."""
-    if runner_name(options.view_as(StandardOptions).runner or "FnApiRunner") not in LOCAL_RUNNERS:
-        return None
-    direct = options.view_as(DirectOptions)
-    if direct.direct_running_mode != "multi_processing":
-        return 1
-    # Beam reads 0 as "one per core".
-    return direct.direct_num_workers or os.cpu_count() or 1
-
-
 def local_parallelism(options: PipelineOptions) -> int:
     """How many workers (processes or threads) a local runner runs a stage on; 0 on a cluster runner."""
     if runner_name(options.view_as(StandardOptions).runner or "FnApiRunner") not in LOCAL_RUNNERS:
@@ -221,7 +210,17 @@ def local_parallelism(options: PipelineOptions) -> int:
     direct = options.view_as(DirectOptions)
     if direct.direct_running_mode == "in_memory":
         return 1
+    # Beam reads 0 as "one per core".
     return direct.direct_num_workers or os.cpu_count() or 1
+
+
+def local_workers(options: PipelineOptions) -> int | None:
+    """How many local worker processes share this machine's cores (1: the workers are this process's threads),
+    or None on a cluster runner."""
+    parallelism = local_parallelism(options)
+    if not parallelism:
+        return None
+    return 1 if runs_in_process(options) else parallelism
 
 
 def runs_in_process(options: PipelineOptions) -> bool:

@@ -14,6 +14,10 @@ def test_beam_worker_flags_pass_through_and_size_the_thread_pools(monkeypatch):
     assert local_workers(pipeline_options([])) == 8
     assert tf_threads_per_worker(RunConfig(input="i", output="o", model_sharing="machine"), options) == 8
     assert local_workers(pipeline_options(["--runner=PortableRunner", "--job_endpoint=localhost:1"])) is None
+    # Workers that are threads of this process share one TensorFlow: one process, however many threads.
+    for threads in (["--direct_running_mode=in_memory"], ["--direct_running_mode=multi_threading",
+                                                          "--direct_num_workers=4"]):
+        assert local_workers(pipeline_options(threads)) == 1
 
 
 def test_a_small_run_runs_in_this_process_unless_the_user_chose_the_workers(monkeypatch):
